@@ -1,0 +1,57 @@
+"""The backend interface and what every backend shares: batching and timing."""
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..metrics import latency_summary
+from ..model import DENSE_INPUT, INDICES_INPUT, OFFSETS_INPUT
+from ..presets import NUM_TABLES
+
+
+class Backend(Protocol):
+    name: str
+    version: str
+    batch_size: int
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Scores [B, 1] for one batch of model inputs (`input.1`, `lS_o`, `lS_i`)."""
+
+
+def model_inputs(dense: np.ndarray, sparse: np.ndarray, start: int, batch_size: int) -> tuple[dict, int]:
+    """The model's inputs for samples start..start+B-1 (one id per bag); a short last batch is
+    padded by repeating its last sample. Returns the inputs and how many samples are real."""
+    stop = min(start + batch_size, len(dense))
+    rows = np.arange(start, start + batch_size).clip(max=stop - 1)
+    return ({DENSE_INPUT: np.ascontiguousarray(dense[rows], dtype=np.float32),
+             OFFSETS_INPUT: np.tile(np.arange(batch_size, dtype=np.int64), (NUM_TABLES, 1)),
+             INDICES_INPUT: np.ascontiguousarray(sparse[rows].T, dtype=np.int64)}, stop - start)
+
+
+def predict_all(backend: Backend, dense: np.ndarray, sparse: np.ndarray, progress: bool = False) -> np.ndarray:
+    """Scores for every sample, batch by batch."""
+    out = np.empty(len(dense), dtype=np.float32)
+    starts = range(0, len(dense), backend.batch_size)
+    for start in tqdm(starts, desc=f"{backend.name} predict", unit="batch", disable=not progress, leave=False):
+        inputs, n = model_inputs(dense, sparse, start, backend.batch_size)
+        out[start:start + n] = np.asarray(backend.predict(inputs)).ravel()[:n]
+    return out
+
+
+def measure(backend: Backend, dense: np.ndarray, sparse: np.ndarray, warmup: int = 3,
+            repeats: int = 20) -> dict:
+    """Per-batch latency over `repeats` timed batches cycling through the data, after warm-up."""
+    batches = [model_inputs(dense, sparse, s, backend.batch_size)[0]
+               for s in range(0, len(dense), backend.batch_size)]
+    for i in range(warmup):
+        backend.predict(batches[i % len(batches)])
+    seconds = []
+    for i in range(repeats):
+        inputs = batches[i % len(batches)]
+        start = time.perf_counter()
+        backend.predict(inputs)
+        seconds.append(time.perf_counter() - start)
+    return {"backend": backend.name, "version": backend.version, **latency_summary(seconds, backend.batch_size)}

@@ -1,0 +1,30 @@
+"""ONNX Runtime: the independent runtime that makes the reference outputs, and a peer."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DlrmError
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def __init__(self, model_path: str | Path, batch_size: int, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.version = ort.__version__
+        self.batch_size = batch_size
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # warnings about Loop subgraph names are noise
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise DlrmError(f"ONNX Runtime cannot load {model_path}: {e}") from None
+        self.output = self.session.get_outputs()[0].name
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run([self.output], inputs)[0]

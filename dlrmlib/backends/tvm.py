@@ -1,0 +1,68 @@
+"""A TVM library run from Python with the Relax VM."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DlrmError
+from ..model import INDICES_INPUT, OFFSETS_INPUT
+from ..weights import (manifest_params, manifest_weights_dir, map_weights, read_manifest, verify_library,
+                       verify_weights_folder)
+
+
+class TvmBackend:
+    name = "tvm"
+
+    def __init__(self, manifest_path: str | Path, weights_dir: str | Path | None = None):
+        import tvm
+        from tvm import relax
+
+        self.manifest_path = Path(manifest_path)
+        self.manifest = read_manifest(self.manifest_path)
+        self.version = tvm.__version__
+        self.batch_size = int(self.manifest["batch_size"])
+        self.tag = self.manifest["build"]["tag"]
+        self.name = f"tvm-{self.tag}"
+        library = verify_library(self.manifest_path, self.manifest)
+        params = manifest_params(self.manifest)
+        folder = Path(weights_dir) if weights_dir else manifest_weights_dir(self.manifest_path, self.manifest)
+        verify_weights_folder(folder, self.manifest["weights"]["layout_id"], params)
+        self.tables = np.asarray(self.manifest["embedding"]["tables"], dtype=np.int64)
+        self.one_per_bag = self.manifest["embedding"]["bags"] == "one_per_bag"
+        self.input_specs = self.manifest["inputs"]
+        device = tvm.cpu()
+        try:
+            self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), device)
+        except Exception as e:
+            raise DlrmError(f"TVM cannot load {library}: {e}") from None
+        # TVM tensors are 64-byte aligned copies; the native runner maps the files instead.
+        self.params = [tvm.runtime.tensor(np.ascontiguousarray(a), device) for a in map_weights(folder, params)]
+        self.main = self.vm["main"]
+        self._tvm = tvm
+
+    def check(self, inputs: dict[str, np.ndarray]) -> None:
+        """Inputs a kernel can take: right shapes and dtypes, ids inside their tables, offsets
+        0..B-1 for a one-per-bag build. TVM's gather does no bounds check."""
+        for spec in self.input_specs:
+            array = inputs.get(spec["name"])
+            if array is None:
+                raise DlrmError(f"input {spec['name']!r} missing")
+            if list(array.shape) != spec["shape"] or array.dtype != np.dtype(spec["dtype"]):
+                raise DlrmError(f"input {spec['name']!r} is {array.dtype} {list(array.shape)}, the library "
+                                f"takes {spec['dtype']} {spec['shape']}")
+        ids = inputs[INDICES_INPUT]
+        bad = (ids < 0) | (ids >= self.tables[:, None])
+        if bad.any():
+            table, pos = np.argwhere(bad)[0]
+            raise DlrmError(f"id {ids[table, pos]} at position {pos} is out of range for table {table} "
+                            f"with {self.tables[table]} rows")
+        if self.one_per_bag and not np.array_equal(inputs[OFFSETS_INPUT],
+                                                   np.broadcast_to(np.arange(self.batch_size), ids.shape)):
+            raise DlrmError("this library was built with the one-index-per-bag fast path: offsets must be "
+                            "0..B-1 in every table; build with bags='any' for multi-hot bags")
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        self.check(inputs)
+        args = [self._tvm.runtime.tensor(inputs[spec["name"]]) for spec in self.input_specs]
+        return self.main(*args, *self.params).numpy()

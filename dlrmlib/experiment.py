@@ -1,0 +1,123 @@
+"""An experiment: one folder that holds everything a run made (see docs/formats.md)."""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DlrmError
+from .files import read_json, write_json
+
+DEFAULT_EXPERIMENT = "default"
+EXPERIMENTS_ENV = "DLRM_EXPERIMENTS_DIR"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def experiments_root() -> Path:
+    """`$DLRM_EXPERIMENTS_DIR`, else `experiments/` in the repository (or the current folder)."""
+    if os.environ.get(EXPERIMENTS_ENV):
+        return Path(os.environ[EXPERIMENTS_ENV]).expanduser().resolve()
+    repo = Path(__file__).resolve().parent.parent
+    base = repo if (repo / "pyproject.toml").exists() else Path.cwd()
+    return base / "experiments"
+
+
+def check_name(name: str) -> str:
+    """A plain folder name: no slashes, no `..`, so an experiment cannot escape its root."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in {".", ".."}:
+        raise DlrmError(f"experiment name {name!r} is not allowed: use letters, digits, '.', '_' and '-' "
+                        "(starting with a letter or digit), no slashes")
+    return name
+
+
+@dataclass
+class Experiment:
+    name: str
+    root: Path
+
+    @classmethod
+    def open(cls, name: str = DEFAULT_EXPERIMENT, root: str | Path | None = None, create: bool = False) -> "Experiment":
+        root = Path(root).resolve() if root else experiments_root()
+        exp = cls(check_name(name), root / name)
+        if not create and not exp.params_path.is_file():
+            raise DlrmError(f"experiment {name!r} has not been prepared (no {exp.params_path}); "
+                            f"run `dlrm prepare --experiment {name}` or notebook 01_setup first")
+        if create:
+            exp.root.mkdir(parents=True, exist_ok=True)
+        return exp
+
+    # -- where things live --------------------------------------------------------------
+    @property
+    def params_path(self) -> Path:
+        return self.root / "params.json"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def source_model(self) -> Path:
+        return self.model_dir / "model.onnx"
+
+    @property
+    def normalised_model(self) -> Path:
+        return self.model_dir / "normalised.onnx"
+
+    @property
+    def testdata_dir(self) -> Path:
+        return self.root / "testdata"
+
+    @property
+    def weights_root(self) -> Path:
+        return self.root / "weights"
+
+    @property
+    def tune_dir(self) -> Path:
+        return self.root / "tune"
+
+    @property
+    def builds_dir(self) -> Path:
+        return self.root / "builds"
+
+    @property
+    def measurements_dir(self) -> Path:
+        return self.root / "measurements"
+
+    @property
+    def notebooks_dir(self) -> Path:
+        return self.root / "notebooks"
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.root / "figures"
+
+    # -- parameters and records ---------------------------------------------------------
+    @property
+    def params(self) -> dict:
+        return read_json(self.params_path)
+
+    def save_params(self, params: dict) -> None:
+        write_json(self.params_path, params)
+
+    def manifest_path(self, tag: str) -> Path:
+        return self.builds_dir / f"saved_model_{tag}.json"
+
+    def library_path(self, tag: str) -> Path:
+        return self.builds_dir / f"saved_model_{tag}.so"
+
+    def builds(self) -> list[Path]:
+        """Manifests of every build, oldest first."""
+        return sorted(self.builds_dir.glob("saved_model_*.json"), key=lambda p: p.stat().st_mtime)
+
+    def latest_build(self) -> Path:
+        builds = self.builds()
+        if not builds:
+            raise DlrmError(f"experiment {self.name!r} has no build yet; run `dlrm build --experiment {self.name}`")
+        return builds[-1]
+
+    def save_measurement(self, name: str, result: dict) -> Path:
+        return write_json(self.measurements_dir / f"{name}.json", result)
+
+    def measurements(self) -> dict[str, dict]:
+        return {p.stem: read_json(p) for p in sorted(self.measurements_dir.glob("*.json"))}

@@ -1,0 +1,49 @@
+"""Run the workflow's notebooks headless with papermill, into the experiment's folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import DlrmError
+from .experiment import Experiment
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+WORKFLOW = ("01_setup", "03_build")  # in workflow order
+
+
+def run_notebook(name: str, experiment: str, parameters: dict | None = None,
+                 output_dir: Path | None = None, log_output: bool = False) -> Path:
+    """Execute `notebooks/<name>.ipynb` with the parameters; the executed copy lands in the
+    experiment's `notebooks/` folder (or `output_dir`). Raises DlrmError if a cell fails."""
+    import papermill
+
+    source = NOTEBOOKS_DIR / f"{name}.ipynb"
+    if not source.is_file():
+        raise DlrmError(f"notebook not found: {source}")
+    params = {"experiment": experiment, **(parameters or {})}
+    if output_dir is None:
+        exp = Experiment.open(experiment, create=True)
+        output_dir = exp.notebooks_dir
+    output_dir.mkdir(parents=True, exist_ok=True)  # papermill does not create it
+    output = output_dir / f"{name}.ipynb"
+    try:
+        papermill.execute_notebook(str(source), str(output), parameters=params, cwd=str(NOTEBOOKS_DIR),
+                                   progress_bar=True, log_output=log_output)
+    except papermill.PapermillExecutionError as e:
+        raise DlrmError(f"notebook {name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
+                        f"(executed copy: {output})") from None
+    return output
+
+
+def run_demo(experiment: str = "default", preset: str = "small", batch_size: int = 128,
+             samples: int = 1024) -> Experiment:
+    """The whole workflow on one experiment through its notebooks; prints what it measured."""
+    from .summary import measurements_table
+
+    for name in WORKFLOW:
+        print(f"== {name}")
+        parameters = {"preset": preset, "batch_size": batch_size, "samples": samples} if name == "01_setup" else {}
+        print(f"   executed: {run_notebook(name, experiment, parameters)}")
+    exp = Experiment.open(experiment)
+    print(f"\nMeasured in {exp.root}:")
+    print(measurements_table(exp).to_string(float_format=lambda v: f"{v:.4g}"))
+    return exp

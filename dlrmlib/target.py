@@ -1,0 +1,34 @@
+"""The compilation target: this machine's real CPU.
+
+TVM 0.27 refuses target strings and, without an explicit triple, silently emits generic
+x86-64 code (see the TVM notes), so the target is a dict with the host's triple and CPU.
+"""
+from __future__ import annotations
+
+import os
+import platform
+
+
+def host_target(num_cores: int | None = None) -> dict:
+    """This machine's CPU as a TVM target dict (JSON-serialisable, for the manifest)."""
+    from tvm.target import codegen
+
+    machine = platform.machine()
+    return {
+        "kind": "llvm",
+        "mtriple": f"{machine}-linux-gnu" if platform.system() == "Linux" else codegen.llvm_get_system_triple(),
+        "mcpu": codegen.llvm_get_system_cpu(),
+        "num-cores": int(num_cores or os.cpu_count() or 1),
+    }
+
+
+def cpu_description() -> str:
+    """The CPU's model name, for captions and manifests."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -1,0 +1,331 @@
+/*!
+ * \file main.cpp
+ * \brief dlrm_infer: run a compiled DLRM Relax library on a test data folder and report
+ *        load time, accuracy, AUC, latency and throughput.
+ */
+#include <stdlib.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <tvm/ffi/error.h>
+
+#include "errors.h"
+#include "json.h"
+#include "manifest.h"
+#include "metrics.h"
+#include "runner.h"
+#include "testdata.h"
+#include "weights.h"
+
+namespace {
+
+namespace ffi = tvm::ffi;
+using dlrm::Error;
+using Clock = std::chrono::steady_clock;
+
+/*! \brief Usage text. */
+constexpr const char* kUsage =
+    "usage: dlrm_infer <model.so> <model.json> <weights dir> <test data dir> [options]\n"
+    "\n"
+    "Runs a DLRM Relax library (built with its manifest model.json) on a test data folder\n"
+    "(dense.npy, sparse.npy, labels.npy, reference.npy) with memory-mapped weights.\n"
+    "\n"
+    "options:\n"
+    "  --warmup N         warm-up batches per instance, not timed (default 5)\n"
+    "  --iterations N     measured passes over the whole test data; 0 = auto: enough passes\n"
+    "                     for at least 100 measured batches (default 0)\n"
+    "  --threads N        TVM threads per instance; 0 = allowed CPUs / instances (default 0)\n"
+    "  --instances N      VMs run concurrently, each on its own pinned thread(s), sharing the\n"
+    "                     mapped weights; batches are shared out dynamically (default 1)\n"
+    "  --ids reject|modulo  out-of-range category ids: fail (default) or wrap id mod table size\n"
+    "  --json FILE        also write the results as JSON (atomically, via FILE.tmp)\n"
+    "  --outputs FILE     also write the model's output per sample as float32 .npy [N]\n"
+    "  --help             show this text\n"
+    "\n"
+    "exit status: 0 ok, 2 bad input (files, manifest mismatch, ids, options), 1 runtime error\n";
+
+/*! \brief Parsed command line. */
+struct Args {
+  std::string so, manifest, weights, testdata, json_out, outputs_out;
+  dlrm::RunOptions run;
+  dlrm::IdPolicy ids = dlrm::IdPolicy::kReject;
+};
+
+/*! \brief Parse a non-negative integer option value. */
+int ParseInt(const std::string& opt, const std::string& v) {
+  char* end = nullptr;
+  long x = std::strtol(v.c_str(), &end, 10);
+  dlrm::Require(!v.empty() && *end == '\0' && x >= 0 && x <= 1000000000,
+                opt + " expects a non-negative integer, got '" + v + "'");
+  return static_cast<int>(x);
+}
+
+/*! \brief Parse argv; prints usage and exits 0 on --help. */
+Args ParseArgs(int argc, char** argv) {
+  Args a;
+  std::vector<std::string> pos;
+  for (int i = 1; i < argc; ++i) {
+    std::string s = argv[i];
+    if (s == "--help" || s == "-h") {
+      std::cout << kUsage;
+      std::exit(0);
+    }
+    if (s.rfind("--", 0) != 0) {
+      pos.push_back(s);
+      continue;
+    }
+    dlrm::Require(i + 1 < argc, "option " + s + " needs a value (see --help)");
+    std::string v = argv[++i];
+    if (s == "--warmup") a.run.warmup = ParseInt(s, v);
+    else if (s == "--iterations") a.run.iterations = ParseInt(s, v);
+    else if (s == "--threads") a.run.threads = ParseInt(s, v);
+    else if (s == "--instances") a.run.instances = ParseInt(s, v);
+    else if (s == "--json") a.json_out = v;
+    else if (s == "--outputs") a.outputs_out = v;
+    else if (s == "--ids") {
+      dlrm::Require(v == "reject" || v == "modulo", "--ids expects reject or modulo, got '" + v + "'");
+      a.ids = v == "modulo" ? dlrm::IdPolicy::kModulo : dlrm::IdPolicy::kReject;
+    } else {
+      throw Error("unknown option " + s + " (see --help)");
+    }
+  }
+  dlrm::Require(pos.size() == 4, "expected 4 arguments <model.so> <model.json> <weights dir> "
+                                 "<test data dir>, got " + std::to_string(pos.size()) + " (see --help)");
+  a.so = pos[0];
+  a.manifest = pos[1];
+  a.weights = pos[2];
+  a.testdata = pos[3];
+  return a;
+}
+
+/*! \brief Memory use of this process in KiB, from /proc/self/status (0 when unavailable). */
+struct MemoryUse {
+  int64_t peak_rss_kb = 0, rss_anon_kb = 0, rss_file_kb = 0;
+};
+
+/*! \brief Read VmHWM, RssAnon and RssFile: weights are file-backed, so RssAnon shows copies. */
+MemoryUse ReadMemoryUse() {
+  MemoryUse u;
+  std::ifstream in("/proc/self/status");
+  std::string key;
+  int64_t value = 0;
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream ls(line);
+    if (!(ls >> key >> value)) continue;
+    if (key == "VmHWM:") u.peak_rss_kb = value;
+    else if (key == "RssAnon:") u.rss_anon_kb = value;
+    else if (key == "RssFile:") u.rss_file_kb = value;
+  }
+  return u;
+}
+
+/*! \brief Everything reported at the end. */
+struct Report {
+  const Args* args;
+  const dlrm::Manifest* m;
+  dlrm::RunOptions run;
+  double load_ms = 0, weights_ms = 0, data_ms = 0;
+  int64_t weights_bytes = 0, samples = 0, batches = 0, wrapped_ids = 0;
+  dlrm::ErrorStats err;
+  double auc = 0, auc_reference = 0, throughput = 0;
+  dlrm::LatencyStats lat;
+  dlrm::RunResult res;
+  std::vector<std::vector<int>> cpus;
+  MemoryUse mem;
+};
+
+/*! \brief Milliseconds since \p t0. */
+double MsSince(Clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+/*! \brief Print the human-readable summary. */
+void PrintSummary(const Report& r) {
+  std::printf("dlrm_infer: %s (manifest %s, build %s)\n", r.args->so.c_str(), r.args->manifest.c_str(),
+              r.m->build_tag.empty() ? "?" : r.m->build_tag.c_str());
+  std::printf("  samples %lld in %lld batches of %lld; %d instance(s) x %d thread(s)\n",
+              (long long)r.samples, (long long)r.batches, (long long)r.m->batch_size,
+              r.run.instances, r.run.threads);
+  std::printf("  load        %.1f ms (library + VMs), weights mapped %.1f ms (%.1f MB), test data %.1f ms\n",
+              r.load_ms, r.weights_ms, r.weights_bytes / 1e6, r.data_ms);
+  std::printf("  accuracy    max |err| %.3g, mean |err| %.3g vs reference\n", r.err.max_abs, r.err.mean_abs);
+  std::printf("  AUC         %.6f (reference %.6f)\n", r.auc, r.auc_reference);
+  std::printf("  latency     mean %.3f  p50 %.3f  p90 %.3f  p99 %.3f ms per batch (%lld calls, %d pass(es), %d warm-up)\n",
+              r.lat.mean, r.lat.p50, r.lat.p90, r.lat.p99, (long long)r.res.measured_batches,
+              r.res.passes, r.run.warmup);
+  std::printf("  throughput  %.1f samples/s\n", r.throughput);
+  std::printf("  memory      peak RSS %.1f MB (now: %.1f MB anonymous, %.1f MB file-backed incl. mapped weights)\n",
+              r.mem.peak_rss_kb / 1024.0, r.mem.rss_anon_kb / 1024.0, r.mem.rss_file_kb / 1024.0);
+  if (r.wrapped_ids > 0) std::printf("  note        %lld ids wrapped modulo table size\n", (long long)r.wrapped_ids);
+}
+
+/*! \brief The result as JSON text. */
+std::string ResultJson(const Report& r) {
+  using dlrm::json::Number;
+  using dlrm::json::Quote;
+  std::ostringstream o;
+  auto num = [&](const char* k, double v, bool comma = true) {
+    o << "  " << Quote(k) << ": " << Number(v) << (comma ? ",\n" : "\n");
+  };
+  auto str = [&](const char* k, const std::string& v) { o << "  " << Quote(k) << ": " << Quote(v) << ",\n"; };
+  o << "{\n";
+  str("format", "dlrm-native-result");
+  num("format_version", 1);
+  str("library", r.args->so);
+  str("manifest", r.args->manifest);
+  str("weights_dir", r.args->weights);
+  str("test_data_dir", r.args->testdata);
+  str("build_tag", r.m->build_tag);
+  str("layout_id", r.m->layout_id);
+  o << "  \"options\": {\"warmup\": " << r.run.warmup << ", \"iterations\": " << r.run.iterations
+    << ", \"threads\": " << r.run.threads << ", \"instances\": " << r.run.instances
+    << ", \"ids\": " << Quote(r.args->ids == dlrm::IdPolicy::kModulo ? "modulo" : "reject")
+    << ", \"json\": " << Quote(r.args->json_out) << ", \"outputs\": " << Quote(r.args->outputs_out)
+    << "},\n";
+  num("batch_size", r.m->batch_size);
+  num("samples", r.samples);
+  num("batches", r.batches);
+  num("threads", r.run.threads);
+  num("instances", r.run.instances);
+  o << "  \"cpus\": [";
+  for (size_t i = 0; i < r.cpus.size(); ++i) {
+    o << (i ? ", " : "") << "[";
+    for (size_t k = 0; k < r.cpus[i].size(); ++k) o << (k ? ", " : "") << r.cpus[i][k];
+    o << "]";
+  }
+  o << "],\n";
+  num("ids_wrapped", r.wrapped_ids);
+  num("load_ms", r.load_ms);
+  num("weights_map_ms", r.weights_ms);
+  num("weights_bytes", r.weights_bytes);
+  num("test_data_ms", r.data_ms);
+  num("max_abs_err", r.err.max_abs);
+  num("mean_abs_err", r.err.mean_abs);
+  num("auc", r.auc);
+  num("auc_reference", r.auc_reference);
+  o << "  \"latency_ms\": {\"mean\": " << Number(r.lat.mean) << ", \"p50\": " << Number(r.lat.p50)
+    << ", \"p90\": " << Number(r.lat.p90) << ", \"p99\": " << Number(r.lat.p99)
+    << ", \"min\": " << Number(r.lat.min) << ", \"max\": " << Number(r.lat.max) << "},\n";
+  num("measured_batches", r.res.measured_batches);
+  num("measured_samples", r.res.measured_samples);
+  num("passes", r.res.passes);
+  num("wall_s", r.res.wall_s);
+  num("peak_rss_kb", r.mem.peak_rss_kb);
+  num("rss_anon_kb", r.mem.rss_anon_kb);
+  num("rss_file_kb", r.mem.rss_file_kb);
+  num("throughput_samples_per_s", r.throughput, false);
+  o << "}\n";
+  return o.str();
+}
+
+/*! \brief Write \p text to \p path via path.tmp and rename (atomic). */
+void WriteAtomic(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    dlrm::Require(static_cast<bool>(out), tmp + ": cannot open for writing");
+    out << text;
+    out.flush();
+    dlrm::Require(static_cast<bool>(out), tmp + ": write failed");
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    throw Error(path + ": cannot rename " + tmp + " into place");
+  }
+}
+
+/*! \brief The outputs as a float32 [N] .npy file. */
+std::string OutputsNpy(const std::vector<float>& y) {
+  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" +
+                       std::to_string(y.size()) + ",), }";
+  while ((10 + header.size() + 1) % 64 != 0) header.push_back(' ');
+  header.push_back('\n');
+  std::string out = std::string("\x93NUMPY\x01\x00", 8);
+  out.push_back(static_cast<char>(header.size() & 0xff));
+  out.push_back(static_cast<char>(header.size() >> 8));
+  out += header;
+  out.append(reinterpret_cast<const char*>(y.data()), y.size() * sizeof(float));
+  return out;
+}
+
+/*! \brief Load the library and create the VMs, naming the file if TVM fails. */
+std::vector<dlrm::Instance> LoadInstances(const Args& args, const dlrm::Manifest& m,
+                                          const dlrm::RunOptions& o, std::optional<ffi::Module>* lib) {
+  try {
+    *lib = dlrm::LoadLibrary(args.so);
+    return dlrm::CreateInstances(lib->value(), m, o);
+  } catch (const ffi::Error& e) {
+    throw Error(args.so + ": loading the library failed: TVM " + e.kind() + ": " + e.message(),
+                dlrm::kExitRuntime);
+  }
+}
+
+/*! \brief Set TVM_NUM_THREADS before any TVM thread pool exists. */
+void SetThreadEnv(const dlrm::RunOptions& o) {
+  setenv("TVM_NUM_THREADS", std::to_string(o.threads).c_str(), 1);
+}
+
+/*! \brief The whole program after argument parsing. */
+int Main(const Args& args) {
+  Report r;
+  r.args = &args;
+  dlrm::Manifest m = dlrm::LoadManifest(args.manifest);
+  r.m = &m;
+  dlrm::CheckLibrary(m, args.so);
+  auto t0 = Clock::now();
+  dlrm::Weights w = dlrm::MapWeights(m, args.weights);
+  r.weights_ms = MsSince(t0);
+  r.weights_bytes = w.total_bytes;
+  t0 = Clock::now();
+  dlrm::TestData d = dlrm::LoadTestData(args.testdata, m, args.ids);
+  std::vector<dlrm::Batch> batches = dlrm::MakeBatches(d, m);
+  r.data_ms = MsSince(t0);
+  r.samples = d.samples;
+  r.batches = static_cast<int64_t>(batches.size());
+  r.wrapped_ids = d.wrapped_ids;
+  r.run = args.run;
+  dlrm::ResolveOptions(&r.run, r.batches);
+  SetThreadEnv(r.run);
+  t0 = Clock::now();
+  std::optional<ffi::Module> lib;
+  std::vector<dlrm::Instance> inst = LoadInstances(args, m, r.run, &lib);
+  r.load_ms = MsSince(t0);
+  for (const auto& i : inst) r.cpus.push_back(i.cpus);
+  r.res = dlrm::Run(&inst, m, r.run, batches, w.tensors, d.samples);
+  r.err = dlrm::CompareOutputs(r.res.outputs.data(), d.reference.As<float>(), d.samples);
+  r.auc = dlrm::Auc(r.res.outputs.data(), d.labels.As<float>(), d.samples);
+  r.auc_reference = dlrm::Auc(d.reference.As<float>(), d.labels.As<float>(), d.samples);
+  r.lat = dlrm::Summarize(r.res.latency_ms);
+  r.mem = ReadMemoryUse();
+  r.throughput = r.res.wall_s > 0 ? r.res.measured_samples / r.res.wall_s : 0.0;
+  PrintSummary(r);
+  if (!args.json_out.empty()) WriteAtomic(args.json_out, ResultJson(r));
+  if (!args.outputs_out.empty()) WriteAtomic(args.outputs_out, OutputsNpy(r.res.outputs));
+  return 0;
+}
+
+}  // namespace
+
+/*! \brief Entry point: every failure is reported as "dlrm_infer: error: ..." with exit 1 or 2. */
+int main(int argc, char** argv) {
+  try {
+    return Main(ParseArgs(argc, argv));
+  } catch (const dlrm::Error& e) {
+    std::cerr << "dlrm_infer: error: " << e.what() << std::endl;
+    return e.code();
+  } catch (const ffi::Error& e) {
+    std::cerr << "dlrm_infer: error: TVM " << e.kind() << ": " << e.message() << std::endl;
+    return dlrm::kExitRuntime;
+  } catch (const std::exception& e) {
+    std::cerr << "dlrm_infer: error: " << e.what() << std::endl;
+    return dlrm::kExitRuntime;
+  }
+}

@@ -1,0 +1,161 @@
+/*!
+ * \file manifest.cpp
+ * \brief Reading and checking the build manifest.
+ */
+#include "manifest.h"
+
+#include "errors.h"
+#include "json.h"
+#include "sha256.h"
+
+namespace dlrm {
+namespace {
+
+/*! \brief Parse one {"name","shape","dtype"} entry. */
+TensorSpec ParseTensorSpec(const json::Value& v, const std::string& where) {
+  TensorSpec t;
+  t.name = v.At("name", where).AsString(where + ".name");
+  t.shape = v.At("shape", where).AsIntList(where + ".shape");
+  t.dtype = ParseDType(v.At("dtype", where).AsString(where + ".dtype"), where + ".dtype");
+  for (int64_t d : t.shape) Require(d > 0, where + ": shape " + ShapeStr(t.shape) + " has a non-positive dimension");
+  return t;
+}
+
+/*! \brief Parse one params entry and check bytes = prod(shape) * itemsize. */
+ParamSpec ParseParamSpec(const json::Value& v, const std::string& where) {
+  ParamSpec p;
+  TensorSpec t = ParseTensorSpec(v, where);
+  p.name = t.name;
+  p.shape = t.shape;
+  p.dtype = t.dtype;
+  p.file = v.At("file", where).AsString(where + ".file");
+  Require(!p.file.empty() && p.file.find('/') == std::string::npos && p.file != "." && p.file != "..",
+          where + ": file '" + p.file + "' must be a plain file name");
+  p.bytes = v.At("bytes", where).AsInt(where + ".bytes");
+  int64_t expect = NumElements(p.shape) * static_cast<int64_t>(p.dtype.bytes);
+  Require(p.bytes == expect, where + ": bytes is " + std::to_string(p.bytes) + " but shape " +
+                                 ShapeStr(p.shape) + " of " + p.dtype.name + " needs " +
+                                 std::to_string(expect));
+  return p;
+}
+
+/*! \brief String member or "" when absent/null. */
+std::string OptString(const json::Value& obj, const std::string& key, const std::string& where) {
+  if (!obj.Has(key)) return "";
+  const json::Value& v = obj.object.at(key);
+  if (v.kind == json::Value::Kind::kNull) return "";
+  return v.AsString(where + "." + key);
+}
+
+/*! \brief Check the embedding section against the inputs. */
+void CheckEmbedding(const Manifest& m, const std::string& where) {
+  const TensorSpec& dense = m.inputs[m.InputIndex(m.dense_input)];
+  const TensorSpec& idx = m.inputs[m.InputIndex(m.indices_input)];
+  const TensorSpec& off = m.inputs[m.InputIndex(m.offsets_input)];
+  const int64_t B = m.batch_size, T = static_cast<int64_t>(m.tables.size());
+  Require(T > 0, where + ": embedding.tables is empty");
+  for (size_t t = 0; t < m.tables.size(); ++t) {
+    Require(m.tables[t] > 0, where + ": embedding.tables[" + std::to_string(t) + "] is not positive");
+  }
+  Require(dense.shape.size() == 2 && dense.shape[0] == B && dense.dtype.name == "float32",
+          where + ": dense input '" + dense.name + "' must be float32 [" + std::to_string(B) +
+              ", F], got " + dense.dtype.name + " " + ShapeStr(dense.shape));
+  for (const TensorSpec* s : {&idx, &off}) {
+    Require(s->shape == std::vector<int64_t>{T, B} && s->dtype.name == "int64",
+            where + ": input '" + s->name + "' must be int64 " + ShapeStr({T, B}) + ", got " +
+                s->dtype.name + " " + ShapeStr(s->shape));
+  }
+  Require(m.bags.empty() || m.bags == "one_per_bag",
+          where + ": embedding.bags '" + m.bags + "' is not supported (expected one_per_bag)");
+  Require(m.inputs.size() == 3, where + ": expected 3 inputs (dense, offsets, indices), got " +
+                                    std::to_string(m.inputs.size()));
+  Require(m.outputs.size() == 1 && m.outputs[0].dtype.name == "float32" &&
+              NumElements(m.outputs[0].shape) == B && m.outputs[0].shape[0] == B,
+          where + ": expected one float32 output of " + std::to_string(B) + " values per batch");
+}
+
+}  // namespace
+
+DType ParseDType(const std::string& name, const std::string& where) {
+  struct Row { const char* name; uint8_t code; uint8_t bits; };
+  static const Row kRows[] = {
+      {"float32", kDLFloat, 32}, {"float64", kDLFloat, 64}, {"float16", kDLFloat, 16},
+      {"bfloat16", kDLBfloat, 16}, {"int8", kDLInt, 8},     {"int16", kDLInt, 16},
+      {"int32", kDLInt, 32},     {"int64", kDLInt, 64},     {"uint8", kDLUInt, 8},
+      {"uint16", kDLUInt, 16},   {"uint32", kDLUInt, 32},   {"uint64", kDLUInt, 64},
+      {"bool", kDLBool, 8}};
+  for (const Row& r : kRows) {
+    if (name == r.name) return DType{name, DLDataType{r.code, r.bits, 1}, r.bits / 8u};
+  }
+  throw Error(where + ": unsupported dtype '" + name + "'");
+}
+
+int64_t NumElements(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+std::string ShapeStr(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+size_t Manifest::InputIndex(const std::string& name) const {
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (inputs[i].name == name) return i;
+  }
+  throw Error(path + ": embedding names input '" + name + "' but inputs has no such entry");
+}
+
+Manifest LoadManifest(const std::string& path) {
+  json::Value root = json::ParseFile(path);
+  Manifest m;
+  m.path = path;
+  const std::string& fmt = root.At("format", path).AsString(path + ": format");
+  Require(fmt == "dlrm-manifest", path + ": format is '" + fmt + "', expected 'dlrm-manifest'");
+  int64_t ver = root.At("format_version", path).AsInt(path + ": format_version");
+  Require(ver == 1, path + ": format_version " + std::to_string(ver) + " is not supported (expected 1)");
+  const json::Value& lib = root.At("library", path);
+  m.library_file = lib.At("file", path + ": library").AsString(path + ": library.file");
+  m.library_sha256 = lib.At("sha256", path + ": library").AsString(path + ": library.sha256");
+  m.entry = root.At("entry", path).AsString(path + ": entry");
+  m.batch_size = root.At("batch_size", path).AsInt(path + ": batch_size");
+  Require(m.batch_size > 0, path + ": batch_size must be positive");
+  const auto& ins = root.At("inputs", path).AsArray(path + ": inputs");
+  for (size_t i = 0; i < ins.size(); ++i) {
+    m.inputs.push_back(ParseTensorSpec(ins[i], path + ": inputs[" + std::to_string(i) + "]"));
+  }
+  const auto& outs = root.At("outputs", path).AsArray(path + ": outputs");
+  for (size_t i = 0; i < outs.size(); ++i) {
+    m.outputs.push_back(ParseTensorSpec(outs[i], path + ": outputs[" + std::to_string(i) + "]"));
+  }
+  const auto& ps = root.At("params", path).AsArray(path + ": params");
+  for (size_t i = 0; i < ps.size(); ++i) {
+    m.params.push_back(ParseParamSpec(ps[i], path + ": params[" + std::to_string(i) + "]"));
+  }
+  const json::Value& w = root.At("weights", path);
+  m.layout_id = w.At("layout_id", path + ": weights").AsString(path + ": weights.layout_id");
+  m.weights_dir = OptString(w, "dir", path + ": weights");
+  m.transform = OptString(w, "transform", path + ": weights");
+  const json::Value& e = root.At("embedding", path);
+  m.tables = e.At("tables", path + ": embedding").AsIntList(path + ": embedding.tables");
+  m.dense_input = e.At("dense_input", path + ": embedding").AsString(path + ": embedding.dense_input");
+  m.indices_input = e.At("indices_input", path + ": embedding").AsString(path + ": embedding.indices_input");
+  m.offsets_input = e.At("offsets_input", path + ": embedding").AsString(path + ": embedding.offsets_input");
+  m.bags = OptString(e, "bags", path + ": embedding");
+  if (root.Has("build")) m.build_tag = OptString(root.object.at("build"), "tag", path + ": build");
+  CheckEmbedding(m, path);
+  return m;
+}
+
+void CheckLibrary(const Manifest& m, const std::string& so_path) {
+  std::string actual = Sha256File(so_path);
+  Require(actual == m.library_sha256,
+          so_path + ": library does not match manifest " + m.path + " (sha256 expected " +
+              m.library_sha256 + " for '" + m.library_file + "', actual " + actual +
+              "); the manifest belongs to another build");
+}
+
+}  // namespace dlrm

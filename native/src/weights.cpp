@@ -1,0 +1,124 @@
+/*!
+ * \file weights.cpp
+ * \brief Checking and memory-mapping the weights folder.
+ */
+#include "weights.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <memory>
+
+#include "errors.h"
+#include "json.h"
+
+namespace dlrm {
+namespace {
+
+namespace ffi = tvm::ffi;
+
+/*! \brief One read-only file mapping, unmapped on destruction. */
+class Mapping {
+ public:
+  /*! \brief Map \p size bytes of the open file \p fd; throws naming \p path. */
+  Mapping(int fd, size_t size, const std::string& path) : size_(size) {
+    addr_ = mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+    if (addr_ == MAP_FAILED) {
+      addr_ = nullptr;
+      throw Error(path + ": mmap failed: " + std::strerror(errno));
+    }
+  }
+  ~Mapping() {
+    if (addr_ != nullptr) munmap(addr_, size_);
+  }
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+  /*! \brief Start of the mapping. */
+  void* addr() const { return addr_; }
+
+ private:
+  void* addr_ = nullptr;
+  size_t size_;
+};
+
+/*! \brief NDAlloc for Tensor::FromNDAlloc that points the tensor at a mapping (no copy). */
+struct MappedAlloc {
+  std::shared_ptr<Mapping> mapping;
+  /*! \brief "Allocate": point at the mapped bytes. TVM only reads parameters. */
+  void AllocData(DLTensor* t) { t->data = mapping->addr(); }
+  /*! \brief Release this tensor's hold on the mapping. */
+  void FreeData(DLTensor* t) {
+    t->data = nullptr;
+    mapping.reset();
+  }
+};
+
+/*! \brief Closes a file descriptor on scope exit. */
+struct FdCloser {
+  int fd;
+  ~FdCloser() {
+    if (fd >= 0) close(fd);
+  }
+};
+
+/*! \brief Check layout.json's id and parameter list against the manifest. */
+void CheckLayout(const Manifest& m, const std::string& dir) {
+  const std::string path = dir + "/layout.json";
+  struct stat st;
+  Require(stat(path.c_str(), &st) == 0,
+          path + ": missing (is '" + dir + "' a weights folder?)");
+  json::Value root = json::ParseFile(path);
+  const std::string id = root.At("layout_id", path).AsString(path + ": layout_id");
+  Require(id == m.layout_id, path + ": layout id '" + id + "' does not match the manifest's weights.layout_id '" +
+                                 m.layout_id + "' (" + m.path + ")");
+  const auto& ps = root.At("params", path).AsArray(path + ": params");
+  Require(ps.size() == m.params.size(), path + ": lists " + std::to_string(ps.size()) +
+                                            " parameters, the manifest " + std::to_string(m.params.size()));
+  for (size_t i = 0; i < ps.size(); ++i) {
+    const std::string w = path + ": params[" + std::to_string(i) + "]";
+    const ParamSpec& p = m.params[i];
+    Require(ps[i].At("file", w).AsString(w + ".file") == p.file &&
+                ps[i].At("shape", w).AsIntList(w + ".shape") == p.shape &&
+                ps[i].At("dtype", w).AsString(w + ".dtype") == p.dtype.name,
+            w + ": does not match the manifest's parameter '" + p.name + "' (" + p.file + ", " +
+                p.dtype.name + " " + ShapeStr(p.shape) + ")");
+  }
+}
+
+/*! \brief Open, size-check and map one parameter file as a tensor. */
+ffi::Tensor MapParam(const ParamSpec& p, const std::string& dir) {
+  const std::string path = dir + "/" + p.file;
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  Require(fd >= 0, path + ": cannot open weight file for parameter '" + p.name + "': " +
+                       std::strerror(errno));
+  FdCloser closer{fd};
+  struct stat st;
+  Require(fstat(fd, &st) == 0 && S_ISREG(st.st_mode), path + ": not a regular file");
+  Require(st.st_size == p.bytes, path + ": weight file for parameter '" + p.name + "' has " +
+                                     std::to_string(st.st_size) + " bytes, expected " +
+                                     std::to_string(p.bytes) + " (" + p.dtype.name + " " +
+                                     ShapeStr(p.shape) + ")");
+  auto mapping = std::make_shared<Mapping>(fd, static_cast<size_t>(p.bytes), path);
+  return ffi::Tensor::FromNDAlloc(MappedAlloc{mapping}, ffi::ShapeView(p.shape.data(), p.shape.size()),
+                                  p.dtype.dl, DLDevice{kDLCPU, 0});
+}
+
+}  // namespace
+
+Weights MapWeights(const Manifest& m, const std::string& dir) {
+  struct stat st;
+  Require(stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode), dir + ": weights folder not found");
+  CheckLayout(m, dir);
+  Weights w;
+  for (const ParamSpec& p : m.params) {
+    w.tensors.push_back(MapParam(p, dir));
+    w.total_bytes += p.bytes;
+  }
+  return w;
+}
+
+}  // namespace dlrm
