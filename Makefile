@@ -8,9 +8,11 @@ EXPERIMENT ?= default
 PRESET ?= small
 BATCH_SIZE ?= 128
 
-.PHONY: setup demo test clean-experiments
+NATIVE_BIN := native/build/dlrm_infer
 
-setup: $(STAMP)
+.PHONY: setup native demo test clean-experiments
+
+setup: $(STAMP) $(NATIVE_BIN)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +20,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test]"
 	$(BIN)/python -m ipykernel install --user --name dlrm-tvm --display-name "DLRM TVM (.venv)" >/dev/null
 	touch $(STAMP)
+
+# The C++ runner, against the TVM wheels installed in .venv.
+$(NATIVE_BIN): $(STAMP) native/CMakeLists.txt $(wildcard native/src/*)
+	cmake -S native -B native/build -DPython_EXECUTABLE=$(abspath $(BIN)/python) -DCMAKE_BUILD_TYPE=Release >/dev/null
+	cmake --build native/build -j >/dev/null
+
+native: $(NATIVE_BIN)
 
 demo: setup
 	$(BIN)/dlrm demo --experiment $(EXPERIMENT) --preset $(PRESET) --batch-size $(BATCH_SIZE)

@@ -138,11 +138,16 @@ def build(experiment: Experiment, tag: str = "untuned", pipeline=None, build_inf
     started = time.perf_counter()
     params_cfg = experiment.params
     model = load_graph(experiment.normalised_model)
+    if verify:  # a bad test data folder should fail before minutes of compiling, not after
+        from .testdata import read_test_data
+
+        read_test_data(experiment.testdata_dir, embedding_tables(model))
     log(f"[build] importing {experiment.normalised_model.name} into Relax")
     mod = import_relax(model)
     target = host_target()
     library = experiment.library_path(tag)
-    log(f"[build] compiling for {target['mcpu']} ({target['mtriple']}) -> {library.name}")
+    log(f"[build] compiling for {target['mcpu']} ({target['mtriple']}) -> {library.name}; TVM warns that "
+        "its fast gather segfaults on out-of-range ids: dlrmlib and dlrm_infer check every id first")
     compile_library(mod, target, library, pipeline)
     log("[build] writing the weights folder")
     weights_dir, params, layout = extract_weights(experiment)

@@ -28,6 +28,16 @@ def cmd_build(args) -> None:
     build(Experiment.open(args.experiment), verify=not args.no_verify)
 
 
+def cmd_infer(args) -> None:
+    from .experiment import Experiment
+    from .infer import infer
+
+    exp = Experiment.open(args.experiment)
+    manifest = exp.manifest_path(args.build) if args.build else None
+    infer(exp, manifest, warmup=args.warmup, iterations=args.iterations, threads=args.threads,
+          instances=args.instances, ids=args.ids)
+
+
 def cmd_demo(args) -> None:
     from .notebooks import run_demo
 
@@ -65,6 +75,19 @@ def make_parser() -> argparse.ArgumentParser:
     _add_experiment(p)
     p.add_argument("--no-verify", action="store_true", help="skip the check against the reference outputs")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("infer", help="run natively: dlrm_infer on the experiment's latest build")
+    _add_experiment(p)
+    p.add_argument("--build", help="build tag (untuned, or the trial budget); default: the latest build")
+    p.add_argument("--warmup", type=int, default=5, help="untimed batches per instance (default: %(default)s)")
+    p.add_argument("--iterations", type=int, default=0,
+                   help="measured passes over the test data; 0: enough for 100 batches (default)")
+    p.add_argument("--threads", type=int, default=0, help="threads per instance; 0: cores / instances")
+    p.add_argument("--instances", type=int, default=1,
+                   help="runner instances sharing the mapped weights, each on its own cores (default: 1)")
+    p.add_argument("--ids", default="reject", choices=["reject", "modulo"],
+                   help="out-of-range ids: reject, or take them modulo the table size")
+    p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("demo", help="the whole workflow through the notebooks, ending with what it measured")
     _add_experiment(p)

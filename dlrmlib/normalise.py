@@ -129,6 +129,32 @@ def find_embedding_bags(graph: onnx.GraphProto) -> dict[int, EmbeddingBag]:
     return bags
 
 
+def rewrite_embedding_bags(graph: onnx.GraphProto, num_indices: int, num_bags: int, bags: str) -> int:
+    """Replace every embedding bag of the graph (ATen or Loop form) by standard ops, in place;
+    integer initializers become Constant nodes. Each bag takes `num_indices` indices into
+    `num_bags` bags. Returns how many bags were rewritten."""
+    found = find_embedding_bags(graph)
+    weights = _weight_shapes(graph)
+    new_nodes = _constants_from_initializers(graph)
+    for pos, node in enumerate(graph.node):
+        bag = found.get(pos)
+        if bag is None:
+            new_nodes.append(node)
+            continue
+        if bag.weight not in weights:
+            raise DlrmError(f"embedding_bag {node.name!r} reads its table from {bag.weight!r}, "
+                            "which is not an initializer of the model")
+        maker = NodeMaker(f"embedding_bag/{bag.output}")
+        if bags == "one_per_bag":
+            emit_one_per_bag(bag, maker)
+        else:
+            emit_general(bag, maker, num_indices, num_bags, weights[bag.weight][1])
+        new_nodes.extend(maker.nodes)
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    return len(found)
+
+
 def _check_interface(graph: onnx.GraphProto) -> None:
     names = [i.name for i in graph.input if i.name not in {t.name for t in graph.initializer}]
     missing = [n for n in (DENSE_INPUT, OFFSETS_INPUT, INDICES_INPUT) if n not in names]
@@ -201,29 +227,7 @@ def normalise_model(model: onnx.ModelProto, batch_size: int, bags: str = "one_pe
     graph = out.graph
     _check_interface(graph)
     num_indices = batch_size * indices_per_bag
-    found = find_embedding_bags(graph)
-    weights = _weight_shapes(graph)
-
-    new_nodes = _constants_from_initializers(graph)
-    for pos, node in enumerate(graph.node):
-        bag = found.get(pos)
-        if bag is None:
-            new_nodes.append(node)
-            continue
-        if bag.weight not in weights:
-            raise DlrmError(f"embedding_bag {node.name!r} reads its table from {bag.weight!r}, "
-                            "which is not an initializer of the model")
-        maker = NodeMaker(f"embedding_bag/{bag.output}")
-        if bags == "one_per_bag":
-            emit_one_per_bag(bag, maker)
-        else:
-            num_bags = batch_size + int(bag.include_last_offset)
-            emit_general(bag, maker, num_indices, batch_size if not bag.include_last_offset else num_bags - 1,
-                         weights[bag.weight][1])
-        new_nodes.extend(maker.nodes)
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-
+    rewrite_embedding_bags(graph, num_indices, batch_size, bags)
     del graph.input[:]
     graph.input.extend(_static_inputs(batch_size, num_indices))
     output = graph.output[0]

@@ -21,6 +21,7 @@ ID_POLICIES = ("reject", "modulo")
 
 @dataclass
 class TestData:
+    __test__ = False  # not a pytest test class
     dense: np.ndarray      # float32 [N, 13]
     sparse: np.ndarray     # int64 [N, 26]
     labels: np.ndarray     # float32 [N]

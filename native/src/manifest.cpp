@@ -65,8 +65,9 @@ void CheckEmbedding(const Manifest& m, const std::string& where) {
             where + ": input '" + s->name + "' must be int64 " + ShapeStr({T, B}) + ", got " +
                 s->dtype.name + " " + ShapeStr(s->shape));
   }
-  Require(m.bags.empty() || m.bags == "one_per_bag",
-          where + ": embedding.bags '" + m.bags + "' is not supported (expected one_per_bag)");
+  // The runner always feeds one id per bag (offsets 0..B-1), valid for both kinds of build.
+  Require(m.bags.empty() || m.bags == "one_per_bag" || m.bags == "any",
+          where + ": embedding.bags '" + m.bags + "' is not supported (expected one_per_bag or any)");
   Require(m.inputs.size() == 3, where + ": expected 3 inputs (dense, offsets, indices), got " +
                                     std::to_string(m.inputs.size()));
   Require(m.outputs.size() == 1 && m.outputs[0].dtype.name == "float32" &&
