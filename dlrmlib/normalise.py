@@ -164,6 +164,19 @@ def _check_interface(graph: onnx.GraphProto) -> None:
                         f"{INDICES_INPUT} int64 [{NUM_TABLES},L]")
     if len(graph.output) != 1:
         raise DlrmError(f"the model has {len(graph.output)} outputs; the workflow expects one, [B,1]")
+    expected = {DENSE_INPUT: (TensorProto.FLOAT, {1: NUM_DENSE}), OFFSETS_INPUT: (TensorProto.INT64, {0: NUM_TABLES}),
+                INDICES_INPUT: (TensorProto.INT64, {0: NUM_TABLES})}
+    for value in graph.input:
+        if value.name not in expected:
+            continue
+        elem_type, fixed = expected[value.name]
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+        wrong_type = value.type.tensor_type.elem_type != elem_type
+        wrong_dims = len(dims) != 2 or any(dims[axis] not in (None, size) for axis, size in fixed.items())
+        if wrong_type or wrong_dims:
+            raise DlrmError(f"model input {value.name!r} is {helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)} "
+                            f"{dims}; the MLPerf DLRM interface needs "
+                            f"{helper.tensor_dtype_to_np_dtype(elem_type)} with {fixed} (axis: size)")
 
 
 def _static_inputs(batch_size: int, num_indices: int) -> list[onnx.ValueInfoProto]:

@@ -123,6 +123,9 @@ def verify_weights_folder(folder: Path, layout: str, params: list[ParamSpec]) ->
     if meta.get("layout_id") != layout:
         raise DlrmError(f"weights folder {folder} has layout {meta.get('layout_id')!r}, the library expects "
                         f"{layout!r}: it was written for another build or model")
+    if [ParamSpec.from_dict(p) for p in meta.get("params", [])] != list(params):
+        raise DlrmError(f"the parameter list of {folder / LAYOUT_FILE} differs from the manifest's: "
+                        "one of them was edited by hand, or they come from different builds")
     for spec in params:
         path = folder / spec.file
         if not path.is_file():

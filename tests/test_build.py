@@ -109,3 +109,33 @@ def test_multi_hot_build_keeps_embedding_bag_semantics(experiments_root):
                   root=experiments_root, log=lambda _: None)
     result = build(exp, log=lambda _: None)
     assert result.verification["max_abs_error"] <= 1e-5
+
+
+def test_manifest_edited_to_lie_about_a_shape_is_refused(tiny_build, tmp_path):
+    manifest_path, _ = copy_build(tiny_build, tmp_path)
+    manifest = json.loads(manifest_path.read_text())
+    victim = next(p for p in manifest["params"] if p["name"] == "emb_l.0.weight")
+    victim["shape"] = victim["shape"][::-1]  # same bytes, transposed shape
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(DlrmError, match="edited by hand"):
+        TvmBackend(manifest_path)
+
+
+def test_multi_hot_offsets_must_be_monotone(experiments_root):
+    from dlrmlib.prepare import prepare
+    from dlrmlib.build import build
+
+    exp = prepare("tiny-any", preset="tiny", batch_size=8, samples=24, bags="any", style="aten",
+                  root=experiments_root, log=lambda _: None)
+    manifest = exp.manifest_path("untuned")
+    if not manifest.exists():
+        build(exp, verify=False, log=lambda _: None)
+    backend = TvmBackend(manifest)
+    data = read_test_data(exp.testdata_dir)
+    inputs, _ = model_inputs(data.dense, data.sparse, 0, 8)
+    multi = {**inputs, "lS_o": np.tile(np.array([0, 0, 2, 3, 3, 5, 7, 8]), (26, 1))}  # empty bags included
+    assert backend.predict(multi).shape == (8, 1)
+    multi["lS_o"] = multi["lS_o"].copy()
+    multi["lS_o"][4] = [0, 3, 2, 3, 3, 5, 7, 8]
+    with pytest.raises(DlrmError, match="offsets of table 4 are not a non-decreasing"):
+        backend.predict(multi)

@@ -57,12 +57,23 @@ class TvmBackend:
             table, pos = np.argwhere(bad)[0]
             raise DlrmError(f"id {ids[table, pos]} at position {pos} is out of range for table {table} "
                             f"with {self.tables[table]} rows")
-        if self.one_per_bag and not np.array_equal(inputs[OFFSETS_INPUT],
-                                                   np.broadcast_to(np.arange(self.batch_size), ids.shape)):
-            raise DlrmError("this library was built with the one-index-per-bag fast path: offsets must be "
-                            "0..B-1 in every table; build with bags='any' for multi-hot bags")
+        offsets = inputs[OFFSETS_INPUT]
+        if self.one_per_bag:
+            if not np.array_equal(offsets, np.broadcast_to(np.arange(self.batch_size), offsets.shape)):
+                raise DlrmError("this library was built with the one-index-per-bag fast path: offsets must be "
+                                "0..B-1 in every table; build with bags='any' for multi-hot bags")
+        elif (np.diff(offsets, axis=1) < 0).any() or (offsets < 0).any() or (offsets > ids.shape[1]).any():
+            table = int(np.argwhere((np.diff(offsets, axis=1) < 0).any(axis=1) | (offsets < 0).any(axis=1)
+                                    | (offsets > ids.shape[1]).any(axis=1))[0, 0])
+            raise DlrmError(f"offsets of table {table} are not a non-decreasing sequence within "
+                            f"[0, {ids.shape[1]}]: {offsets[table].tolist()}")
 
     def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         self.check(inputs)
         args = [self._tvm.runtime.tensor(inputs[spec["name"]]) for spec in self.input_specs]
-        return self.main(*args, *self.params).numpy()
+        try:
+            return self.main(*args, *self.params).numpy()
+        except Exception as e:  # TVM's own argument checks, e.g. a hand-edited manifest
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DlrmError(f"the library {self.manifest['library']['file']} refused the call: {first} "
+                            f"(does {self.manifest_path.name} still describe that library?)") from None
