@@ -23,6 +23,7 @@ from .experiment import Experiment
 from .files import atomic_path, sha256_file
 from .normalise import WEIGHT_TYPES, embedding_tables, load_graph
 from .target import cpu_description, host_target
+from .tvmlog import quiet_tvm_log
 from .weights import (ParamSpec, initializer_chunks, layout_id, param_file_name, write_manifest,
                       write_weights_folder)
 
@@ -94,7 +95,7 @@ def compile_library(mod, target: dict, path: Path, pipeline=None) -> Path:
 
     tvm_target = tvm.target.Target(target)
     pipeline = pipeline or relax.get_default_pipeline(tvm_target)
-    with tvm_target:
+    with tvm_target, quiet_tvm_log():
         executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
     with atomic_path(path) as tmp:
         so = tmp.with_suffix(".so")  # export_library picks the linker by the suffix
@@ -146,8 +147,7 @@ def build(experiment: Experiment, tag: str = "untuned", pipeline=None, build_inf
     mod = import_relax(model)
     target = host_target()
     library = experiment.library_path(tag)
-    log(f"[build] compiling for {target['mcpu']} ({target['mtriple']}) -> {library.name}; TVM warns that "
-        "its fast gather segfaults on out-of-range ids: dlrmlib and dlrm_infer check every id first")
+    log(f"[build] compiling for {target['mcpu']} ({target['mtriple']}) -> {library.name}")
     compile_library(mod, target, library, pipeline)
     log("[build] writing the weights folder")
     weights_dir, params, layout = extract_weights(experiment)
