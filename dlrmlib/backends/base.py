@@ -42,14 +42,18 @@ def predict_all(backend: Backend, dense: np.ndarray, sparse: np.ndarray, progres
 
 
 def measure(backend: Backend, dense: np.ndarray, sparse: np.ndarray, warmup: int = 3,
-            repeats: int = 20) -> dict:
-    """Per-batch latency over `repeats` timed batches cycling through the data, after warm-up."""
+            repeats: int = 20, max_seconds: float | None = None) -> dict:
+    """Per-batch latency over `repeats` timed batches cycling through the data, after warm-up;
+    with `max_seconds`, stops early once that much time is measured (at least 3 batches), so a
+    slow untuned build does not hold up a quick check."""
     batches = [model_inputs(dense, sparse, s, backend.batch_size)[0]
                for s in range(0, len(dense), backend.batch_size)]
     for i in range(warmup):
         backend.predict(batches[i % len(batches)])
     seconds = []
     for i in range(repeats):
+        if max_seconds is not None and len(seconds) >= 3 and sum(seconds) > max_seconds:
+            break
         inputs = batches[i % len(batches)]
         start = time.perf_counter()
         backend.predict(inputs)
