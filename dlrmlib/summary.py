@@ -55,10 +55,14 @@ def build_summary(manifest_path) -> pd.DataFrame:
 
 
 def measurements_table(exp: Experiment) -> pd.DataFrame:
-    """Every measurement of the experiment, one row each, the columns people compare."""
+    """Every single-configuration measurement of the experiment (a build checked in Python, the
+    native runner, ONNX Runtime), one row each, the columns people compare. Sweeps (`bench`,
+    `profile`, LoadGen) have tables of their own."""
     columns = ["runtime", "build", "batch_size", "samples_per_s", "latency_ms_p50", "latency_ms_p99",
                "max_abs_error", "auc"]
     rows = []
     for name, m in exp.measurements().items():
+        if "runtime" not in m or "samples_per_s" not in m:
+            continue
         rows.append({"measurement": name, **{c: m.get(c) for c in columns}})
     return pd.DataFrame(rows, columns=["measurement", *columns]).set_index("measurement")
