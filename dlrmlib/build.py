@@ -130,10 +130,27 @@ def extract_weights(experiment: Experiment, progress: Callable | None = None) ->
     return folder, params, layout
 
 
+def prepacked_weights(experiment: Experiment, library: Path, plan, plain: tuple[Path, list[ParamSpec], str]):
+    """The weights folder of a library whose `main` takes transformed (prepacked) weights:
+    (folder, params, layout), the transform run once here, never by a runner."""
+    from .schedules.prepack import TRANSFORM, transformed_param_specs, write_transformed_weights
+
+    plain_dir, plain_params, _ = plain
+    specs = transformed_param_specs(plain_params, plan)
+    layout = layout_id(model_identity(experiment.normalised_model), specs, TRANSFORM)
+    folder = experiment.weights_root / layout
+    write_transformed_weights(folder, layout, library, plan, plain_dir, plain_params)
+    return folder, specs, layout
+
+
 def build(experiment: Experiment, tag: str = "untuned", pipeline=None, build_info: dict | None = None,
-          verify: bool = True, log: Callable[[str], None] = print) -> BuildResult:
+          verify: bool = True, log: Callable[[str], None] = print, schedule: str = "default",
+          weights: Callable[[Path], tuple[Path, list[ParamSpec], str, str | None]] | None = None) -> BuildResult:
     """Library + manifest for the experiment's normalised model; checks the library against the
-    reference outputs of the test data when `verify`."""
+    reference outputs of the test data when `verify`. `schedule="custom"` uses the hand-written
+    kernels of dlrmlib.schedules (packed GEMM, weights prepacked into the weights folder).
+    `weights(library)`, for a `pipeline` that changes `main`'s parameters (tuned builds with
+    weight prepacking), writes the weights folder and returns (folder, params, layout, transform)."""
     import tvm
 
     started = time.perf_counter()
@@ -146,11 +163,25 @@ def build(experiment: Experiment, tag: str = "untuned", pipeline=None, build_inf
     log(f"[build] importing {experiment.normalised_model.name} into Relax")
     mod = import_relax(model)
     target = host_target()
+    if schedule == "custom":
+        from .schedules import PIPELINE_NAME, custom_module
+
+        mod, plan = custom_module(mod, target, NUM_INPUTS)
+        build_info = {"pipeline": PIPELINE_NAME, "schedule": "custom", "prepack": not plan.identity,
+                      **(build_info or {})}
+        if not plan.identity:  # the same weights hook as a prepacked tuned build
+            weights = lambda lib: (*prepacked_weights(experiment, lib, plan, extract_weights(experiment)),  # noqa: E731
+                                   "main_transform_params")
+    elif schedule != "default":
+        raise DlrmError(f"unknown schedule {schedule!r}: default or custom")
     library = experiment.library_path(tag)
     log(f"[build] compiling for {target['mcpu']} ({target['mtriple']}) -> {library.name}")
     compile_library(mod, target, library, pipeline)
     log("[build] writing the weights folder")
     weights_dir, params, layout = extract_weights(experiment)
+    transform = None
+    if weights is not None:
+        weights_dir, params, layout, transform = weights(library)
     batch = params_cfg["batch_size"]
     manifest_path = experiment.manifest_path(tag)
     output = model.graph.output[0].name
@@ -163,7 +194,7 @@ def build(experiment: Experiment, tag: str = "untuned", pipeline=None, build_inf
                    for i in model.graph.input],
         "outputs": [{"name": output, "shape": [batch, 1], "dtype": "float32"}],
         "params": [p.to_dict() for p in params],
-        "weights": {"layout_id": layout, "dir": f"../weights/{layout}", "transform": None},
+        "weights": {"layout_id": layout, "dir": f"../weights/{layout}", "transform": transform},
         "embedding": {"tables": embedding_tables(model), "dense_input": "input.1", "indices_input": "lS_i",
                       "offsets_input": "lS_o", "bags": params_cfg["bags"]},
         "target": target,

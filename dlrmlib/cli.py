@@ -25,7 +25,9 @@ def cmd_build(args) -> None:
     from .build import build
     from .experiment import Experiment
 
-    build(Experiment.open(args.experiment), verify=not args.no_verify)
+    schedule = getattr(args, "schedule", "default")
+    tag = getattr(args, "tag", None) or ("custom" if schedule == "custom" else "untuned")
+    build(Experiment.open(args.experiment), tag=tag, verify=not args.no_verify, schedule=schedule)
 
 
 def cmd_infer(args) -> None:
@@ -74,6 +76,10 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="build: library + manifest, checked against the reference (03_build)")
     _add_experiment(p)
     p.add_argument("--no-verify", action="store_true", help="skip the check against the reference outputs")
+    p.add_argument("--schedule", default="default", choices=["default", "custom"],
+                   help="custom: hand-written packed-GEMM and interaction kernels (dlrmlib.schedules), "
+                        "weights prepacked at build time (default: %(default)s)")
+    p.add_argument("--tag", help="build tag (default: untuned, or custom with --schedule custom)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("infer", help="run natively: dlrm_infer on the experiment's latest build")
@@ -95,6 +101,18 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--samples", type=int, default=1024)
     p.set_defaults(func=cmd_demo)
+
+    from .analysis_cli import add_subcommands  # profile, bench, report (04_profile, 05_report)
+
+    add_subcommands(sub, _add_experiment)
+
+    from .loadgen_cli import add_subcommand as add_loadgen  # MLPerf LoadGen scenarios
+
+    add_loadgen(sub, _add_experiment)
+
+    from .tune_cli import add_subcommands as add_tune  # tune; build --log/--prepack (02_tune)
+
+    add_tune(sub, _add_experiment)
     return parser
 
 

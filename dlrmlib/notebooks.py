@@ -7,7 +7,8 @@ from .errors import DlrmError
 from .experiment import Experiment
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
-WORKFLOW = ("01_setup", "03_build")  # in workflow order
+WORKFLOW = ("01_setup", "02_tune", "03_build", "04_profile", "05_report")  # in workflow order
+DEMO_TRIALS = 64  # the demo's tuning budget: minutes, not hours (CI=true: fewer, dlrmlib.tune.ci_trials)
 
 
 def run_notebook(name: str, experiment: str, parameters: dict | None = None,
@@ -41,9 +42,13 @@ def run_demo(experiment: str = "default", preset: str = "small", batch_size: int
 
     for name in WORKFLOW:
         print(f"== {name}")
-        parameters = {"preset": preset, "batch_size": batch_size, "samples": samples} if name == "01_setup" else {}
+        parameters = ({"preset": preset, "batch_size": batch_size, "samples": samples} if name == "01_setup"
+                      else {"trials": DEMO_TRIALS} if name == "02_tune" else {})
         print(f"   executed: {run_notebook(name, experiment, parameters)}")
     exp = Experiment.open(experiment)
     print(f"\nMeasured in {exp.root}:")
     print(measurements_table(exp).to_string(float_format=lambda v: f"{v:.4g}"))
+    from .report import render_report
+
+    print(f"\nReport: {render_report(exp)}")
     return exp

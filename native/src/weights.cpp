@@ -31,6 +31,9 @@ class Mapping {
       addr_ = nullptr;
       throw Error(path + ": mmap failed: " + std::strerror(errno));
     }
+    // Lookups hit random rows: no read-ahead around each fault, which on a table larger than
+    // memory reads mostly rows nobody asked for and evicts the hot ones. Advisory only.
+    madvise(addr_, size, MADV_RANDOM);
   }
   ~Mapping() {
     if (addr_ != nullptr) munmap(addr_, size_);

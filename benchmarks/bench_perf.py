@@ -1,0 +1,181 @@
+"""The issue-8 goal table: TVM with the hand-written kernels against every peer, per batch size.
+
+For each batch size: one experiment `perf-<preset>-b<B>` (prepared and built with
+`schedule="custom"` if missing), then repetitions in which every runtime runs the same batches
+once, in a rotating order, with a large numpy sgemm timed in the same loop as the machine's
+fp32 peak. The machine may be shared: every figure is a median over repetitions and every
+comparison a ratio within the same run.
+
+    python benchmarks/bench_perf.py --preset small --batches 1,128,256,2048
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+PEERS = ("onnxruntime", "openvino", "pytorch-eager")
+WORK_S = 0.25  # timed work per runtime per repetition
+
+
+class ServingTvm:
+    """A TVM build called the way a serving loop (and the native runner) calls it: the same id
+    checks as TvmBackend, inputs copied into tensors allocated once. TvmBackend.predict makes
+    new tensors every call, which costs about 150 us at batch 1 here, as much as the model."""
+
+    def __init__(self, backend):
+        import tvm
+
+        self.backend, self.name, self.batch_size = backend, f"{backend.name}", backend.batch_size
+        self.tensors = [tvm.runtime.empty(s["shape"], s["dtype"], tvm.cpu()) for s in backend.input_specs]
+
+    def predict(self, inputs: dict) -> np.ndarray:
+        self.backend.check(inputs)
+        for tensor, spec in zip(self.tensors, self.backend.input_specs):
+            tensor.copyfrom(inputs[spec["name"]])
+        return self.backend.main(*self.tensors, *self.backend.params).numpy()
+
+
+def ensure_experiment(name: str, preset: str, batch: int, tag: str, log, source=None):
+    """The experiment for one batch size with a custom-schedule build, made once; `source`
+    (an earlier experiment's model) avoids generating the same weights again."""
+    from dlrmlib.build import build
+    from dlrmlib.errors import DlrmError
+    from dlrmlib.experiment import Experiment
+    from dlrmlib.prepare import prepare
+
+    try:
+        exp = Experiment.open(name)
+    except DlrmError:
+        prepare(name, preset=None if source else preset, onnx_model=source, batch_size=batch,
+                samples=max(1024, 2 * batch), log=log)
+        exp = Experiment.open(name)
+    if not exp.manifest_path(tag).exists():
+        build(exp, tag=tag, schedule="custom", log=log)
+    return exp
+
+
+def make_peers(exp, batch: int, names: list[str], threads: int, log) -> list:
+    """The peers that load here; one that does not is reported and skipped."""
+    from dlrmlib.bench import Config, _make_peer, _TorchModule
+
+    config, torch_module, peers = Config(batch, threads, ("batch",)), _TorchModule(exp), []
+    for name in names:
+        try:
+            peers.append(_make_peer(name, exp.normalised_model, config, torch_module))
+        except Exception as e:  # noqa: BLE001 - a missing peer is a note, not a failure
+            log(f"[perf] {name} unavailable at batch {batch}: {type(e).__name__}: {str(e)[:120]}")
+    return peers
+
+
+def input_batches(exp, batch: int, count: int = 4) -> list[dict]:
+    from dlrmlib.backends import model_inputs
+    from dlrmlib.testdata import read_test_data
+
+    data = read_test_data(exp.testdata_dir)
+    starts = [(k * batch) % max(1, len(data.dense) - batch + 1) for k in range(count)]
+    return [model_inputs(data.dense, data.sparse, s, batch)[0] for s in starts]
+
+
+def seconds_per_batch(backend, batches: list[dict]) -> float:
+    """Median seconds per batch over about WORK_S of back-to-back calls."""
+    times, start = [], time.perf_counter()
+    while time.perf_counter() - start < WORK_S or len(times) < 3:
+        inputs = batches[len(times) % len(batches)]
+        t0 = time.perf_counter()
+        backend.predict(inputs)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def sgemm_gflops(n: int = 2048) -> float:
+    """This machine's practical fp32 peak now: a large numpy sgemm, best of 3."""
+    from dlrmlib.machine import measure_peak_gflops
+
+    return measure_peak_gflops(n, repeats=3)
+
+
+def measure(backends: list, batches: list[dict], repeats: int, log) -> tuple[dict, list[float]]:
+    """Per runtime: seconds per batch, one per repetition; and the sgemm peak per repetition."""
+    for b in backends:  # warm-up, and every output must agree with ONNX Runtime's
+        b.predict(batches[0])
+    reference = backends[0].predict(batches[0])
+    for b in backends[1:]:
+        error = float(np.abs(b.predict(batches[0]).reshape(-1) - reference.reshape(-1)).max())
+        log(f"[perf] {b.name}: max |output - {backends[0].name}| = {error:.2e}")
+    runs, peaks = {b.name: [] for b in backends}, []
+    for rep in range(repeats):
+        order = backends[rep % len(backends):] + backends[:rep % len(backends)]
+        for b in order:
+            runs[b.name].append(seconds_per_batch(b, batches))
+        peaks.append(sgemm_gflops())
+    return runs, peaks
+
+
+def rows_for_batch(batch: int, runs: dict, peaks: list[float], flops: float, tvm_name: str) -> list[dict]:
+    peak = statistics.median(peaks)
+    medians = {name: statistics.median(t) for name, t in runs.items()}
+    best_peer = min((n for n in medians if n != tvm_name), key=medians.get)
+    rows = []
+    for name, sec in medians.items():
+        rows.append({"batch": batch, "runtime": name, "ms_per_batch": sec * 1e3, "samples_per_s": batch / sec,
+                     "gflops": batch * flops / sec / 1e9, "fraction_of_peak": batch * flops / sec / 1e9 / peak,
+                     "ratio_to_best_peer": medians[best_peer] / sec, "best_peer": best_peer,
+                     "spread_ms": [min(runs[name]) * 1e3, max(runs[name]) * 1e3], "repeats": len(runs[name]),
+                     "sgemm_peak_gflops": peak})
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'batch':>5}  {'runtime':<16} {'ms/batch':>9} {'samples/s':>10} {'GFLOP/s':>8} {'% peak':>7} "
+          f"{'x best peer':>11}  sgemm peak")
+    for r in rows:
+        print(f"{r['batch']:>5}  {r['runtime']:<16} {r['ms_per_batch']:>9.3f} {r['samples_per_s']:>10.0f} "
+              f"{r['gflops']:>8.1f} {100 * r['fraction_of_peak']:>6.1f}% {r['ratio_to_best_peer']:>10.2f}x  "
+              f"{r['sgemm_peak_gflops']:.0f} GFLOP/s")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="small")
+    p.add_argument("--batches", default="1,128,256,2048")
+    p.add_argument("--peers", default=",".join(PEERS))
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--threads", type=int, default=0, help="threads per runtime (0: every usable core)")
+    p.add_argument("--tag", default="custom", help="TVM build tag to compare (built if missing)")
+    p.add_argument("--json", type=Path, help="also write the rows here")
+    args = p.parse_args(argv)
+
+    from dlrmlib.backends.tvm import TvmBackend
+    from dlrmlib.machine import set_tvm_threads, usable_cores
+    from dlrmlib.presets import PRESETS
+
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    cores = usable_cores()
+    threads = args.threads or len(cores)
+    set_tvm_threads(threads, cores)
+    flops = PRESETS[args.preset].flops_per_sample()
+    rows, source = [], None
+    for batch in [int(b) for b in args.batches.split(",")]:
+        exp = ensure_experiment(f"perf-{args.preset}-b{batch}", args.preset, batch, args.tag, log, source)
+        source = source or exp.source_model
+        tvm_backend = ServingTvm(TvmBackend(exp.manifest_path(args.tag)))
+        backends = make_peers(exp, batch, args.peers.split(","), threads, log) + [tvm_backend]
+        runs, peaks = measure(backends, input_batches(exp, batch), args.repeats, log)
+        rows += rows_for_batch(batch, runs, peaks, flops, tvm_backend.name)
+        print_table([r for r in rows if r["batch"] == batch])
+        del backends, tvm_backend
+    print()
+    print_table(rows)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Benchmark of tuning: how fast it tunes, and what the tuned library is worth.
+
+Tunes the `small` DLRM (26 x 100k tables) at batch 128 from an empty log with a fixed trial
+budget, then prints trials per minute and the tuned library's samples/s against the untuned
+library and against ONNX Runtime, all three measured in this process, interleaved in rounds
+(the median of the rounds is reported, so that a noisy neighbour hits all three alike).
+
+    python benchmarks/bench_tune.py [--trials 512] [--prepack] [--experiment bench-tune]
+
+Its experiment's tuning log is removed first (only that experiment's), so the rate is the
+rate from scratch. Results also land in the experiment's measurements/bench_tune.json.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import time
+
+from dlrmlib.backends import measure
+from dlrmlib.backends.onnxruntime import OnnxRuntimeBackend
+from dlrmlib.backends.tvm import TvmBackend
+from dlrmlib.build import build
+from dlrmlib.experiment import Experiment
+from dlrmlib.prepare import prepare
+from dlrmlib.target import cpu_description, host_target
+from dlrmlib.testdata import read_test_data
+from dlrmlib.tune import build_tuned, tune, tuning_curve, tuning_log_dir
+
+BATCH = 128
+ROUNDS = 7
+BATCHES_PER_ROUND = 40
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--experiment", default="bench-tune", help="experiment to use (its tuning log is removed)")
+    p.add_argument("--trials", type=int, default=512, help="trial budget (default: %(default)s)")
+    p.add_argument("--prepack", action="store_true", help="tune and build with weight prepacking")
+    p.add_argument("--samples", type=int, default=2048, help="test samples (default: %(default)s)")
+    return p.parse_args()
+
+
+def prepared(name: str, samples: int) -> Experiment:
+    """The small DLRM at batch 128 (the generated model is reused when it is already there)."""
+    return prepare(name, preset="small", batch_size=BATCH, samples=samples, log=lambda _: None)
+
+
+def steady_rate(folder) -> float:
+    """Trials per minute between the first and the last measured batch (start-up excluded)."""
+    curve = tuning_curve(folder)
+    first, last = curve.iloc[1], curve.iloc[-1]
+    return 60.0 * (last["trial"] - first["trial"]) / (last["t"] - first["t"]) if last["t"] > first["t"] else 0.0
+
+
+def interleaved(backends: dict, data) -> dict[str, float]:
+    """Median samples/s of each backend over rounds that take turns."""
+    rates = {name: [] for name in backends}
+    for _ in range(ROUNDS):
+        for name, backend in backends.items():
+            rates[name].append(measure(backend, data.dense, data.sparse, warmup=3,
+                                       repeats=BATCHES_PER_ROUND)["samples_per_s"])
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
+def main() -> None:
+    args = parse_args()
+    exp = prepared(args.experiment, args.samples)
+    shutil.rmtree(tuning_log_dir(exp, args.prepack), ignore_errors=True)
+    untuned = build(exp, log=lambda _: None)
+    started = time.perf_counter()
+    result = tune(exp, trials=args.trials, prepack=args.prepack)
+    tuned = build_tuned(exp, prepack=args.prepack)
+    data = read_test_data(exp.testdata_dir)
+    rates = interleaved({"onnxruntime": OnnxRuntimeBackend(exp.normalised_model, BATCH),
+                         "tvm untuned": TvmBackend(untuned.manifest),
+                         f"tvm tuned ({tuned.tag})": TvmBackend(tuned.manifest)}, data)
+    target = host_target()
+    report = {
+        "machine": f"{cpu_description()} ({target['mcpu']}), {os.cpu_count()} cores",
+        "model": f"small DLRM (26 x 100k-row tables), batch {BATCH}",
+        "trials": result.new_trials, "tuning_seconds": round(result.seconds, 1),
+        "trials_per_minute": round(result.trials_per_minute, 1),
+        "trials_per_minute_steady": round(steady_rate(result.log_dir), 1),
+        "estimated_latency_ms": round(result.estimated_latency_s * 1e3, 3) if result.estimated_latency_s else None,
+        "samples_per_s": {k: round(v) for k, v in rates.items()},
+        "tuned_over_untuned": round(rates[f"tvm tuned ({tuned.tag})"] / rates["tvm untuned"], 2),
+        "tuned_over_onnxruntime": round(rates[f"tvm tuned ({tuned.tag})"] / rates["onnxruntime"], 3),
+        "untuned_over_onnxruntime": round(rates["tvm untuned"] / rates["onnxruntime"], 4),
+        "max_abs_error": tuned.verification["max_abs_error"],
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    exp.save_measurement("bench_tune" + ("_prepack" if args.prepack else ""), report)
+    print(f"\n{report['machine']}; {report['model']}; prepack: {args.prepack}")
+    print(f"tuning: {report['trials']} trials in {report['tuning_seconds']} s = {report['trials_per_minute']} "
+          f"trials/min ({report['trials_per_minute_steady']} after start-up)")
+    for name, value in report["samples_per_s"].items():
+        print(f"  {name:28s} {value:>10,} samples/s")
+    print(f"tuned / untuned: {report['tuned_over_untuned']}x; tuned / ONNX Runtime: "
+          f"{report['tuned_over_onnxruntime']}x; untuned / ONNX Runtime: {report['untuned_over_onnxruntime']}x; "
+          f"max |tuned - reference| = {report['max_abs_error']:.2e}")
+
+
+if __name__ == "__main__":
+    main()

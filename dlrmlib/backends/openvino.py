@@ -1,0 +1,32 @@
+"""OpenVINO: Intel's CPU runtime, a peer. It reads the normalised ONNX model directly."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DlrmError
+
+
+class OpenVinoBackend:
+    name = "openvino"
+
+    def __init__(self, model_path: str | Path, batch_size: int, threads: int | None = None):
+        import openvino as ov
+
+        self.version = ov.__version__.split("-")[0]
+        self.batch_size = batch_size
+        # f32 so that a CPU with bf16/AMX does not silently trade accuracy for speed;
+        # LATENCY: one request at a time, as every other runtime here runs.
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            self.compiled = ov.Core().compile_model(str(model_path), "CPU", config)
+        except Exception as e:
+            raise DlrmError(f"OpenVINO cannot compile {model_path}: {str(e).strip().splitlines()[0]}") from None
+        self.request = self.compiled.create_infer_request()
+        self.output = self.compiled.output(0)
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return np.array(self.request.infer(inputs)[self.output])  # the request reuses its buffer

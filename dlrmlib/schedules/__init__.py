@@ -1,0 +1,25 @@
+"""Hand-written TensorIR kernels for the DLRM and the Relax passes that use them.
+
+`custom_module` rewrites the imported module (Dense layers -> packed GEMM with fused bias +
+ReLU; the 26 gathers + dot interaction + concatenation -> one kernel) and lifts the weight packing into `main_transform_params`; the default CPU pipeline then
+lowers whatever is left. See README "Performance".
+"""
+from __future__ import annotations
+
+from .dense import PANEL, DenseShape, dense_func, pack_func
+from .prepack import TRANSFORM, LiftPlan, lift_weight_transforms, write_transformed_weights
+
+SCHEDULES = ("default", "custom")
+PIPELINE_NAME = "custom kernels (dlrmlib.schedules: packed GEMM + bias/ReLU, fused gather + interaction) + relax default (cpu_generic)"
+
+
+def custom_module(mod, target: dict, num_input: int):
+    """(rewritten module, LiftPlan) for `tvm.compile` with the default pipeline."""
+    import tvm
+
+    from .rewrite import use_dense_kernels, use_interaction_kernel
+
+    tvm_target = tvm.target.Target(target)
+    mod = use_interaction_kernel()(mod)
+    mod = use_dense_kernels(tvm_target)(mod)
+    return lift_weight_transforms(mod, num_input)

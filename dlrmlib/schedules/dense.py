@@ -1,0 +1,92 @@
+"""Packed-weight GEMM with a fused bias + ReLU epilogue, written as TensorIR.
+
+TVM 0.27's wheel has no CPU matmul schedule (dlight CPU covers GEMV and reductions only), so
+an untuned Dense runs as a naive triple loop. This kernel is the classic BLAS structure:
+weights pre-packed once into column panels [N/bn, K, bn] (contiguous, unit-stride vector
+loads along bn), an mr x bn register-blocked accumulator that stays in vector registers over
+the whole K loop, and the bias + ReLU applied while the tile is still in registers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PANEL = 32  # bn: 2 AVX-512 or 4 AVX2 fp32 vectors per accumulator row
+
+
+@dataclass(frozen=True)
+class DenseShape:
+    """One fully connected layer at a fixed batch: out[M, N] = act(x[M, K] @ W[N, K]^T + b)."""
+
+    m: int
+    k: int
+    n: int
+    relu: bool = True
+
+    @property
+    def packable(self) -> bool:
+        return self.n % PANEL == 0
+
+    @property
+    def name(self) -> str:
+        return f"dense_m{self.m}_k{self.k}_n{self.n}{'_relu' if self.relu else ''}"
+
+
+def row_block(m: int, vector_lanes: int) -> int:
+    """Rows per register tile: mr x (bn / lanes) accumulators must fit the vector registers
+    (32 with AVX-512, 16 with AVX2) next to the panel loads and the broadcast."""
+    limit = 12 if vector_lanes >= 16 else 3
+    for mr in range(min(limit, m), 0, -1):
+        if m % mr == 0:
+            return mr
+    return 1
+
+
+def pack_func(n: int, k: int, bn: int = PANEL):
+    """W[N, K] (ONNX Gemm transB layout) -> panels Wp[N/bn, K, bn]; runs once, at build time."""
+    from tvm import te
+
+    w = te.placeholder((n, k), "float32", name="w")
+    wp = te.compute((n // bn, k, bn), lambda j, kk, i: w[j * bn + i, kk], name="pack")
+    return te.create_prim_func([w, wp]).with_attr("global_symbol", f"pack_n{n}_k{k}")
+
+
+def dense_compute(shape: DenseShape, bn: int = PANEL):
+    """The packed dense as a TensorIR function (x, Wp, b) -> out, before scheduling."""
+    from tvm import te, tirx
+
+    m, k, n = shape.m, shape.k, shape.n
+    x = te.placeholder((m, k), "float32", name="x")
+    wp = te.placeholder((n // bn, k, bn), "float32", name="wp")
+    b = te.placeholder((n,), "float32", name="b")
+    r = te.reduce_axis((0, k), name="r")
+    acc = te.compute((m, n), lambda i, j: te.sum(x[i, r] * wp[j // bn, r, j % bn], axis=r), name="dense")
+    if shape.relu:
+        out = te.compute((m, n), lambda i, j: tirx.max(acc[i, j] + b[j], tirx.const(0, "float32")), name="epilogue")
+    else:
+        out = te.compute((m, n), lambda i, j: acc[i, j] + b[j], name="epilogue")
+    return te.create_prim_func([x, wp, b, out])
+
+
+def dense_func(shape: DenseShape, vector_lanes: int = 16, bn: int = PANEL):
+    """The scheduled kernel: parallel over (panel, row block); per tile the accumulator lives
+    in registers ('local'), K runs innermost-but-two, the bn lanes are vectorised, the mr rows
+    unrolled; the epilogue writes the tile out once."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(dense_compute(shape, bn))
+    mr = row_block(shape.m, vector_lanes)
+    dense = sch.get_sblock("dense")
+    epilogue = sch.get_sblock("epilogue")
+    i, j, r = sch.get_loops(dense)
+    io, ii = sch.split(i, [None, mr])
+    jo, ji = sch.split(j, [None, bn])
+    sch.reorder(jo, io, r, ii, ji)
+    sch.set_scope(dense, 0, "local")
+    sch.reverse_compute_at(epilogue, io)
+    sch.parallel(sch.fuse(jo, io))
+    sch.vectorize(ji)
+    sch.unroll(ii)
+    init = sch.decompose_reduction(dense, r)
+    for block in (init, epilogue):
+        sch.vectorize(sch.get_loops(block)[-1])
+    return sch.mod["main"].with_attr("global_symbol", shape.name)

@@ -1,0 +1,182 @@
+"""Relax passes that route the DLRM's layers to the hand-written kernels.
+
+They run BEFORE the default CPU pipeline: what they match becomes `R.call_tir` to an already
+scheduled PrimFunc (marked opaque so FuseOps leaves it alone); everything else is legalised
+and fused as usual. Weight packing is a separate `call_tir` on the weight parameter alone,
+so `LiftTransformParams` moves it into `main_transform_params`, run once at build time.
+"""
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+from tvm.relax.dpl import is_op, wildcard
+
+from .dense import PANEL, DenseShape, dense_func, pack_func
+
+OPAQUE = 8  # relay/relax OpPatternKind kOpaque: never fused into a neighbour
+
+
+def _static_shape(expr) -> tuple[int, ...] | None:
+    shape = getattr(expr.ty, "shape", None)
+    if shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape.values):
+        return None
+    return tuple(int(d) for d in shape.values)
+
+
+def _dense_patterns():
+    """x @ permute_dims(W) + b, with and without a following ReLU."""
+    x, w, b = wildcard(), wildcard(), wildcard()
+    biased = is_op("relax.add")(is_op("relax.matmul")(x, is_op("relax.permute_dims")(w)), b)
+    return (is_op("relax.nn.relu")(biased), biased), (x, w, b)
+
+
+class _KernelTable:
+    """Adds each distinct PrimFunc to the module once and hands back its GlobalVar."""
+
+    def __init__(self, builder: relax.BlockBuilder):
+        self.builder = builder
+        self.known: dict[str, tvm.ir.GlobalVar] = {}
+
+    def get(self, name: str, make):
+        if name not in self.known:
+            func = make().with_attr("op_pattern", OPAQUE).with_attr("global_symbol", name)
+            self.known[name] = self.builder.add_func(func, name)
+        return self.known[name]
+
+
+def _dense_rewriter(kernels: _KernelTable, relu: bool, vars_, vector_lanes: int):
+    x_pat, w_pat, b_pat = vars_
+
+    def rewrite(expr, matches):
+        x, w, b = matches[x_pat], matches[w_pat], matches[b_pat]
+        xs, ws, bs = _static_shape(x), _static_shape(w), _static_shape(b)
+        if not (xs and ws and bs) or len(xs) != 2 or len(ws) != 2 or bs != (ws[0],):
+            return expr
+        if any(str(e.ty.dtype) != "float32" for e in (x, w, b)) or not isinstance(w, relax.Var):
+            return expr
+        shape = DenseShape(m=xs[0], k=xs[1], n=ws[0], relu=relu)
+        if not shape.packable or ws[1] != shape.k:
+            return expr
+        pack = kernels.get(f"pack_n{shape.n}_k{shape.k}", lambda: pack_func(shape.n, shape.k))
+        dense = kernels.get(shape.name, lambda: dense_func(shape, vector_lanes))
+        packed = relax.call_tir(pack, [w], relax.TensorType((shape.n // PANEL, shape.k, PANEL), "float32"))
+        return relax.call_tir(dense, [x, packed, b], relax.TensorType((shape.m, shape.n), "float32"))
+
+    return rewrite
+
+
+def vector_lanes(target: tvm.target.Target) -> int:
+    """fp32 lanes of the widest vector unit the target really has."""
+    features = str(target.attrs.get("mcpu", ""))
+    has_avx512 = tvm.target.codegen.target_has_features("avx512f", target) if hasattr(
+        tvm.target.codegen, "target_has_features") else "avx512" in features
+    return 16 if has_avx512 else 8
+
+
+def use_dense_kernels(target: tvm.target.Target):
+    """Module pass: every float32 Dense(+bias)(+ReLU) with a packable width -> packed GEMM."""
+
+    @tvm.transform.module_pass(opt_level=0, name="UseDenseKernels")
+    def _pass(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
+        builder = relax.BlockBuilder(mod)
+        kernels = _KernelTable(builder)
+        lanes = vector_lanes(target)
+        (with_relu, plain), vars_ = _dense_patterns()
+        updates = {}
+        for gv, func in mod.functions.items():
+            if not isinstance(func, relax.Function):
+                continue
+            func = relax.dpl.rewrite_call(with_relu, _dense_rewriter(kernels, True, vars_, lanes), func)
+            func = relax.dpl.rewrite_call(plain, _dense_rewriter(kernels, False, vars_, lanes), func)
+            updates[gv] = func
+        out = builder.get()
+        for gv, func in updates.items():
+            out[gv] = func
+        return out
+
+    return _pass
+
+
+def _const_values(const) -> list:
+    """A Relax constant's values (0.27 renamed `.data` to `.value`)."""
+    value = getattr(const, "value", None)
+    value = value if value is not None else const.data
+    return value.numpy().reshape(-1).tolist()
+
+
+def _interaction_pattern(tables: int):
+    """concat(x, take(reshape(Z @ Z^T), tril)) with Z = reshape(concat(x, take(E_t, I_t)...)),
+    the shape the ONNX export of DLRM's dot interaction imports as."""
+    from tvm.relax.dpl import is_const, is_tuple
+
+    x = wildcard()
+    tabs = [wildcard() for _ in range(tables)]
+    stacked = wildcard()
+    rows = [is_const() for _ in range(tables)]
+    ids = [_normalised_id_pattern(stacked, r) for r in rows]
+    gathers = [is_op("relax.take")(e, i) for e, i in zip(tabs, ids)]
+    z = is_op("relax.reshape")(is_op("relax.concat")(is_tuple([x, *gathers])), wildcard())
+    full = is_op("relax.reshape")(is_op("relax.matmul")(z, is_op("relax.permute_dims")(z)), wildcard())
+    const = is_const()
+    index = is_op("relax.where")(is_op("relax.less")(const, wildcard()), wildcard(), const)
+    x_again = wildcard()
+    out = is_op("relax.concat")(is_tuple([x_again, is_op("relax.take")(full, index)]))
+    return out, (x, x_again, tabs, ids, const, gathers, stacked, rows)
+
+
+def _normalised_id_pattern(stacked, row):
+    """where(g < 0, g + rows, g) with g = take(lS_i, row): the importer's ONNX Gather on the
+    [T, B] id input, then its negative-id wrap (both folded into the kernel)."""
+    from tvm.relax.dpl import is_const
+
+    row_index = is_op("relax.where")(is_op("relax.less")(row, is_const()), wildcard(), row)
+    g = is_op("relax.take")(stacked, row_index)
+    return is_op("relax.where")(is_op("relax.less")(g, is_const()), is_op("relax.add")(g, wildcard()), g)
+
+
+def _interaction_rewriter(kernels: _KernelTable, parts):
+    from .interaction import InteractionShape, interaction_func, tril_pairs
+
+    x_pat, x_again_pat, tab_pats, id_pats, const_pat, gather_pats, stacked_pat, row_pats = parts
+
+    def rewrite(expr, matches):
+        x, tabs, stacked = matches[x_pat], [matches[p] for p in tab_pats], matches[stacked_pat]
+        id_rows = tuple(int(_const_values(matches[r])[0]) for r in row_pats)
+        if not matches[x_again_pat].same_as(x) or any(int(matches[g].attrs.axis) != 0 for g in gather_pats):
+            return expr
+        xs, ids_shape = _static_shape(x), _static_shape(stacked)
+        tab_shapes = [_static_shape(t) for t in tabs]
+        if not xs or ids_shape is None or len(ids_shape) != 2 or ids_shape[1] != xs[0] or any(
+                s is None or len(s) != 2 or s[1] != xs[1] for s in tab_shapes):
+            return expr
+        if any(str(t.ty.dtype) != "float32" for t in [x, *tabs]) or min(id_rows) < 0 or max(id_rows) >= ids_shape[0]:
+            return expr
+        n = len(tabs) + 1
+        if _const_values(matches[const_pat]) != tril_pairs(n):
+            return expr  # another pair order: leave it to the generic lowering
+        shape = InteractionShape(batch=xs[0], dim=xs[1], table_rows=tuple(s[0] for s in tab_shapes),
+                                 index_dtype=str(stacked.ty.dtype), id_rows=id_rows)
+        if ids_shape[0] != max(id_rows) + 1:
+            return expr
+        kernel = kernels.get(shape.name, lambda: interaction_func(shape))
+        return relax.call_tir(kernel, [x, stacked, *tabs], relax.TensorType((shape.batch, shape.width), "float32"))
+
+    return rewrite
+
+
+def use_interaction_kernel(tables: int = 26):
+    """Module pass: the gathers + dot interaction + concatenation -> one fused kernel."""
+
+    @tvm.transform.module_pass(opt_level=0, name="UseInteractionKernel")
+    def _pass(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
+        builder = relax.BlockBuilder(mod)
+        kernels = _KernelTable(builder)
+        pattern, parts = _interaction_pattern(tables)
+        updates = {gv: relax.dpl.rewrite_call(pattern, _interaction_rewriter(kernels, parts), func)
+                   for gv, func in mod.functions.items() if isinstance(func, relax.Function)}
+        out = builder.get()
+        for gv, func in updates.items():
+            out[gv] = func
+        return relax.transform.DeadCodeElimination()(out)
+
+    return _pass

@@ -1,0 +1,64 @@
+"""`dlrm tune`, and `dlrm build --log/--prepack` (notebook 02_tune)."""
+from __future__ import annotations
+
+import argparse
+import functools
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def cmd_tune(args) -> None:
+    from .tune import tune
+
+    tune(args.experiment, trials=args.trials, max_trials_per_task=args.max_trials_per_task,
+         num_threads=args.num_threads, prepack=args.prepack, seed=args.seed)
+
+
+def cmd_build(args, plain) -> None:
+    """From the experiment's tuning log when it has records (or from --log), else as before."""
+    from .errors import DlrmError
+    from .experiment import Experiment
+    from .tune import build_best, count_records, tuning_log_dir
+
+    tuned = args.log is not None or args.prepack
+    if getattr(args, "schedule", "default") != "default":
+        if tuned:
+            raise DlrmError("--log and --prepack apply to MetaSchedule builds (--schedule default)")
+        return plain(args)
+    exp = Experiment.open(args.experiment)
+    if not tuned and not count_records(tuning_log_dir(exp)):
+        return plain(args)
+    build_best(exp, log_dir=args.log, prepack=args.prepack, verify=not args.no_verify)
+
+
+def add_subcommands(sub, add_experiment) -> None:
+    """`tune`, and the tuning-log options of the existing `build` subcommand."""
+    from .tune import DEFAULT_TRIALS
+
+    p = sub.add_parser("tune", help="tune: MetaSchedule trials into the experiment's tuning log, resumable (02_tune)")
+    add_experiment(p)
+    p.add_argument("--trials", type=_positive, default=DEFAULT_TRIALS,
+                   help="total trials the log should hold; a rerun tunes only the rest (default: %(default)s)")
+    p.add_argument("--max-trials-per-task", type=_positive, help="cap on each kernel's trials (default: none)")
+    p.add_argument("--num-threads", type=_positive,
+                   help="build workers and search threads (default: every core; measurement always runs alone)")
+    p.add_argument("--prepack", action="store_true",
+                   help="tune the kernels of the weight-prepacked build (their own log, tune/prepack/)")
+    p.add_argument("--seed", type=int, help="search seed (default: random)")
+    p.set_defaults(func=cmd_tune)
+
+    build = sub.choices["build"]
+    build.add_argument("--log", help="tuning log folder to build from (default: the experiment's tune/, "
+                                     "used whenever it has records)")
+    build.add_argument("--prepack", action="store_true",
+                       help="weight prepacking: kernels take weights in the tuned layouts, transformed once "
+                            "here into the weights folder (uses tune/prepack/)")
+    build.set_defaults(func=functools.partial(cmd_build, plain=build.get_default("func")))

@@ -1,0 +1,142 @@
+"""Tuning: a killed run keeps every finished trial and the next one resumes; builds from a log
+match ONNX Runtime and their weights folder is what the manifest says, with and without weight
+prepacking. Real TVM and MetaSchedule, small budgets (batches of 4 trials)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dlrmlib.backends.tvm import TvmBackend
+from dlrmlib.build import extract_weights
+from dlrmlib.cli import main as dlrm
+from dlrmlib.errors import DlrmError
+from dlrmlib.tune import (RECORDS_FILE, build_tuned, count_records, repair_log, task_table, tune,
+                          tuning_curve, tuning_log_dir)
+from dlrmlib.weights import (manifest_params, manifest_weights_dir, read_manifest, verify_library,
+                             verify_weights_folder)
+
+NAME = "tune-tiny"
+BATCH = 4  # trials per batch: small, so records appear within seconds
+quiet = dict(progress=False, log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def experiment(experiments_root):
+    from dlrmlib.prepare import prepare
+
+    return prepare(NAME, preset="tiny", batch_size=16, samples=64, root=experiments_root, log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def plain_log(experiment):
+    """A log with at least two batches (a no-op when the kill test already made one)."""
+    tune(experiment, trials=2 * BATCH, trials_per_batch=BATCH, **quiet)
+    return tuning_log_dir(experiment)
+
+
+def _start_tuning(experiment, trials: int) -> subprocess.Popen:
+    code = ("from dlrmlib.tune import tune; "
+            f"tune({NAME!r}, trials={trials}, trials_per_batch={BATCH}, progress=False)")
+    env = {**os.environ, "DLRM_EXPERIMENTS_DIR": str(experiment.root.parent)}
+    return subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _wait_for_records(folder, at_least: int, process: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while count_records(folder) < at_least:
+        assert process.poll() is None, "the tuning run ended before writing records"
+        assert time.monotonic() < deadline, f"no {at_least} records after {timeout} s"
+        time.sleep(0.5)
+
+
+def _kill(process: subprocess.Popen) -> None:
+    """SIGKILL the tuning process alone (as a crash would), then its orphaned workers."""
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_killed_run_keeps_every_finished_trial_and_the_next_run_resumes(experiment):
+    folder = tuning_log_dir(experiment)
+    process = _start_tuning(experiment, trials=400)
+    try:
+        _wait_for_records(folder, BATCH, process)
+        with pytest.raises(DlrmError, match="already being tuned"):
+            tune(experiment, trials=400, **quiet)
+        seen = (folder / RECORDS_FILE).read_bytes()
+    finally:
+        _kill(process)
+    on_disk = (folder / RECORDS_FILE).read_bytes()
+    assert on_disk.startswith(seen), "records written before the kill changed"
+    with open(folder / RECORDS_FILE, "ab") as f:  # a write torn by the kill
+        f.write(b'[0, [["half a record')
+    kept = count_records(folder)
+    assert kept >= BATCH
+
+    result = tune(experiment, trials=kept + BATCH, trials_per_batch=BATCH, **quiet)
+
+    assert result.trials >= kept + BATCH and result.new_trials >= BATCH
+    data = (folder / RECORDS_FILE).read_bytes()
+    assert data.startswith(on_disk[: on_disk.rfind(b"\n") + 1]), "a finished trial was lost"
+    assert all(json.loads(line) for line in data.splitlines())  # the torn line is gone
+    curve = tuning_curve(folder)
+    assert curve["trial"].iloc[-1] >= kept + BATCH
+    assert (curve["estimated_latency_s"].diff().dropna() <= 1e-12).all()  # never worse than before
+    assert 0 < task_table(folder)["trials"].sum() <= curve["trial"].iloc[-1]
+
+
+def test_repair_cuts_only_a_torn_last_line(tmp_path):
+    (tmp_path / RECORDS_FILE).write_bytes(b'[0, 1]\n[0, 2]\n[0, ')
+    (tmp_path / "database_workload.json").write_bytes(b'["a", 1]\n')
+    assert repair_log(tmp_path) == len(b"[0, ")
+    assert (tmp_path / RECORDS_FILE).read_bytes() == b'[0, 1]\n[0, 2]\n'
+    assert repair_log(tmp_path) == 0 and count_records(tmp_path) == 2
+
+
+def _check_build(result, experiment) -> dict:
+    """Matches ONNX Runtime; manifest, library and weights folder belong together."""
+    assert result.verification["max_abs_error"] <= 1e-5
+    manifest = read_manifest(result.manifest)
+    verify_library(result.manifest, manifest)
+    verify_weights_folder(manifest_weights_dir(result.manifest, manifest), manifest["weights"]["layout_id"],
+                          manifest_params(manifest))
+    TvmBackend(result.manifest)  # loads the library with exactly the manifest's parameters
+    return manifest
+
+
+def test_build_from_the_log_matches_onnx_runtime(experiment, plain_log):
+    records = count_records(plain_log)
+    assert dlrm(["build", "--experiment", NAME]) == 0  # the experiment's log has records: a tuned build
+    manifest = read_manifest(experiment.manifest_path(str(records)))
+    assert manifest["build"]["tuned"] and manifest["build"]["trials"] == records
+    assert manifest["weights"]["transform"] is None
+    measured = experiment.measurements()[f"python_vm_{records}"]
+    assert measured["max_abs_error"] <= 1e-5
+
+
+def test_prepacked_build_from_its_log_matches_onnx_runtime(experiment, plain_log):
+    with pytest.raises(DlrmError, match="without weight prepacking"):
+        build_tuned(experiment, log_dir=plain_log, prepack=True, log=lambda _: None)
+    tune(experiment, trials=BATCH, trials_per_batch=BATCH, prepack=True, **quiet)
+    result = build_tuned(experiment, prepack=True, log=lambda _: None)
+    manifest = _check_build(result, experiment)
+    records = count_records(tuning_log_dir(experiment, prepack=True))
+    assert result.tag == f"{records}_prepack" and manifest["build"]["prepack"]
+    assert manifest["weights"]["transform"] == "main_transform_params"
+    folder = manifest_weights_dir(result.manifest, manifest)
+    params = manifest_params(manifest)
+    assert any(p.name.startswith("main_transform_params") for p in params), "nothing was prepacked"
+    tables = [p for p in params if p.name.startswith("emb_l.")]
+    assert len(tables) == 26  # untouched, and hard-linked from the plain weights folder, not copied
+    assert all((folder / p.file).stat().st_nlink >= 2 for p in tables)
+    assert folder.name != extract_weights(experiment)[2]
