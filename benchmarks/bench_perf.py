@@ -23,24 +23,6 @@ PEERS = ("onnxruntime", "openvino", "pytorch-eager")
 WORK_S = 0.25  # timed work per runtime per repetition
 
 
-class ServingTvm:
-    """A TVM build called the way a serving loop (and the native runner) calls it: the same id
-    checks as TvmBackend, inputs copied into tensors allocated once. TvmBackend.predict makes
-    new tensors every call, which costs about 150 us at batch 1 here, as much as the model."""
-
-    def __init__(self, backend):
-        import tvm
-
-        self.backend, self.name, self.batch_size = backend, f"{backend.name}", backend.batch_size
-        self.tensors = [tvm.runtime.empty(s["shape"], s["dtype"], tvm.cpu()) for s in backend.input_specs]
-
-    def predict(self, inputs: dict) -> np.ndarray:
-        self.backend.check(inputs)
-        for tensor, spec in zip(self.tensors, self.backend.input_specs):
-            tensor.copyfrom(inputs[spec["name"]])
-        return self.backend.main(*self.tensors, *self.backend.params).numpy()
-
-
 def ensure_experiment(name: str, preset: str, batch: int, tag: str, log, source=None):
     """The experiment for one batch size with a custom-schedule build, made once; `source`
     (an earlier experiment's model) avoids generating the same weights again."""
@@ -62,12 +44,12 @@ def ensure_experiment(name: str, preset: str, batch: int, tag: str, log, source=
 
 def make_peers(exp, batch: int, names: list[str], threads: int, log) -> list:
     """The peers that load here; one that does not is reported and skipped."""
-    from dlrmlib.bench import Config, _make_peer, _TorchModule
+    from dlrmlib.bench import Config, TorchModule, make_peer
 
-    config, torch_module, peers = Config(batch, threads, ("batch",)), _TorchModule(exp), []
+    config, torch_module, peers = Config(batch, threads, ("batch",)), TorchModule(exp), []
     for name in names:
         try:
-            peers.append(_make_peer(name, exp.normalised_model, config, torch_module))
+            peers.append(make_peer(name, exp.normalised_model, config, torch_module))
         except Exception as e:  # noqa: BLE001 - a missing peer is a note, not a failure
             log(f"[perf] {name} unavailable at batch {batch}: {type(e).__name__}: {str(e)[:120]}")
     return peers
@@ -164,7 +146,7 @@ def main(argv=None) -> int:
     for batch in [int(b) for b in args.batches.split(",")]:
         exp = ensure_experiment(f"perf-{args.preset}-b{batch}", args.preset, batch, args.tag, log, source)
         source = source or exp.source_model
-        tvm_backend = ServingTvm(TvmBackend(exp.manifest_path(args.tag)))
+        tvm_backend = TvmBackend(exp.manifest_path(args.tag))
         backends = make_peers(exp, batch, args.peers.split(","), threads, log) + [tvm_backend]
         runs, peaks = measure(backends, input_batches(exp, batch), args.repeats, log)
         rows += rows_for_batch(batch, runs, peaks, flops, tvm_backend.name)

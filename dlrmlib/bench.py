@@ -94,7 +94,7 @@ def normalised_for_batch(exp: Experiment, batch_size: int) -> Iterator[Path]:
         Path(name).unlink(missing_ok=True)
 
 
-class _TorchModule:
+class TorchModule:
     """The PyTorch DLRM, loaded once and shared: eager runs it, `torch.compile` wraps it once
     (so it recompiles only when a new batch size needs it)."""
 
@@ -120,7 +120,7 @@ class _TorchModule:
         return self._compiled
 
 
-def _make_peer(runtime: str, model_path: Path, config: Config, torch_module: _TorchModule):
+def make_peer(runtime: str, model_path: Path, config: Config, torch_module: TorchModule):
     if runtime == "onnxruntime":
         from .backends.onnxruntime import OnnxRuntimeBackend
 
@@ -139,7 +139,7 @@ def _make_peer(runtime: str, model_path: Path, config: Config, torch_module: _To
 
 
 def _make_backends(exp: Experiment, runtimes: list[str], config: Config, manifests: list[Path],
-                   torch_module: _TorchModule, log) -> tuple[list, list[dict]]:
+                   torch_module: TorchModule, log) -> tuple[list, list[dict]]:
     """The runtimes for one configuration, and a note for each one that could not run there."""
     backends, notes = [], []
     peers = [r for r in runtimes if r != "tvm"]
@@ -147,7 +147,7 @@ def _make_backends(exp: Experiment, runtimes: list[str], config: Config, manifes
         with normalised_for_batch(exp, config.batch_size) as model_path:
             for runtime in peers:
                 try:
-                    backends.append(_make_peer(runtime, model_path, config, torch_module))
+                    backends.append(make_peer(runtime, model_path, config, torch_module))
                 except Exception as e:  # a peer that fails is reported, not fatal
                     notes.append(_note(runtime, config, f"failed to load: {_short(e)}"))
                     log(f"[bench] {runtime} at batch {config.batch_size}: {_short(e)}")
@@ -267,7 +267,7 @@ def bench(experiment: Experiment | str, batch_sizes: list[int] | None = None, th
               "runtimes": list(runtimes), "batch_sizes": batch_sizes, "threads": threads,
               "tvm_builds": {read_manifest(m)["build"]["tag"]: read_manifest(m)["batch_size"] for m in manifests},
               "agreement_tolerance": AGREEMENT, "rows": []}
-    torch_module = _TorchModule(exp)
+    torch_module = TorchModule(exp)
     for config in configs:
         log(f"[bench] batch {config.batch_size}, {config.threads} thread(s) ({' + '.join(config.sweeps)} sweep)")
         backends, notes = _make_backends(exp, list(runtimes), config, manifests, torch_module, log)

@@ -92,6 +92,8 @@ def classify(op: str, params: list[str], model_inputs: list[str], producers: lis
     """One kernel's bucket (see the module docstring for the rules and their order)."""
     if "concat" in op.lower():
         return CONCAT
+    if op.lower().startswith("interaction_"):
+        return INTERACTION  # dlrmlib.schedules' fused gather + interaction + concatenation
     for name in params:
         bucket = param_bucket(name, tables=tables)
         if bucket != OTHER:
