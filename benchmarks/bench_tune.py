@@ -7,14 +7,13 @@ library and against ONNX Runtime, all three measured in this process, interleave
 
     python benchmarks/bench_tune.py [--trials 512] [--prepack] [--experiment bench-tune]
 
-Its experiment's tuning log is removed first (only that experiment's), so the rate is the
-rate from scratch. Results also land in the experiment's measurements/bench_tune.json.
+Its experiment's tuning log (of the chosen layout) is cleared first, so the rate is the rate
+from scratch. Results also land in the experiment's measurements/bench_tune.json.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import time
 
@@ -26,11 +25,11 @@ from dlrmlib.experiment import Experiment
 from dlrmlib.prepare import prepare
 from dlrmlib.target import cpu_description, host_target
 from dlrmlib.testdata import read_test_data
-from dlrmlib.tune import build_tuned, tune, tuning_curve, tuning_log_dir
+from dlrmlib.tune import build_tuned, clear_log, tune, tuning_curve
 
 BATCH = 128
 ROUNDS = 7
-BATCHES_PER_ROUND = 40
+SECONDS_PER_ROUND = 2.0  # per backend: 3 batches of the untuned library, hundreds of the others
 
 
 def parse_args() -> argparse.Namespace:
@@ -54,20 +53,27 @@ def steady_rate(folder) -> float:
     return 60.0 * (last["trial"] - first["trial"]) / (last["t"] - first["t"]) if last["t"] > first["t"] else 0.0
 
 
+def batches_per_round(backend, data) -> int:
+    """About SECONDS_PER_ROUND of batches, at least 3."""
+    rate = measure(backend, data.dense, data.sparse, warmup=1, repeats=2)["samples_per_s"]
+    return max(3, min(500, int(SECONDS_PER_ROUND * rate / BATCH)))
+
+
 def interleaved(backends: dict, data) -> dict[str, float]:
     """Median samples/s of each backend over rounds that take turns."""
+    repeats = {name: batches_per_round(backend, data) for name, backend in backends.items()}
     rates = {name: [] for name in backends}
     for _ in range(ROUNDS):
         for name, backend in backends.items():
-            rates[name].append(measure(backend, data.dense, data.sparse, warmup=3,
-                                       repeats=BATCHES_PER_ROUND)["samples_per_s"])
+            rates[name].append(measure(backend, data.dense, data.sparse, warmup=1,
+                                       repeats=repeats[name])["samples_per_s"])
     return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def main() -> None:
     args = parse_args()
     exp = prepared(args.experiment, args.samples)
-    shutil.rmtree(tuning_log_dir(exp, args.prepack), ignore_errors=True)
+    clear_log(exp, args.prepack)
     untuned = build(exp, log=lambda _: None)
     started = time.perf_counter()
     result = tune(exp, trials=args.trials, prepack=args.prepack)

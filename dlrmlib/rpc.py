@@ -51,6 +51,7 @@ def registered_servers(tracker: TrackerAddress, key: str) -> int:
 
 def wait_for_servers(tracker: TrackerAddress, key: str, count: int, timeout: float = 60.0) -> int:
     """Block until `count` servers under `key` are registered; a clear error if they never come."""
+    _wait_for_port(tracker, timeout)  # tvm's own connect retries for a minute on a dead address
     deadline = time.monotonic() + timeout
     found = 0
     while time.monotonic() < deadline:
@@ -66,13 +67,32 @@ def wait_for_servers(tracker: TrackerAddress, key: str, count: int, timeout: flo
                     f"--tracker {tracker} --key {key}`")
 
 
-def rpc_runner(tracker: TrackerAddress, key: str, servers: int, evaluator_config=None, timeout_sec: int = 60):
-    """A MetaSchedule runner that measures on the tracker's servers, one candidate per server at a time."""
-    from tvm.s_tir.meta_schedule.runner import RPCConfig, RPCRunner
+@dataclass(frozen=True)
+class RpcMeasurement:
+    """Where tuning measures: the tracker, the servers' device key, how many servers to use."""
 
-    config = RPCConfig(tracker_host=tracker.host, tracker_port=tracker.port, tracker_key=key,
-                       session_priority=1, session_timeout_sec=timeout_sec)
-    return RPCRunner(rpc_config=config, evaluator_config=evaluator_config, max_workers=servers)
+    tracker: TrackerAddress
+    key: str = DEFAULT_KEY
+    servers: int = 1
+
+    @classmethod
+    def connect(cls, tracker: str | TrackerAddress, key: str = DEFAULT_KEY, servers: int | None = None,
+                timeout: float = 10.0) -> "RpcMeasurement":
+        """Check the tracker answers and has servers under `key`; `servers` defaults to all of them."""
+        address = tracker if isinstance(tracker, TrackerAddress) else TrackerAddress.parse(tracker)
+        if servers is not None and servers < 1:
+            raise DlrmError(f"the number of RPC servers must be at least 1, got {servers}")
+        found = wait_for_servers(address, key, servers or 1, timeout)
+        return cls(address, key, servers or found)
+
+    def runner(self, evaluator_config, timeout_sec: float, f_alloc_argument):
+        """TVM's RPCRunner: one candidate per server at a time."""
+        from tvm.s_tir.meta_schedule.runner import RPCConfig, RPCRunner
+
+        config = RPCConfig(tracker_host=self.tracker.host, tracker_port=self.tracker.port, tracker_key=self.key,
+                           session_priority=1, session_timeout_sec=int(timeout_sec))
+        return RPCRunner(rpc_config=config, evaluator_config=evaluator_config, max_workers=self.servers,
+                         f_alloc_argument=f_alloc_argument)
 
 
 def _free_port() -> int:
@@ -89,7 +109,8 @@ def _wait_for_port(address: TrackerAddress, timeout: float) -> None:
             return
         except OSError:
             time.sleep(0.2)
-    raise DlrmError(f"the RPC tracker did not start listening on {address} within {timeout:.0f} s")
+    raise DlrmError(f"cannot reach the RPC tracker at {address} (nothing listening there within {timeout:.0f} s); "
+                    f"start one with `python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port {address.port}`")
 
 
 def _start(args: list[str]) -> subprocess.Popen:

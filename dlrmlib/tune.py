@@ -23,7 +23,9 @@ import fcntl
 import json
 import logging
 import os
+import signal
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -130,6 +132,18 @@ def read_tasks(folder: Path) -> dict | None:
     return read_json(path) if path.is_file() else None
 
 
+def clear_log(experiment: Experiment, prepack: bool = False) -> None:
+    """Start a log over: remove its files (the other layout's log, a subfolder, stays)."""
+    import shutil
+
+    folder = tuning_log_dir(experiment, prepack)
+    with tuning_lock(experiment):
+        for name in (WORKLOADS_FILE, RECORDS_FILE, TASKS_FILE, UNTUNED_FILE, TRIALS_FILE):
+            (folder / name).unlink(missing_ok=True)
+        for name in (UNTUNED_DB, "logs"):
+            shutil.rmtree(folder / name, ignore_errors=True)
+
+
 # -- one run at a time -------------------------------------------------------------------------
 
 @contextmanager
@@ -183,9 +197,10 @@ def fused_module(experiment: Experiment, target, prepack: bool):
 
     from .build import import_relax
     from .normalise import load_graph
+    from .tvmlog import quiet_tvm_log
 
     mod = import_relax(load_graph(experiment.normalised_model))
-    with target:
+    with target, quiet_tvm_log():
         return tvm.transform.Sequential(front_passes(target, prepack))(mod)
 
 
@@ -223,9 +238,9 @@ def _task_flop(task) -> float:
 
 
 def _log_identity(experiment: Experiment, target: dict, prepack: bool) -> dict:
-    params = experiment.params
     import tvm
 
+    params = experiment.params
     return {"batch_size": params["batch_size"], "prepack": prepack, "target": target, "tvm_version": tvm.__version__,
             "model": params.get("onnx_model") or f"preset {params.get('preset')}"}
 
@@ -344,9 +359,12 @@ def _quiet_metaschedule():
 
 def tune(experiment: Experiment | str, trials: int = DEFAULT_TRIALS, max_trials_per_task: int | None = None,
          num_threads: int | None = None, prepack: bool = False, trials_per_batch: int | None = None,
-         seed: int | None = None, progress: bool = True, log: Callable[[str], None] = print) -> TuneResult:
+         seed: int | None = None, progress: bool = True, log: Callable[[str], None] = print,
+         rpc: "RpcMeasurement | None" = None) -> TuneResult:
     """Tune until the experiment's log holds `trials` records (a larger budget than last time
     continues from the log; killing the run loses at most the batch being measured).
+    With `rpc` (dlrmlib.rpc.RpcMeasurement), candidates are measured on the RPC tracker's
+    servers instead of this machine.
 
     `max_trials_per_task` caps each kernel's trials (across runs, to within one batch);
     `num_threads` sets build workers and search threads (default: every core; measurement
@@ -364,11 +382,11 @@ def tune(experiment: Experiment | str, trials: int = DEFAULT_TRIALS, max_trials_
             log(f"[tune] {folder} already holds {done} trials (budget {trials}): nothing to tune")
             return TuneResult(folder, done, 0, time.perf_counter() - started, _logged_estimate(folder))
         return _tune_rest(experiment, folder, trials, done, max_trials_per_task, num_threads or os.cpu_count() or 1,
-                          prepack, trials_per_batch, seed, progress, log, started)
+                          prepack, trials_per_batch, seed, progress, log, started, rpc=rpc)
 
 
 def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batch, seed, progress, log,
-               started) -> TuneResult:
+               started, rpc=None) -> TuneResult:
     import tvm
 
     from . import tune_session as ts
@@ -386,11 +404,14 @@ def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batc
         f"{batch} ({threads} build workers, measurement alone); log: {folder}")
     with _quiet_metaschedule():
         contexts = _contexts(tasks, folder, threads, seed)
-        builder, runner = ts.make_builder(threads), ts.make_runner()
+        builder, runner = ts.make_builder(threads), ts.make_runner(rpc)
+        if rpc is not None:
+            log(f"[tune] measuring on {rpc.servers} RPC server(s) with key {rpc.key!r} via the tracker at {rpc.tracker}")
         try:
             _untuned_latencies(tasks, session.tasks, target, builder, runner, folder, log)
-            _run_tasks(contexts, session, folder, trials - done, cap, batch, builder, runner, seed, progress,
-                       f"tune {experiment.name}")
+            with _stop_after_batch_on_interrupt(session, log):
+                _run_tasks(contexts, session, folder, trials - done, cap, batch, builder, runner, seed, progress,
+                           f"tune {experiment.name}")
         finally:
             builder.close()
     result = TuneResult(folder, count_records(folder), session.new_trials, time.perf_counter() - started,
@@ -399,6 +420,8 @@ def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batc
                 if result.estimated_latency_s is not None else "some kernels could not be timed")
     log(f"[tune] {result.new_trials} trials in {result.seconds:.0f} s ({result.trials_per_minute:.1f} per minute); "
         f"the log holds {result.trials}; {estimate}")
+    if session.stop_requested:
+        raise KeyboardInterrupt(f"tuning stopped at {result.trials} trials; run again to continue")
     return result
 
 
@@ -417,6 +440,30 @@ def _new_session(experiment, folder: Path, tasks: list, target: dict, prepack: b
     _restore(states, previous)
     return ts.Session(tasks=states, budget=trials, trials=done, trials_file=folder / TRIALS_FILE,
                       time_offset=max((t.get("t", 0.0) for t in previous), default=0.0), max_trials_per_task=cap)
+
+
+@contextmanager
+def _stop_after_batch_on_interrupt(session, log):
+    """Ctrl-C (or a notebook's interrupt) stops the run once the batch being measured is on
+    disk; a second Ctrl-C stops at once. An interrupt raised inside MetaSchedule's C++ loop
+    aborts the process instead (the log survives that too, but with a crash report)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if session.stop_requested:
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        session.stop_requested = True
+        log("\n[tune] interrupted: stopping after the batch being measured (Ctrl-C again: at once)")
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _run_tasks(contexts, session, folder: Path, remaining: int, cap, batch: int, builder, runner, seed, progress,
@@ -560,13 +607,15 @@ def build_best(experiment: Experiment | str, log_dir: str | Path | None = None, 
 
 
 def _check_log_mode(folder: Path, prepack: bool) -> None:
+    """A plain log cannot serve a prepacked build, nor the reverse: different kernels."""
     tasks = read_tasks(folder)
     if tasks is not None and bool(tasks.get("prepack")) != prepack:
-        made, asked = ("with", "without") if tasks.get("prepack") else ("without", "with")
-        raise DlrmError(f"the tuning log {folder} was tuned {made} weight prepacking and this build is "
-                        f"{asked}: prepacked kernels are different functions. Build "
-                        f"{'with' if tasks.get('prepack') else 'without'} --prepack, or tune "
-                        f"{'without' if tasks.get('prepack') else 'with'} --prepack first")
+        def said(flag):
+            return "with" if flag else "without"
+
+        raise DlrmError(f"the tuning log {folder} was tuned {said(tasks.get('prepack'))} weight prepacking, this "
+                        f"build is {said(prepack)}: their kernels are different functions. Build "
+                        f"{said(tasks.get('prepack'))} --prepack, or tune {said(prepack)} --prepack first")
 
 
 def _build(experiment, tag, database_dir, prepack, records, folder, verify, log):
@@ -578,16 +627,13 @@ def _build(experiment, tag, database_dir, prepack, records, folder, verify, log)
     weights = (lambda library: _prepacked_weights(experiment, library, facts, log)) if prepack else None
 
     relative_log = os.path.relpath(folder, experiment.builds_dir) if folder else None
+    parts = ["MetaSchedule database" if database_dir else "no tuning log"] + (["weight prepacking"] if prepack else [])
     info = {"tuned": records > 0, "trials": records, "tuning_log": relative_log, "prepack": prepack,
-            "pipeline": "dlrmlib.tune.tuned_pipeline (MetaSchedule database"
-                        f"{', weight prepacking' if prepack else ''})"}
-    result = build(experiment, tag, pipeline=pipeline, build_info=info, verify=False, log=log, weights=weights)
+            "pipeline": f"dlrmlib.tune.tuned_pipeline ({', '.join(parts)})"}
+    result = build(experiment, tag, pipeline=pipeline, build_info=info, verify=verify, log=log, weights=weights)
     if database_dir is not None:
-        log(f"[build] {facts['tuned_kernels']} of {facts['kernels']} kernels scheduled from the tuning log")
-    if verify:
-        from .verify import verify_build
-
-        result.verification = verify_build(experiment, result.manifest, log=log)
+        log(f"[build] {facts['tuned_kernels']} of {facts['kernels']} kernels took their schedule from the "
+            "tuning log (the best trial, or the untuned kernel where that was faster)")
     return result
 
 
@@ -700,10 +746,12 @@ def plot_tuning_curve(experiment: Experiment | str, log_dir: str | Path | None =
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("estimated latency per batch (ms)")
     axes[0].set_yscale("log")
+    target = tasks.get("target", {})
     fig.suptitle(f"MetaSchedule tuning of {experiment.name}: batch {tasks.get('batch_size', '?')}"
                  f"{', prepacked weights' if tasks.get('prepack') else ''}, {len(tasks.get('tasks', []))} kernels, "
-                 f"{len(trials_frame(folder))} trials. Estimate: sum over kernels of weight x best latency "
-                 f"so far (each kernel timed alone, cache flushed)\n{cpu_description()}, TVM "
+                 f"{len(trials_frame(folder))} trials. Estimate: sum over kernels of calls x the faster of best "
+                 f"trial so far and untuned kernel (each timed alone, cache flushed)\n{cpu_description()} "
+                 f"({target.get('mcpu', '?')}, {target.get('num-cores', '?')} cores), TVM "
                  f"{tasks.get('tvm_version', '?')}", fontsize=8)
     fig.tight_layout()
     name = CURVE_FIGURE.replace(".png", "_prepack.png") if tasks.get("prepack") else CURVE_FIGURE

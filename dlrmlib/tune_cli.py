@@ -16,10 +16,12 @@ def _positive(text: str) -> int:
 
 
 def cmd_tune(args) -> None:
+    from .rpc import RpcMeasurement
     from .tune import tune
 
+    rpc = RpcMeasurement.connect(args.rpc_tracker, args.rpc_key, args.rpc_servers) if args.rpc_tracker else None
     tune(args.experiment, trials=args.trials, max_trials_per_task=args.max_trials_per_task,
-         num_threads=args.num_threads, prepack=args.prepack, seed=args.seed)
+         num_threads=args.num_threads, prepack=args.prepack, seed=args.seed, rpc=rpc)
 
 
 def cmd_build(args, plain) -> None:
@@ -53,6 +55,10 @@ def add_subcommands(sub, add_experiment) -> None:
     p.add_argument("--prepack", action="store_true",
                    help="tune the kernels of the weight-prepacked build (their own log, tune/prepack/)")
     p.add_argument("--seed", type=int, help="search seed (default: random)")
+    p.add_argument("--rpc-tracker", metavar="HOST:PORT",
+                   help="measure candidates on the TVM RPC servers registered with this tracker")
+    p.add_argument("--rpc-key", default="dlrm-cpu", help="the servers' device key (default: %(default)s)")
+    p.add_argument("--rpc-servers", type=_positive, help="servers to use at once (default: all registered)")
     p.set_defaults(func=cmd_tune)
 
     build = sub.choices["build"]

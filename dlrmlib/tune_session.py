@@ -16,6 +16,8 @@ Why each piece exists:
   a kill then lost every trial. This one is the same gradient rule but joins every finished
   batch before choosing the next task, so each batch is on disk as soon as it is measured.
 - `TrialRecorder`: one JSON line per measured trial (tune/trials.jsonl) and the progress bar.
+- `measure_untuned`, `commit_untuned`: every kernel's untuned latency, as a starting point and
+  as a record, so that a build never takes a tuned kernel slower than the untuned one.
 """
 from __future__ import annotations
 
@@ -40,10 +42,9 @@ from tvm.s_tir.meta_schedule.builder.local_builder import _serialize_params, _wo
 from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 from tvm.s_tir.meta_schedule.runner import PyRunner, RunnerFuture, RunnerInput
 from tvm.s_tir.meta_schedule.task_scheduler import PyTaskScheduler
-
 from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
-from .tune_workers import alloc_in_range, build_candidate
+from .tune_workers import alloc_in_range, alloc_in_range_remote, build_candidate
 
 INTRINSICS_BY_MACHINE = {"x86_64": "x86", "amd64": "x86", "aarch64": "arm_cpu", "arm64": "arm_cpu",
                          "riscv64": "riscv_cpu"}
@@ -101,8 +102,13 @@ class PooledBuilder(PyBuilder):
         self.pool.shutdown()
 
 
-def make_runner():
-    inner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=ms.runner.EvaluatorConfig(**EVALUATOR),
+def make_runner(rpc=None):
+    """LocalRunner, or with `rpc` (dlrmlib.rpc.RpcMeasurement) TVM's RPCRunner on the tracker's
+    servers; either way with in-range ids and waiting for each batch's measurement."""
+    evaluator = ms.runner.EvaluatorConfig(**EVALUATOR)
+    if rpc is not None:
+        return MeasureAloneRunner(rpc.runner(evaluator, RUN_TIMEOUT_S, alloc_in_range_remote))
+    inner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=evaluator,
                                   f_alloc_argument=alloc_in_range)
     return MeasureAloneRunner(inner)
 
@@ -191,6 +197,7 @@ class Session:
     max_trials_per_task: int | None = None
     progress: object = None
     new_trials: int = 0
+    stop_requested: bool = False  # Ctrl-C: no new batch
 
     def elapsed(self) -> float:
         return self.time_offset + time.perf_counter() - self.started
@@ -229,6 +236,7 @@ class Session:
         self.progress.set_postfix_str(
             (f"est. {estimate * 1e3:.3f} ms/batch, " if estimate is not None else "")
             + f"{tuned}/{len(self.tasks)} kernels tuned", refresh=False)
+        self.progress.total = max(self.progress.total, self.progress.n + n)  # the last batch is not cut
         self.progress.update(n)
 
 
@@ -276,7 +284,7 @@ class CommittingScheduler(PyTaskScheduler):
         records = scheduler.tasks_
         for i in range(len(records)):
             scheduler.touch_task(i)  # joins a measured batch: callbacks commit it
-        if self.session.trials >= self.session.budget:
+        if self.session.trials >= self.session.budget or self.session.stop_requested:
             return -1
         cap = self.session.max_trials_per_task
         for i, task in enumerate(self.session.tasks):

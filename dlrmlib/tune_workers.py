@@ -18,7 +18,12 @@ def build_candidate(mod, target, _params):
     return tvm_build(mod, target=target)
 
 
-def alloc_in_range(device, args_info, alloc_repeat: int) -> list:
+def alloc_in_range_remote(session, device, args_info, alloc_repeat: int) -> list:
+    """`alloc_in_range` on an RPC server's device (RPCRunner's allocation hook)."""
+    return alloc_in_range(device, args_info, alloc_repeat, session.get_function("tvm.contrib.random.random_fill"))
+
+
+def alloc_in_range(device, args_info, alloc_repeat: int, fill=None) -> list:
     """MetaSchedule's argument allocation (random data), except that integer tensors hold ids
     inside the smallest table the kernel reads (first dimension of its 2-D float arguments).
     With random int64 ids an embedding gather reads far outside its table and crashes the
@@ -27,7 +32,7 @@ def alloc_in_range(device, args_info, alloc_repeat: int) -> list:
     import numpy as np
     import tvm
 
-    fill = tvm.get_global_func("tvm.contrib.random.random_fill")
+    fill = fill or tvm.get_global_func("tvm.contrib.random.random_fill")
     rows = [int(shape[0]) for kind, dtype, shape in args_info
             if kind == "TENSOR" and str(dtype).startswith(("float", "bfloat")) and len(shape) >= 2]
     high = max(1, min(rows)) if rows else 1

@@ -103,25 +103,25 @@ def test_repair_cuts_only_a_torn_last_line(tmp_path):
     assert repair_log(tmp_path) == 0 and count_records(tmp_path) == 2
 
 
-def _check_build(result, experiment) -> dict:
+def _check_build(manifest_path, max_abs_error: float) -> dict:
     """Matches ONNX Runtime; manifest, library and weights folder belong together."""
-    assert result.verification["max_abs_error"] <= 1e-5
-    manifest = read_manifest(result.manifest)
-    verify_library(result.manifest, manifest)
-    verify_weights_folder(manifest_weights_dir(result.manifest, manifest), manifest["weights"]["layout_id"],
+    assert max_abs_error <= 1e-5
+    manifest = read_manifest(manifest_path)
+    verify_library(manifest_path, manifest)
+    verify_weights_folder(manifest_weights_dir(manifest_path, manifest), manifest["weights"]["layout_id"],
                           manifest_params(manifest))
-    TvmBackend(result.manifest)  # loads the library with exactly the manifest's parameters
+    TvmBackend(manifest_path)  # loads the library with exactly the manifest's parameters
     return manifest
 
 
 def test_build_from_the_log_matches_onnx_runtime(experiment, plain_log):
     records = count_records(plain_log)
     assert dlrm(["build", "--experiment", NAME]) == 0  # the experiment's log has records: a tuned build
-    manifest = read_manifest(experiment.manifest_path(str(records)))
+    measured = experiment.measurements()[f"python_vm_{records}"]
+    manifest = _check_build(experiment.manifest_path(str(records)), measured["max_abs_error"])
     assert manifest["build"]["tuned"] and manifest["build"]["trials"] == records
     assert manifest["weights"]["transform"] is None
-    measured = experiment.measurements()[f"python_vm_{records}"]
-    assert measured["max_abs_error"] <= 1e-5
+    assert manifest["weights"]["layout_id"] == extract_weights(experiment)[2]  # the plain weights
 
 
 def test_prepacked_build_from_its_log_matches_onnx_runtime(experiment, plain_log):
@@ -129,7 +129,7 @@ def test_prepacked_build_from_its_log_matches_onnx_runtime(experiment, plain_log
         build_tuned(experiment, log_dir=plain_log, prepack=True, log=lambda _: None)
     tune(experiment, trials=BATCH, trials_per_batch=BATCH, prepack=True, **quiet)
     result = build_tuned(experiment, prepack=True, log=lambda _: None)
-    manifest = _check_build(result, experiment)
+    manifest = _check_build(result.manifest, result.verification["max_abs_error"])
     records = count_records(tuning_log_dir(experiment, prepack=True))
     assert result.tag == f"{records}_prepack" and manifest["build"]["prepack"]
     assert manifest["weights"]["transform"] == "main_transform_params"
