@@ -1,0 +1,51 @@
+"""Tuning faults: two runs on one experiment, and budgets that make no sense."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dlrmlib.errors import DlrmError
+from dlrmlib.tune import count_records, tune, tuning_lock
+
+
+@pytest.fixture(scope="module")
+def experiment(experiments_root):
+    from dlrmlib.prepare import prepare
+
+    return prepare("tiny-tune-faults", preset="tiny", batch_size=16, samples=32, root=experiments_root,
+                   log=lambda _: None)
+
+
+def dlrm(*args, root):
+    return subprocess.run([sys.executable, "-m", "dlrmlib.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "DLRM_EXPERIMENTS_DIR": str(root)})
+
+
+def test_a_second_tuning_run_on_the_same_experiment_is_refused(experiment, experiments_root):
+    before = count_records(experiment.tune_dir)
+    with tuning_lock(experiment):  # a first run holds the lock
+        done = dlrm("tune", "--experiment", experiment.name, "--trials", 8, root=experiments_root)
+        assert done.returncode == 2, done.stderr
+        assert "is already being tuned" in done.stderr and f"pid {os.getpid()}" in done.stderr
+        with pytest.raises(DlrmError, match="already being tuned"):
+            tune(experiment, trials=8, progress=False, log=lambda _: None)
+    assert count_records(experiment.tune_dir) == before  # the refused runs wrote nothing
+    # The OS releases the lock with its holder: the next run may go ahead.
+    with tuning_lock(experiment):
+        pass
+
+
+@pytest.mark.parametrize("flag, value", [("--trials", -5), ("--trials", 0), ("--max-trials-per-task", -1),
+                                         ("--num-threads", 0)])
+def test_nonsense_budgets_are_refused_by_the_command(experiment, experiments_root, flag, value):
+    done = dlrm("tune", "--experiment", experiment.name, flag, value, root=experiments_root)
+    assert done.returncode == 2 and "expected a positive integer" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("kwargs, message", [({"trials": -1}, "trials must be a positive integer"),
+                                             ({"trials": 8, "max_trials_per_task": 0}, "max_trials_per_task"),
+                                             ({"trials": 2.5}, "trials must be a positive integer")])
+def test_nonsense_budgets_are_refused_by_the_library(experiment, kwargs, message):
+    with pytest.raises(DlrmError, match=message):
+        tune(experiment, progress=False, log=lambda _: None, **kwargs)
