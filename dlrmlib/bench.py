@@ -156,8 +156,14 @@ def _make_backends(exp: Experiment, runtimes: list[str], config: Config, manifes
         from .weights import read_manifest
 
         set_tvm_threads(config.threads, ALLOWED_CPUS)
+        pool = int(os.environ.get("TVM_NUM_THREADS", "0") or 0)
         for manifest in manifests:
             facts = read_manifest(manifest)
+            if pool and config.threads != pool:  # TVM sizes its pool once, at start (dlrmlib/__init__.py)
+                notes.append(_note(f"tvm-{facts['build']['tag']}", config, f"not measured: TVM's thread pool "
+                                   f"has {pool} threads for the whole process; run with TVM_NUM_THREADS="
+                                   f"{config.threads} for this row"))
+                continue
             if facts["batch_size"] != config.batch_size:
                 notes.append(_note(f"tvm-{facts['build']['tag']}", config, f"no build for batch "
                                    f"{config.batch_size} (built for {facts['batch_size']})"))
