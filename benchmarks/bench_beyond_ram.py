@@ -25,7 +25,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -34,32 +33,6 @@ GIB = 2**30
 
 
 # -- memory and page cache -------------------------------------------------------------------
-
-def anon_bytes() -> int:
-    import psutil
-
-    info = psutil.Process().memory_info()
-    return info.rss - info.shared
-
-
-class PeakAnon:
-    """The highest anonymous RSS of this process while the block runs."""
-
-    def __enter__(self):
-        self.start = self.peak = anon_bytes()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def _watch(self):
-        while not self._stop.wait(0.05):
-            self.peak = max(self.peak, anon_bytes())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
 
 def weight_files(weights_dir: Path) -> list[Path]:
     return sorted(Path(weights_dir).glob("p*.bin"))
@@ -263,6 +236,7 @@ def check_disk(root: Path, table_bytes: int) -> None:
 def prepare_and_build(args, log) -> tuple:
     from dlrmlib.build import build
     from dlrmlib.experiment import Experiment
+    from dlrmlib.machine import PeakAnon
     from dlrmlib.prepare import prepare
 
     with PeakAnon() as p:

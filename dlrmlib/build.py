@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import helper
 
 from .errors import DlrmError
 from .experiment import Experiment

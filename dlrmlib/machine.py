@@ -156,3 +156,40 @@ def _blas_name() -> str:
         return config["Build Dependencies"]["blas"]["name"]
     except Exception:  # the config layout differs between numpy versions
         return "unknown"
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+def anon_bytes() -> int:
+    """Resident memory that is not file-backed (Linux: RSS minus shared = RssAnon): a mapped
+    weights folder does not count, a copy of it would."""
+    import psutil
+
+    info = psutil.Process().memory_info()
+    return info.rss - info.shared
+
+
+class PeakAnon:
+    """The highest anonymous resident memory seen while the block runs, sampled every 10 ms."""
+
+    def __enter__(self):
+        import threading
+
+        self.start = self.peak = anon_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self):
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, anon_bytes())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, anon_bytes())
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.start

@@ -2,49 +2,19 @@
 of its weights. Measured on a tiny-architecture model with big tables (about 330 MB of
 weights): the process's anonymous memory must stay well below the weights' size, because
 the weights live in page-cache pages of mapped files, which the kernel can drop and re-read."""
-import threading
 
 import numpy as np
-import psutil
 import pytest
 
 from dlrmlib.backends import predict_all
 from dlrmlib.backends.tvm import TvmBackend, weight_tensor
 from dlrmlib.infer import native_binary, run_native
+from dlrmlib.machine import PeakAnon
 from dlrmlib.testdata import read_test_data
 from dlrmlib.weights import manifest_params, map_weights, read_manifest
 
 ROWS = 200_000  # 26 tables x 200,000 rows x 16 floats: 333 MB
 
-
-def anon_bytes() -> int:
-    """Resident memory that is not file-backed (Linux: RSS minus shared = RssAnon)."""
-    info = psutil.Process().memory_info()
-    return info.rss - info.shared
-
-
-class PeakAnon:
-    """The highest anonymous RSS seen while the block runs, sampled every 10 ms."""
-
-    def __enter__(self):
-        self.start = self.peak = anon_bytes()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def _watch(self):
-        while not self._stop.wait(0.01):
-            self.peak = max(self.peak, anon_bytes())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, anon_bytes())
-
-    @property
-    def growth(self) -> int:
-        return self.peak - self.start
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,10 @@
 """The `dlrm` command: the steps from a shell, and clear messages (no tracebacks) for bad input."""
 import os
-import shutil
 import subprocess
 import sys
 
 import numpy as np
 import onnx
-import pytest
-from onnx import helper
 
 from dlrmlib.model import generate_model
 from dlrmlib.presets import preset_config

@@ -14,7 +14,7 @@ from dlrmlib.backends.tvm import TvmBackend
 from dlrmlib.errors import DlrmError
 from dlrmlib.infer import infer, native_binary
 from dlrmlib.testdata import read_test_data
-from dlrmlib.weights import manifest_weights_dir, read_manifest
+from dlrmlib.weights import read_manifest
 
 ROWS = 20000  # rows per table: 26 x 20000 x 16 floats, about 33 MB of weights
 B, N = 16, 203  # batch, samples (a padded last batch)

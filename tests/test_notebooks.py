@@ -1,6 +1,5 @@
 """The notebooks: thin, parameterised, committed without outputs, and they run under papermill."""
 import json
-from pathlib import Path
 
 import nbformat
 import pytest
