@@ -137,7 +137,11 @@ def prepacked_weights(experiment: Experiment, library: Path, plan, plain: tuple[
 
     plain_dir, plain_params, _ = plain
     specs = transformed_param_specs(plain_params, plan)
-    layout = layout_id(model_identity(experiment.normalised_model), specs, TRANSFORM)
+    # The packing is defined by dlrmlib.schedules' code: a change there must not reuse a folder
+    # packed the old way, even when the shapes stay the same.
+    code = Path(__file__).parent / "schedules"
+    packing = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(code.glob("*.py")))).hexdigest()[:12]
+    layout = layout_id(model_identity(experiment.normalised_model), specs, f"{TRANSFORM}:{packing}")
     folder = experiment.weights_root / layout
     write_transformed_weights(folder, layout, library, plan, plain_dir, plain_params)
     return folder, specs, layout
