@@ -55,7 +55,6 @@ def model_identity(path: Path) -> str:
 def import_relax(model: onnx.ModelProto):
     """The normalised model as a Relax module whose `main` takes the 3 inputs, then the weights
     as parameters. The weights' data is never read: each initializer becomes a graph input."""
-    import tvm
     from tvm.relax.frontend.onnx import from_onnx
 
     graph_only = onnx.ModelProto()
@@ -130,18 +129,20 @@ def extract_weights(experiment: Experiment, progress: Callable | None = None) ->
     return folder, params, layout
 
 
-def prepacked_weights(experiment: Experiment, library: Path, plan, plain: tuple[Path, list[ParamSpec], str]):
+def prepacked_weights(experiment: Experiment, library: Path, plan, plain: tuple[Path, list[ParamSpec], str],
+                      transform_id: str | None = None):
     """The weights folder of a library whose `main` takes transformed (prepacked) weights:
-    (folder, params, layout), the transform run once here, never by a runner."""
+    (folder, params, layout), the transform run once here, never by a runner. `transform_id`
+    names what the transform does (a tuned build hashes its IR); by default the hash of
+    dlrmlib.schedules' code, so changed packing never reuses a folder packed the old way."""
     from .schedules.prepack import TRANSFORM, transformed_param_specs, write_transformed_weights
 
     plain_dir, plain_params, _ = plain
     specs = transformed_param_specs(plain_params, plan)
-    # The packing is defined by dlrmlib.schedules' code: a change there must not reuse a folder
-    # packed the old way, even when the shapes stay the same.
-    code = Path(__file__).parent / "schedules"
-    packing = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(code.glob("*.py")))).hexdigest()[:12]
-    layout = layout_id(model_identity(experiment.normalised_model), specs, f"{TRANSFORM}:{packing}")
+    if transform_id is None:
+        code = Path(__file__).parent / "schedules"
+        transform_id = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(code.glob("*.py")))).hexdigest()[:12]
+    layout = layout_id(model_identity(experiment.normalised_model), specs, f"{TRANSFORM}:{transform_id}")
     folder = experiment.weights_root / layout
     write_transformed_weights(folder, layout, library, plan, plain_dir, plain_params)
     return folder, specs, layout
