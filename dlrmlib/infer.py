@@ -83,3 +83,8 @@ def infer(experiment: Experiment, manifest: Path | None = None, log=print, **opt
     experiment.save_measurement(f"native_{tag}", result)
     log(raw["stdout"].rstrip())
     return result
+
+
+def infer_builds(experiment: Experiment, results: list, log=print, **options) -> list[dict]:
+    """The native runner on each build (BuildResults or manifest paths), in order."""
+    return [infer(experiment, getattr(r, "manifest", r), log=log, **options) for r in results]

@@ -641,20 +641,15 @@ def _prepacked_weights(experiment, library, facts, log):
     """The weights folder of a prepacked library: what `main` takes after the tuned kernels'
     weight transforms were lifted into `main_transform_params`, run once here on the plain
     weights (tables are hard-linked, not copied); the manifest says it is done."""
-    from .build import extract_weights, model_identity
-    from .schedules.prepack import TRANSFORM, transformed_param_specs, write_transformed_weights
-    from .weights import layout_id
+    from .build import extract_weights, prepacked_weights
+    from .schedules.prepack import TRANSFORM
 
-    plain_dir, plain_params, plain_layout = extract_weights(experiment)
+    plain = extract_weights(experiment)
     plan = facts["plan"]
     if plan.identity:
-        return plain_dir, plain_params, plain_layout, None
-    specs = transformed_param_specs(plain_params, plan)
-    layout = layout_id(model_identity(experiment.normalised_model), specs, f"{TRANSFORM}:{facts['transform_id']}")
-    folder = experiment.weights_root / layout
-    log(f"[build] prepacking {len(plan.sources)} weights once ({TRANSFORM}) -> {folder.name}")
-    write_transformed_weights(folder, layout, library, plan, plain_dir, plain_params)
-    return folder, specs, layout, TRANSFORM
+        return (*plain, None)
+    log(f"[build] prepacking {len(plan.sources)} weights once ({TRANSFORM})")
+    return (*prepacked_weights(experiment, library, plan, plain, facts["transform_id"]), TRANSFORM)
 
 
 # -- the curve and the per-task table ----------------------------------------------------------
@@ -760,3 +755,19 @@ def plot_tuning_curve(experiment: Experiment | str, log_dir: str | Path | None =
     fig.savefig(out, dpi=120)
     plt.close(fig)  # a notebook shows the returned figure once, not twice
     return fig
+
+
+def build_variants(experiment: Experiment | str, log_dir: str | Path | None = None, prepack: bool = False,
+                   untuned: bool = True, custom: bool = True, log: Callable[[str], None] = print) -> list:
+    """The builds notebook 03 compares, each checked against the reference: from the tuning log
+    (untuned while the log is empty), the untuned baseline, and the hand-written kernels.
+    Returns the fast ones (tuned, custom), the ones worth running natively."""
+    from .build import build
+
+    experiment = _open(experiment)
+    fast = [build_best(experiment, log_dir=log_dir, prepack=prepack, log=log)]
+    if custom:
+        fast.append(build(experiment, tag="custom", schedule="custom", log=log))
+    if untuned and fast[0].tag != "untuned":
+        build(experiment, log=log)
+    return fast
