@@ -304,11 +304,7 @@ def _log_rows(rows: list[dict], log) -> None:
 
 
 def load_bench(exp: Experiment) -> dict:
-    path = exp.measurements_dir / f"{BENCH_MEASUREMENT}.json"
-    if not path.is_file():
-        raise DlrmError(f"experiment {exp.name!r} has no benchmark yet; run `dlrm bench --experiment {exp.name}` "
-                        "or notebook 04_profile")
-    return exp.measurements()[BENCH_MEASUREMENT]
+    return exp.measurement(BENCH_MEASUREMENT, f"run `dlrm bench --experiment {exp.name}` or notebook 04_profile")
 
 
 def bench_table(result: dict, sweep: str | None = None):

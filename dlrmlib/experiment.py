@@ -119,5 +119,14 @@ class Experiment:
     def save_measurement(self, name: str, result: dict) -> Path:
         return write_json(self.measurements_dir / f"{name}.json", result)
 
+    def measurement(self, name: str, missing: str | None = None) -> dict | None:
+        """One measurement; None when absent, or a DlrmError saying `missing` (what to run)."""
+        path = self.measurements_dir / f"{name}.json"
+        if path.is_file():
+            return read_json(path)
+        if missing:
+            raise DlrmError(f"experiment {self.name!r} has no {name} measurement yet; {missing}")
+        return None
+
     def measurements(self) -> dict[str, dict]:
         return {p.stem: read_json(p) for p in sorted(self.measurements_dir.glob("*.json"))}

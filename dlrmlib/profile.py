@@ -451,11 +451,7 @@ def _check_line(run: dict) -> str:
 
 
 def load_profile(exp: Experiment) -> dict:
-    path = exp.measurements_dir / f"{PROFILE_MEASUREMENT}.json"
-    if not path.is_file():
-        raise DlrmError(f"experiment {exp.name!r} has no profile yet; run `dlrm profile --experiment {exp.name}` "
-                        "or notebook 04_profile")
-    return exp.measurements()[PROFILE_MEASUREMENT]
+    return exp.measurement(PROFILE_MEASUREMENT, f"run `dlrm profile --experiment {exp.name}` or notebook 04_profile")
 
 
 # -- tables for the notebook -------------------------------------------------------------------

@@ -2,7 +2,6 @@
 and one HTML page of its executed notebooks with the code hidden (`notebooks/report.html`)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .errors import DlrmError
@@ -41,11 +40,6 @@ def _tuning_curves(exp: Experiment) -> dict[str, Path]:
     return charts
 
 
-def _measurement(exp: Experiment, name: str) -> dict | None:
-    path = exp.measurements_dir / f"{name}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def compare_experiments(names: list[str] | None = None, root: Path | None = None):
     """One row per runtime/build per experiment: samples/s and ratio to ONNX Runtime at the
     experiment's batch size with the most threads, from each experiment's benchmark. Default:
@@ -58,7 +52,7 @@ def compare_experiments(names: list[str] | None = None, root: Path | None = None
     rows = []
     for name in names:
         exp = Experiment.open(name, root)
-        bench = _measurement(exp, "bench")
+        bench = exp.measurement("bench")
         if bench is None:
             raise DlrmError(f"experiment {name!r} has no benchmark to compare; run `dlrm bench --experiment {name}`")
         top = max(bench["threads"])
@@ -81,7 +75,7 @@ def make_charts(exp: Experiment, compare: list[str] | None = None) -> dict[str, 
 
     from . import plots
 
-    bench, profile = _measurement(exp, "bench"), _measurement(exp, "profile")
+    bench, profile = exp.measurement("bench"), exp.measurement("profile")
     makers = {
         "latency_vs_batch": (bench, lambda: plots.latency_vs_batch(bench), "no benchmark: run `dlrm bench`"),
         "throughput_vs_threads": (bench, lambda: plots.throughput_vs_threads(bench), "no benchmark: run `dlrm bench`"),
@@ -135,7 +129,7 @@ def peers_table(exp: Experiment):
 def headline(exp: Experiment) -> str:
     """One paragraph: the machine, and each TVM build against ONNX Runtime at the build's
     batch size."""
-    bench = _measurement(exp, "bench")
+    bench = exp.measurement("bench")
     if not bench:
         return f"Experiment `{exp.name}`: no benchmark yet."
     top = max(bench["threads"])
