@@ -13,7 +13,7 @@ from importlib import metadata
 
 import numpy as np
 
-from .target import cpu_description
+from .target import cpu_description, cpuinfo_field
 
 # The packages whose versions change a number in this project's results.
 VERSIONED_PACKAGES = ("apache-tvm", "apache-tvm-ffi", "onnxruntime", "openvino", "torch", "numpy", "onnx")
@@ -23,14 +23,7 @@ KEY_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512
 
 def cpu_flags() -> list[str]:
     """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return line.split(":", 1)[1].split()
-    except OSError:
-        pass
-    return []
+    return (cpuinfo_field("flags") or "").split()
 
 
 def machine_info() -> dict:

@@ -22,13 +22,18 @@ def host_target(num_cores: int | None = None) -> dict:
     }
 
 
-def cpu_description() -> str:
-    """The CPU's model name, for captions and manifests."""
+def cpuinfo_field(name: str) -> str | None:
+    """The first `name : value` line of /proc/cpuinfo (None where there is no such file)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(name):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_description() -> str:
+    """The CPU's model name, for captions and manifests."""
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
