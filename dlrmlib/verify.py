@@ -9,7 +9,6 @@ from .backends.onnxruntime import OnnxRuntimeBackend
 from .backends.tvm import TvmBackend
 from .errors import DlrmError
 from .experiment import Experiment
-from .machine import set_tvm_threads, usable_cores
 from .metrics import accuracy
 from .testdata import read_test_data
 
@@ -20,9 +19,7 @@ def verify_build(experiment: Experiment, manifest_path: Path, tolerance: float =
                  repeats: int = 20, log: Callable[[str], None] = print) -> dict:
     """Max/mean absolute error against ONNX Runtime's reference, AUC against the labels, and
     Python-VM latency; saved as the measurement `python_vm_<tag>`."""
-    cores = usable_cores()
-    set_tvm_threads(len(cores), cores)  # as many threads as ONNX Runtime uses; TVM's default is half
-    backend = TvmBackend(manifest_path)
+    backend = TvmBackend(manifest_path)  # on every usable core, as ONNX Runtime (dlrmlib/__init__.py)
     data = read_test_data(experiment.testdata_dir, backend.manifest["embedding"]["tables"])
     if data.reference is None:
         raise DlrmError(f"{experiment.testdata_dir} has no reference.npy to check the build against")
