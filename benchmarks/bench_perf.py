@@ -6,6 +6,13 @@ once, in a rotating order, with a large numpy sgemm timed in the same loop as th
 fp32 peak. The machine may be shared: every figure is a median over repetitions and every
 comparison a ratio within the same run.
 
+Two ways to use the cores, two tables:
+- one request at a time on every core ("latency" mode; batch 1 is the latency goal);
+- parallel requests (`--streams`, default one per core), each on one thread: every peer as that
+  many sessions driven from as many Python threads, TVM as the native runner's instances
+  (`dlrm_infer --instances S --threads 1`). No barrier between cores, so this is the
+  throughput a server gets.
+
     python benchmarks/bench_perf.py --preset small --batches 1,128,256,2048
 """
 from __future__ import annotations
@@ -99,6 +106,59 @@ def measure(backends: list, batches: list[dict], repeats: int, log) -> tuple[dic
     return runs, peaks
 
 
+def native_samples_per_s(exp, tag: str, streams: int, seconds: float, samples_per_s_guess: float) -> float:
+    """The native runner with `streams` single-thread instances: its own throughput figure."""
+    import math
+    import tempfile
+
+    from dlrmlib.infer import run_native
+    from dlrmlib.testdata import read_test_data
+
+    samples = len(read_test_data(exp.testdata_dir).dense)
+    passes = max(1, math.ceil(seconds * samples_per_s_guess / samples))
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run_native(exp.manifest_path(tag), exp.testdata_dir, Path(tmp) / "native.json",
+                            threads=1, instances=streams, iterations=passes)
+    return float(result["throughput_samples_per_s"])
+
+
+def parallel_sessions(exp, batch: int, name: str, streams: int, log) -> list:
+    """`streams` sessions of one peer, one thread each; OpenVINO as one model with that many
+    THROUGHPUT streams and one infer request per stream (its documented way to serve)."""
+    if name != "openvino":
+        return make_peers(exp, batch, [name] * streams, 1, log)
+    from dlrmlib.backends.openvino import OpenVinoBackend
+
+    first = OpenVinoBackend(exp.normalised_model, batch, threads=streams, streams=streams)
+    return [first] + [first.another_request() for _ in range(streams - 1)]
+
+
+def measure_parallel(exp, batch: int, names: list[str], tag: str, streams: int, repeats: int,
+                     samples_per_s_guess: float, log) -> tuple[dict, list[float]]:
+    """Samples/s per runtime with `streams` requests in flight, one per repetition (rotating
+    order), and the sgemm peak per repetition."""
+    from dlrmlib.bench import parallel_samples_per_s
+
+    sessions = {}
+    for name in names:
+        group = parallel_sessions(exp, batch, name, streams, log)
+        if len(group) == streams:
+            sessions[f"{name} x{streams}"] = group
+    batches = input_batches(exp, batch)
+    for group in sessions.values():  # warm-up
+        parallel_samples_per_s(group, batches, 0.05)
+    tvm_name = f"tvm-{tag} native x{streams}"
+    measures = {name: (lambda g=group: parallel_samples_per_s(g, batches, 2 * WORK_S))
+                for name, group in sessions.items()}
+    measures[tvm_name] = lambda: native_samples_per_s(exp, tag, streams, 2 * WORK_S, samples_per_s_guess)
+    runs, peaks, order = {name: [] for name in measures}, [], list(measures)
+    for rep in range(repeats):
+        for name in order[rep % len(order):] + order[:rep % len(order)]:
+            runs[name].append(batch / measures[name]())  # seconds per batch, as the latency table
+        peaks.append(sgemm_gflops())
+    return runs, peaks
+
+
 def rows_for_batch(batch: int, runs: dict, peaks: list[float], flops: float, tvm_name: str) -> list[dict]:
     peak = statistics.median(peaks)
     medians = {name: statistics.median(t) for name, t in runs.items()}
@@ -114,10 +174,10 @@ def rows_for_batch(batch: int, runs: dict, peaks: list[float], flops: float, tvm
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'batch':>5}  {'runtime':<16} {'ms/batch':>9} {'samples/s':>10} {'GFLOP/s':>8} {'% peak':>7} "
+    print(f"{'batch':>5}  {'runtime':<24} {'ms/batch':>9} {'samples/s':>10} {'GFLOP/s':>8} {'% peak':>7} "
           f"{'x best peer':>11}  sgemm peak")
     for r in rows:
-        print(f"{r['batch']:>5}  {r['runtime']:<16} {r['ms_per_batch']:>9.3f} {r['samples_per_s']:>10.0f} "
+        print(f"{r['batch']:>5}  {r['runtime']:<24} {r['ms_per_batch']:>9.3f} {r['samples_per_s']:>10.0f} "
               f"{r['gflops']:>8.1f} {100 * r['fraction_of_peak']:>6.1f}% {r['ratio_to_best_peer']:>10.2f}x  "
               f"{r['sgemm_peak_gflops']:.0f} GFLOP/s")
 
@@ -130,6 +190,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=0, help="threads per runtime (0: every usable core)")
     p.add_argument("--tag", default="custom", help="TVM build tag to compare (built if missing)")
+    p.add_argument("--streams", type=int, default=0,
+                   help="requests in flight in the parallel table, one thread each (0: one per usable core; 1: no table)")
     p.add_argument("--json", type=Path, help="also write the rows here")
     args = p.parse_args(argv)
 
@@ -140,6 +202,7 @@ def main(argv=None) -> int:
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     cores = usable_cores()
     threads = args.threads or len(cores)
+    streams = args.streams or len(cores)
     set_tvm_threads(threads, cores)
     flops = PRESETS[args.preset].flops_per_sample()
     rows, source = [], None
@@ -149,11 +212,21 @@ def main(argv=None) -> int:
         tvm_backend = TvmBackend(exp.manifest_path(args.tag))
         backends = make_peers(exp, batch, args.peers.split(","), threads, log) + [tvm_backend]
         runs, peaks = measure(backends, input_batches(exp, batch), args.repeats, log)
-        rows += rows_for_batch(batch, runs, peaks, flops, tvm_backend.name)
-        print_table([r for r in rows if r["batch"] == batch])
+        latency_rows = rows_for_batch(batch, runs, peaks, flops, tvm_backend.name)
+        rows += [{**r, "mode": "latency", "streams": 1} for r in latency_rows]
+        print_table(latency_rows)
         del backends, tvm_backend
-    print()
-    print_table(rows)
+        if streams > 1:
+            guess = next(r["samples_per_s"] for r in latency_rows if r["runtime"].startswith("tvm"))
+            runs, peaks = measure_parallel(exp, batch, args.peers.split(","), args.tag, streams, args.repeats,
+                                           guess, log)
+            parallel_rows = rows_for_batch(batch, runs, peaks, flops, f"tvm-{args.tag} native x{streams}")
+            rows += [{**r, "mode": "parallel", "streams": streams} for r in parallel_rows]
+            print_table(parallel_rows)
+    for mode in ("latency", "parallel"):
+        if any(r["mode"] == mode for r in rows):
+            print(f"\n{mode}:")
+            print_table([r for r in rows if r["mode"] == mode])
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0

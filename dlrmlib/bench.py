@@ -238,6 +238,31 @@ def run_config(backends: list, batches: list[dict], repeats: int, warmup: int, l
     return rows
 
 
+def parallel_samples_per_s(sessions: list, batches: list[dict], seconds: float) -> float:
+    """Throughput with len(sessions) requests in flight: one Python thread per session (separate
+    sessions of one runtime, each on its own thread(s); every runtime here releases the GIL
+    while it computes), each running batches back to back for `seconds`. Samples over the wall
+    time until the last one finished."""
+    import threading
+
+    done = [0] * len(sessions)
+    start = time.perf_counter()
+    deadline = start + seconds
+
+    def serve(k: int) -> None:
+        while time.perf_counter() < deadline:
+            sessions[k].predict(batches[done[k] % len(batches)])
+            done[k] += 1
+
+    workers = [threading.Thread(target=serve, args=(k,), daemon=True) for k in range(len(sessions))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - start
+    return sum(n * sessions[k].batch_size for k, n in enumerate(done)) / elapsed
+
+
 def _batches(data, batch_size: int, limit: int = 8) -> list[dict]:
     starts = range(0, len(data.dense), batch_size)
     return [model_inputs(data.dense, data.sparse, s, batch_size)[0] for s in list(starts)[:limit]]

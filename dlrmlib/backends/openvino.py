@@ -11,14 +11,18 @@ from ..errors import DlrmError
 class OpenVinoBackend:
     name = "openvino"
 
-    def __init__(self, model_path: str | Path, batch_size: int, threads: int | None = None):
+    def __init__(self, model_path: str | Path, batch_size: int, threads: int | None = None, streams: int = 1):
         import openvino as ov
 
         self.version = ov.__version__.split("-")[0]
         self.batch_size = batch_size
         # f32 so that a CPU with bf16/AMX does not silently trade accuracy for speed;
-        # LATENCY: one request at a time, as every other runtime here runs.
+        # LATENCY: one request at a time, as every other runtime here runs. For parallel
+        # requests OpenVINO's own way is one model with THROUGHPUT streams (each on its own
+        # cores); separately compiled single-thread models would all pin to the same core.
         config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if streams > 1:
+            config.update({"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": int(streams)})
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
@@ -30,3 +34,10 @@ class OpenVinoBackend:
 
     def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         return np.array(self.request.infer(inputs)[self.output])  # the request reuses its buffer
+
+    def another_request(self) -> "OpenVinoBackend":
+        """The same compiled model with its own infer request: one more request in flight."""
+        twin = object.__new__(type(self))
+        twin.__dict__.update(self.__dict__)
+        twin.request = self.compiled.create_infer_request()
+        return twin
