@@ -37,6 +37,23 @@ def test_packed_dense_matches_numpy(m, k, n, relu):
     np.testing.assert_allclose(out.numpy(), np.maximum(expected, 0) if relu else expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("m,k,n,relu", [(16, 32, 1, False), (1, 37, 3, True), (300, 256, 1, False)])
+def test_narrow_dense_matches_numpy(m, k, n, relu):
+    """Fewer outputs than a panel (the last layer): unpacked weights, K not always a multiple of
+    the lanes, one thread or many."""
+    import tvm
+
+    from dlrmlib.schedules.dense import DenseShape, narrow_dense_func
+
+    shape = DenseShape(m, k, n, relu)
+    rng = np.random.default_rng(m + k + n)
+    x, w, b = (rng.standard_normal(s, dtype=np.float32) for s in ((m, k), (n, k), (n,)))
+    out = tvm.runtime.empty((m, n), "float32", tvm.cpu())
+    _compile(shape.name, narrow_dense_func(shape))(*[tvm.runtime.tensor(a) for a in (x, w, b)], out)
+    expected = x @ w.T + b
+    np.testing.assert_allclose(out.numpy(), np.maximum(expected, 0) if relu else expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("stacked_ids", [False, True])
 def test_interaction_matches_numpy(stacked_ids):
     import tvm
@@ -83,6 +100,6 @@ def test_rewrite_uses_the_kernels(tiny_experiment):
 
     mod, plan = custom_module(import_relax(load_graph(tiny_experiment.normalised_model)), host_target(), NUM_INPUTS)
     names = {gv.name_hint for gv in mod.functions}
-    assert {"dense_m16_k13_n32_relu", "dense_m16_k367_n64_relu", "dense_m16_k64_n32_relu"} <= names
+    assert {"dense_m16_k13_n32_relu", "dense_m16_k367_n64_relu", "dense_m16_k64_n32_relu", "dense_m16_k32_n1"} <= names
     assert "interaction_b16_d16_t26_ids" in names
     assert len(plan.sources) < 10 and len(plan.untouched) >= 26

@@ -1,7 +1,7 @@
 """Hand-written TensorIR kernels for the DLRM and the Relax passes that use them.
 
 `custom_module` rewrites the imported module (Dense layers -> packed GEMM with fused bias +
-ReLU; the 26 gathers + dot interaction + concatenation -> one kernel) and lifts the weight packing into `main_transform_params`; the default CPU pipeline then
+ReLU, or a dot-product kernel for the 1-wide last layer; the 26 gathers + dot interaction + concatenation -> one kernel) and lifts the weight packing into `main_transform_params`; the default CPU pipeline then
 lowers whatever is left. See README "Performance".
 """
 from __future__ import annotations

@@ -28,6 +28,11 @@ class DenseShape:
         return self.n % PANEL == 0
 
     @property
+    def narrow(self) -> bool:
+        """Too few outputs for a panel (DLRM's last layer has one): a dot product per output."""
+        return self.n < PANEL
+
+    @property
     def parallel(self) -> bool:
         return self.m * self.k * self.n >= SERIAL_MACS
 
@@ -97,3 +102,33 @@ def dense_func(shape: DenseShape, vector_lanes: int = 16, bn: int = PANEL):
     for block in (init, epilogue):
         sch.vectorize(sch.get_loops(block)[-1])
     return sch.mod["main"].with_attr("global_symbol", shape.name)
+
+
+def narrow_dense_func(shape: DenseShape, lanes: int = 16):
+    """out[i, j] = act(x[i, :] . w[j, :] + b[j]) for a layer with fewer outputs than a panel: W's
+    rows are already contiguous along K, so no packing; lanes-wide partial sums over K, folded
+    once per output; rows in parallel. (The generic lowering ran it as a scalar loop.)"""
+    from .script import parse_prim_func, tree_sum
+
+    m, k, n = shape.m, shape.k, shape.n
+    main = k - k % lanes
+    value = "acc[0] + b[j]"
+    tail = "" if main == k else (f"\n            for r in range({main}, {k}):\n"
+                                 f"                acc[0] = acc[0] + x[i, r] * w[j, r]")
+    source = f'''
+@T.prim_func
+def {shape.name}(x: T.Buffer(({m}, {k}), "float32"), w: T.Buffer(({n}, {k}), "float32"),
+                 b: T.Buffer(({n},), "float32"), out: T.Buffer(({m}, {n}), "float32")):
+    T.func_attr({{"tirx.noalias": True}})
+    for i in {"T.parallel" if shape.parallel else "range"}({m}):
+        acc = T.decl_buffer(({lanes},), "float32")
+        for j in range({n}):
+            for l in T.vectorized({lanes}):
+                acc[l] = T.float32(0)
+            for r0 in range({main // lanes}):
+                for l in T.vectorized({lanes}):
+                    acc[l] = acc[l] + x[i, r0 * {lanes} + l] * w[j, r0 * {lanes} + l]
+{tree_sum(lanes, 12)}{tail}
+            out[i, j] = {f"T.max({value}, T.float32(0))" if shape.relu else value}
+'''
+    return parse_prim_func(source, shape.name)

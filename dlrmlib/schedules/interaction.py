@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .script import parse_prim_func, tree_sum
+
 LANES = 16
 PREFETCH_SAMPLES = 4  # measured: 2.9 -> 2.6 us of random-row gathers per sample, one thread
 
@@ -45,17 +47,6 @@ def tril_pairs(n: int) -> list[int]:
     """Flat [n*n] positions of the strictly lower triangle, row by row: the order DLRM's
     interaction (and the ONNX export's index gather) uses."""
     return [i * n + j for i in range(n) for j in range(i)]
-
-
-def _tree_sum(lanes: int) -> str:
-    """Fold the partial sums in halves (log2(lanes) vector adds, not lanes - 1 scalar ones)."""
-    lines, half = [], lanes // 2
-    while half >= 1:
-        lines.append(f"                for l in T.vectorized({half}):\n"
-                     f"                    acc[l] = acc[l] + acc[l + {half}]" if half > 1 else
-                     "                acc[0] = acc[0] + acc[1]")
-        half //= 2
-    return "\n".join(lines)
 
 
 def _prefetches(shape: InteractionShape, ids_ahead: list[str], distance: int) -> str:
@@ -108,7 +99,7 @@ def {shape.name}(x: T.Buffer(({b}, {d}), "float32"), {idx_args}, {tab_args},
                 for c0 in range({d // lanes}):
                     for l in T.vectorized({lanes}):
                         acc[l] = acc[l] + z[i * {d} + c0 * {lanes} + l] * z[j * {d} + c0 * {lanes} + l]
-{_tree_sum(lanes)}
+{tree_sum(lanes, 16)}
                 out[s, {d} + i * (i - 1) // 2 + j] = acc[0]
 '''
 
@@ -116,8 +107,4 @@ def {shape.name}(x: T.Buffer(({b}, {d}), "float32"), {idx_args}, {tab_args},
 def interaction_func(shape: InteractionShape, prefetch: int = PREFETCH_SAMPLES):
     """(x, idx_0..idx_{T-1}, table_0..table_{T-1}) -> [B, dim + pairs] PrimFunc; with the stacked
     [T, B] ids, each sample prefetches the rows of the sample `prefetch` places ahead."""
-    from tvm.script import tirx as T  # noqa: F401  (the parsed source refers to T)
-    from tvm.script.parser import parse
-
-    func = parse(_script(shape, prefetch), extra_vars={"T": T})
-    return func.with_attr("global_symbol", shape.name)
+    return parse_prim_func(_script(shape, prefetch), shape.name)

@@ -11,7 +11,7 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_op, wildcard
 
-from .dense import PANEL, DenseShape, dense_func, pack_func
+from .dense import PANEL, DenseShape, dense_func, narrow_dense_func, pack_func
 
 OPAQUE = 8  # relay/relax OpPatternKind kOpaque: never fused into a neighbour
 
@@ -55,7 +55,12 @@ def _dense_rewriter(kernels: _KernelTable, relu: bool, vars_, vector_lanes: int)
         if any(str(e.ty.dtype) != "float32" for e in (x, w, b)) or not isinstance(w, relax.Var):
             return expr
         shape = DenseShape(m=xs[0], k=xs[1], n=ws[0], relu=relu)
-        if not shape.packable or ws[1] != shape.k:
+        if ws[1] != shape.k:
+            return expr
+        if shape.narrow:
+            dense = kernels.get(shape.name, lambda: narrow_dense_func(shape))
+            return relax.call_tir(dense, [x, w, b], relax.TensorType((shape.m, shape.n), "float32"))
+        if not shape.packable:
             return expr
         pack = kernels.get(f"pack_n{shape.n}_k{shape.k}", lambda: pack_func(shape.n, shape.k))
         dense = kernels.get(shape.name, lambda: dense_func(shape, vector_lanes))
@@ -74,7 +79,8 @@ def vector_lanes(target: tvm.target.Target) -> int:
 
 
 def use_dense_kernels(target: tvm.target.Target):
-    """Module pass: every float32 Dense(+bias)(+ReLU) with a packable width -> packed GEMM."""
+    """Module pass: every float32 Dense(+bias)(+ReLU) with a packable width -> packed GEMM; one
+    narrower than a panel (the last layer) -> a dot product per output."""
 
     @tvm.transform.module_pass(opt_level=0, name="UseDenseKernels")
     def _pass(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
