@@ -30,13 +30,28 @@ PEERS = ("onnxruntime", "openvino", "pytorch-eager")
 WORK_S = 0.25  # timed work per runtime per repetition
 
 
-def ensure_experiment(name: str, preset: str, batch: int, tag: str, log, source=None):
-    """The experiment for one batch size with a custom-schedule build, made once; `source`
-    (an earlier experiment's model) avoids generating the same weights again."""
+REPO_LOGS = Path(__file__).resolve().parent.parent / "logs"
+
+
+def shipped_kernel_log(logs: Path | None, preset: str, batch: int) -> Path | None:
+    """logs/<this machine>/<preset>/b<batch>/, when the repository ships a kernel log for it."""
+    from dlrmlib.schedules.knobs import LOG_FILE
+    from dlrmlib.target import machine_kind
+
+    folder = Path(logs) / machine_kind() / preset / f"b{batch}" if logs else None
+    return folder if folder and (folder / LOG_FILE).is_file() else None
+
+
+def ensure_experiment(name: str, preset: str, batch: int, tag: str, log, source=None, kernel_log=None):
+    """The experiment for one batch size with a custom-schedule build from `kernel_log` (or
+    the default knobs), made once and remade when the log's choices changed; `source` (an
+    earlier experiment's model) avoids generating the same weights again."""
     from dlrmlib.build import build
     from dlrmlib.errors import DlrmError
     from dlrmlib.experiment import Experiment
+    from dlrmlib.kernel_tune import kernel_configs
     from dlrmlib.prepare import prepare
+    from dlrmlib.weights import read_manifest
 
     try:
         exp = Experiment.open(name)
@@ -44,8 +59,11 @@ def ensure_experiment(name: str, preset: str, batch: int, tag: str, log, source=
         prepare(name, preset=None if source else preset, onnx_model=source, batch_size=batch,
                 samples=max(1024, 2 * batch), log=log)
         exp = Experiment.open(name)
-    if not exp.manifest_path(tag).exists():
-        build(exp, tag=tag, schedule="custom", log=log)
+    knobs = kernel_configs(kernel_log, log) if kernel_log else {}
+    manifest = exp.manifest_path(tag)
+    if not manifest.exists() or read_manifest(manifest)["build"].get("kernel_knobs") != knobs:
+        build(exp, tag=tag, schedule="custom", log=log, kernel_log=kernel_log)
+    log(f"[perf] batch {batch}: kernels {'from ' + str(kernel_log) if kernel_log else 'with default knobs'}")
     return exp
 
 
@@ -192,6 +210,8 @@ def main(argv=None) -> int:
     p.add_argument("--tag", default="custom", help="TVM build tag to compare (built if missing)")
     p.add_argument("--streams", type=int, default=0,
                    help="requests in flight in the parallel table, one thread each (0: one per usable core; 1: no table)")
+    p.add_argument("--kernel-logs", default=str(REPO_LOGS),
+                   help="where shipped kernel logs live (<dir>/<machine>/<preset>/b<batch>); '' for default knobs")
     p.add_argument("--json", type=Path, help="also write the rows here")
     args = p.parse_args(argv)
 
@@ -207,7 +227,8 @@ def main(argv=None) -> int:
     flops = PRESETS[args.preset].flops_per_sample()
     rows, source = [], None
     for batch in [int(b) for b in args.batches.split(",")]:
-        exp = ensure_experiment(f"perf-{args.preset}-b{batch}", args.preset, batch, args.tag, log, source)
+        kernel_log = shipped_kernel_log(Path(args.kernel_logs) if args.kernel_logs else None, args.preset, batch)
+        exp = ensure_experiment(f"perf-{args.preset}-b{batch}", args.preset, batch, args.tag, log, source, kernel_log)
         source = source or exp.source_model
         tvm_backend = TvmBackend(exp.manifest_path(args.tag))
         backends = make_peers(exp, batch, args.peers.split(","), threads, log) + [tvm_backend]

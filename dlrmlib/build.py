@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import time
 import warnings
 from dataclasses import dataclass
@@ -130,18 +131,20 @@ def extract_weights(experiment: Experiment, progress: Callable | None = None) ->
 
 
 def prepacked_weights(experiment: Experiment, library: Path, plan, plain: tuple[Path, list[ParamSpec], str],
-                      transform_id: str | None = None):
+                      transform_id: str | None = None, knobs: dict | None = None):
     """The weights folder of a library whose `main` takes transformed (prepacked) weights:
     (folder, params, layout), the transform run once here, never by a runner. `transform_id`
     names what the transform does (a tuned build hashes its IR); by default the hash of
-    dlrmlib.schedules' code, so changed packing never reuses a folder packed the old way."""
+    dlrmlib.schedules' code and the kernels' tuned `knobs` (panel widths change the packing), so
+    changed packing never reuses a folder packed the old way."""
     from .schedules.prepack import TRANSFORM, transformed_param_specs, write_transformed_weights
 
     plain_dir, plain_params, _ = plain
     specs = transformed_param_specs(plain_params, plan)
     if transform_id is None:
         code = Path(__file__).parent / "schedules"
-        transform_id = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(code.glob("*.py")))).hexdigest()[:12]
+        code_bytes = b"".join(p.read_bytes() for p in sorted(code.glob("*.py")))
+        transform_id = hashlib.sha256(code_bytes + json.dumps(knobs or {}, sort_keys=True).encode()).hexdigest()[:12]
     layout = layout_id(model_identity(experiment.normalised_model), specs, f"{TRANSFORM}:{transform_id}")
     folder = experiment.weights_root / layout
     write_transformed_weights(folder, layout, library, plan, plain_dir, plain_params)
@@ -150,10 +153,13 @@ def prepacked_weights(experiment: Experiment, library: Path, plan, plain: tuple[
 
 def build(experiment: Experiment, tag: str = "untuned", pipeline=None, build_info: dict | None = None,
           verify: bool = True, log: Callable[[str], None] = print, schedule: str = "default",
-          weights: Callable[[Path], tuple[Path, list[ParamSpec], str, str | None]] | None = None) -> BuildResult:
+          weights: Callable[[Path], tuple[Path, list[ParamSpec], str, str | None]] | None = None,
+          kernel_log: Path | None = None) -> BuildResult:
     """Library + manifest for the experiment's normalised model; checks the library against the
     reference outputs of the test data when `verify`. `schedule="custom"` uses the hand-written
-    kernels of dlrmlib.schedules (packed GEMM, weights prepacked into the weights folder).
+    kernels of dlrmlib.schedules (packed GEMM, weights prepacked into the weights folder), with
+    the knobs of `kernel_log` (a `dlrm tune --schedule custom` log folder; by default the
+    experiment's own when it has one) or the defaults.
     `weights(library)`, for a `pipeline` that changes `main`'s parameters (tuned builds with
     weight prepacking), writes the weights folder and returns (folder, params, layout, transform)."""
     import tvm
@@ -171,12 +177,20 @@ def build(experiment: Experiment, tag: str = "untuned", pipeline=None, build_inf
     if schedule == "custom":
         from .schedules import PIPELINE_NAME, custom_module
 
-        mod, plan = custom_module(mod, target, NUM_INPUTS)
+        from .kernel_tune import kernel_configs, kernel_log_dir
+
+        if kernel_log is None and (kernel_log_dir(experiment) / "kernels.jsonl").is_file():
+            kernel_log = kernel_log_dir(experiment)
+        knobs = kernel_configs(Path(kernel_log), log) if kernel_log is not None else {}
+        if kernel_log is not None:
+            log(f"[build] kernel knobs from {kernel_log} ({len(knobs)} kernels tuned)")
+        mod, plan = custom_module(mod, target, NUM_INPUTS, configs=knobs)
         build_info = {"pipeline": PIPELINE_NAME, "schedule": "custom", "prepack": not plan.identity,
+                      "kernel_log": str(kernel_log) if kernel_log is not None else None, "kernel_knobs": knobs,
                       **(build_info or {})}
         if not plan.identity:  # the same weights hook as a prepacked tuned build
-            weights = lambda lib: (*prepacked_weights(experiment, lib, plan, extract_weights(experiment)),  # noqa: E731
-                                   "main_transform_params")
+            weights = lambda lib: (*prepacked_weights(experiment, lib, plan, extract_weights(experiment),  # noqa: E731
+                                                      knobs=knobs), "main_transform_params")
     elif schedule != "default":
         raise DlrmError(f"unknown schedule {schedule!r}: default or custom")
     library = experiment.library_path(tag)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .errors import DlrmError
 from .experiment import DEFAULT_EXPERIMENT
@@ -27,7 +28,9 @@ def cmd_build(args) -> None:
 
     schedule = getattr(args, "schedule", "default")
     tag = getattr(args, "tag", None) or ("custom" if schedule == "custom" else "untuned")
-    build(Experiment.open(args.experiment), tag=tag, verify=not args.no_verify, schedule=schedule)
+    kernel_log = getattr(args, "log", None) if schedule == "custom" else None
+    build(Experiment.open(args.experiment), tag=tag, verify=not args.no_verify, schedule=schedule,
+          kernel_log=Path(kernel_log) if kernel_log else None)
 
 
 def cmd_infer(args) -> None:

@@ -37,3 +37,15 @@ def cpuinfo_field(name: str) -> str | None:
 def cpu_description() -> str:
     """The CPU's model name, for captions and manifests."""
     return cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def machine_kind() -> str:
+    """The folder name shipped kernel logs are kept under: CPU vendor and family, then LLVM's
+    name for the core (e.g. amd-epyc-znver4); a log applies to the instruction set it was
+    measured on."""
+    import re
+
+    from tvm.target import codegen
+
+    words = re.sub(r"\(.*?\)", "", cpu_description()).lower().split()[:2]
+    return "-".join(re.sub(r"[^a-z0-9]+", "", w) for w in [*words, codegen.llvm_get_system_cpu()] if w)

@@ -16,6 +16,17 @@ def _positive(text: str) -> int:
 
 
 def cmd_tune(args) -> None:
+    if args.schedule == "custom":
+        from .kernel_tune import save_kernel_log, tune_kernels
+
+        tune_kernels(args.experiment)
+        if args.save_to:
+            from pathlib import Path
+
+            from .experiment import Experiment
+
+            print(f"[tune-kernels] saved {save_kernel_log(Experiment.open(args.experiment), Path(args.save_to))}")
+        return
     from .rpc import RpcMeasurement
     from .tune import tune
 
@@ -32,9 +43,10 @@ def cmd_build(args, plain) -> None:
 
     tuned = args.log is not None or args.prepack
     if getattr(args, "schedule", "default") != "default":
-        if tuned:
-            raise DlrmError("--log and --prepack apply to MetaSchedule builds (--schedule default)")
-        return plain(args)
+        if args.prepack:
+            raise DlrmError("--prepack applies to MetaSchedule builds (--schedule default); custom builds "
+                            "always prepack")
+        return plain(args)  # --log: a kernel log (dlrm tune --schedule custom)
     exp = Experiment.open(args.experiment)
     if not tuned and not count_records(tuning_log_dir(exp)):
         return plain(args)
@@ -55,6 +67,11 @@ def add_subcommands(sub, add_experiment) -> None:
     p.add_argument("--prepack", action="store_true",
                    help="tune the kernels of the weight-prepacked build (their own log, tune/prepack/)")
     p.add_argument("--seed", type=int, help="search seed (default: random)")
+    p.add_argument("--schedule", default="default", choices=["default", "custom"],
+                   help="custom: measure the knobs of the hand-written kernels into tune/custom/kernels.jsonl "
+                        "instead of MetaSchedule trials (default: %(default)s)")
+    p.add_argument("--save-to", metavar="DIR",
+                   help="with --schedule custom: also copy the kernel log there, e.g. logs/<machine>/<preset>/b<batch>")
     p.add_argument("--rpc-tracker", metavar="HOST:PORT",
                    help="measure candidates on the TVM RPC servers registered with this tracker")
     p.add_argument("--rpc-key", default="dlrm-cpu", help="the servers' device key (default: %(default)s)")
@@ -63,7 +80,8 @@ def add_subcommands(sub, add_experiment) -> None:
 
     build = sub.choices["build"]
     build.add_argument("--log", help="tuning log folder to build from (default: the experiment's tune/, "
-                                     "used whenever it has records)")
+                                     "used whenever it has records); with --schedule custom, a kernel log "
+                                     "folder (kernels.jsonl, e.g. logs/<machine>/<preset>/b<batch>)")
     build.add_argument("--prepack", action="store_true",
                        help="weight prepacking: kernels take weights in the tuned layouts, transformed once "
                             "here into the weights folder (uses tune/prepack/)")

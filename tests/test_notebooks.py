@@ -21,12 +21,20 @@ def test_committed_notebooks_are_stripped_and_parameterised(path):
     assert not any(line.startswith(("def ", "class ")) for c in nb.cells for line in c.source.splitlines())
 
 
-def test_setup_and_build_notebooks_run_under_papermill(experiments_root, tmp_path):
+def _outputs(path) -> str:
+    return json.dumps([c.get("outputs", []) for c in nbformat.read(path, as_version=4).cells])
+
+
+def test_setup_tune_and_build_notebooks_run_under_papermill(experiments_root, tmp_path):
+    """01 -> 02 (a tiny budget) -> 03 in workflow order: 03 builds from both of 02's logs."""
     out = tmp_path / "executed"
     setup = run_notebook("01_setup", "nb-tiny", {"preset": "tiny", "batch_size": 8, "samples": 40}, output_dir=out)
+    tune = run_notebook("02_tune", "nb-tiny", {"trials": 8, "kernel_seconds": 0.01}, output_dir=out)
+    assert "default / best" in _outputs(tune) and "dense_m8_k367_n64_relu" in _outputs(tune)
+    assert (experiments_root / "nb-tiny" / "tune" / "custom" / "kernels.jsonl").is_file()
     build = run_notebook("03_build", "nb-tiny", {"instances": 1}, output_dir=out)
-    executed = nbformat.read(build, as_version=4)
-    text = json.dumps([c.get("outputs", []) for c in executed.cells])
-    assert "python_vm_untuned" in text and "native_untuned" in text and "onnxruntime" in text
-    assert "generated: preset tiny" in json.dumps([c.get("outputs", []) for c in nbformat.read(setup, 4).cells])
+    text = _outputs(build)
+    assert "python_vm_untuned" in text and "onnxruntime" in text and "kernel knobs from" in text
+    assert "native_8" in text and "native_custom" in text, "the tuned and custom builds run natively"
+    assert "generated: preset tiny" in _outputs(setup)
     assert (experiments_root / "nb-tiny" / "builds" / "saved_model_untuned.so").is_file()

@@ -23,13 +23,13 @@ def _compile(name: str, func):
 def test_packed_dense_matches_numpy(m, k, n, relu):
     import tvm
 
-    from dlrmlib.schedules.dense import PANEL, DenseShape, dense_func, pack_func
+    from dlrmlib.schedules.dense import PANEL, DenseShape, dense_func, pack_func, pack_name
 
     shape = DenseShape(m, k, n, relu)
     rng = np.random.default_rng(m * k + n)
     x, w, b = (rng.standard_normal(s, dtype=np.float32) for s in ((m, k), (n, k), (n,)))
     packed = tvm.runtime.empty((n // PANEL, k, PANEL), "float32", tvm.cpu())
-    _compile(f"pack_n{n}_k{k}", pack_func(n, k))(tvm.runtime.tensor(w), packed)
+    _compile(pack_name(n, k), pack_func(n, k))(tvm.runtime.tensor(w), packed)
     assert np.array_equal(packed.numpy(), w.reshape(n // PANEL, PANEL, k).transpose(0, 2, 1))
     out = tvm.runtime.empty((m, n), "float32", tvm.cpu())
     _compile(shape.name, dense_func(shape))(tvm.runtime.tensor(x), packed, tvm.runtime.tensor(b), out)

@@ -6,20 +6,21 @@ lowers whatever is left. See README "Performance".
 """
 from __future__ import annotations
 
-from .dense import PANEL, DenseShape, dense_func, pack_func
+from .dense import PANEL, DenseConfig, DenseShape, dense_func, pack_func
 from .prepack import TRANSFORM, LiftPlan, lift_weight_transforms, write_transformed_weights
 
 SCHEDULES = ("default", "custom")
 PIPELINE_NAME = "custom kernels (dlrmlib.schedules: packed GEMM + bias/ReLU, fused gather + interaction) + relax default (cpu_generic)"
 
 
-def custom_module(mod, target: dict, num_input: int):
-    """(rewritten module, LiftPlan) for `tvm.compile` with the default pipeline."""
+def custom_module(mod, target: dict, num_input: int, configs: dict | None = None, seen: dict | None = None):
+    """(rewritten module, LiftPlan) for `tvm.compile` with the default pipeline. `configs`:
+    tuned knobs per kernel name (dlrmlib.schedules.knobs); `seen` collects the kernels made."""
     import tvm
 
     from .rewrite import use_dense_kernels, use_interaction_kernel
 
     tvm_target = tvm.target.Target(target)
-    mod = use_interaction_kernel()(mod)
-    mod = use_dense_kernels(tvm_target)(mod)
+    mod = use_interaction_kernel(configs=configs, seen=seen)(mod)
+    mod = use_dense_kernels(tvm_target, configs, seen)(mod)
     return lift_weight_transforms(mod, num_input)

@@ -24,10 +24,6 @@ class DenseShape:
     relu: bool = True
 
     @property
-    def packable(self) -> bool:
-        return self.n % PANEL == 0
-
-    @property
     def narrow(self) -> bool:
         """Too few outputs for a panel (DLRM's last layer has one): a dot product per output."""
         return self.n < PANEL
@@ -36,9 +32,30 @@ class DenseShape:
     def parallel(self) -> bool:
         return self.m * self.k * self.n >= SERIAL_MACS
 
+    def packable(self, bn: int = PANEL) -> bool:
+        return self.n % bn == 0
+
     @property
     def name(self) -> str:
         return f"dense_m{self.m}_k{self.k}_n{self.n}{'_relu' if self.relu else ''}"
+
+
+@dataclass(frozen=True)
+class DenseConfig:
+    """The packed GEMM's knobs, chosen per machine and shape by `dlrm tune --schedule custom`:
+    panel width bn (a multiple of the vector lanes), rows per register tile mr (0: the most
+    that divide the batch and fit the registers), tiles in parallel or on one thread (None: by
+    the layer's size)."""
+
+    bn: int = PANEL
+    mr: int = 0
+    parallel: bool | None = None
+
+    def rows(self, shape: DenseShape, vector_lanes: int) -> int:
+        return self.mr or row_block(shape.m, vector_lanes)
+
+    def threads(self, shape: DenseShape) -> bool:
+        return shape.parallel if self.parallel is None else self.parallel
 
 
 def row_block(m: int, vector_lanes: int) -> int:
@@ -57,7 +74,11 @@ def pack_func(n: int, k: int, bn: int = PANEL):
 
     w = te.placeholder((n, k), "float32", name="w")
     wp = te.compute((n // bn, k, bn), lambda j, kk, i: w[j * bn + i, kk], name="pack")
-    return te.create_prim_func([w, wp]).with_attr("global_symbol", f"pack_n{n}_k{k}")
+    return te.create_prim_func([w, wp]).with_attr("global_symbol", pack_name(n, k, bn))
+
+
+def pack_name(n: int, k: int, bn: int = PANEL) -> str:
+    return f"pack_n{n}_k{k}_p{bn}"
 
 
 def dense_compute(shape: DenseShape, bn: int = PANEL):
@@ -77,14 +98,15 @@ def dense_compute(shape: DenseShape, bn: int = PANEL):
     return te.create_prim_func([x, wp, b, out])
 
 
-def dense_func(shape: DenseShape, vector_lanes: int = 16, bn: int = PANEL):
+def dense_func(shape: DenseShape, vector_lanes: int = 16, config: DenseConfig = DenseConfig()):
     """The scheduled kernel: parallel over (panel, row block) unless the layer is tiny; per tile the accumulator lives
     in registers ('local'), K runs innermost-but-two, the bn lanes are vectorised, the mr rows
     unrolled; the epilogue writes the tile out once."""
     from tvm import s_tir
 
+    bn = config.bn
     sch = s_tir.Schedule(dense_compute(shape, bn))
-    mr = row_block(shape.m, vector_lanes)
+    mr = config.rows(shape, vector_lanes)
     dense = sch.get_sblock("dense")
     epilogue = sch.get_sblock("epilogue")
     i, j, r = sch.get_loops(dense)
@@ -94,7 +116,7 @@ def dense_func(shape: DenseShape, vector_lanes: int = 16, bn: int = PANEL):
     sch.set_scope(dense, 0, "local")
     sch.reverse_compute_at(epilogue, io)
     tiles = sch.fuse(jo, io)
-    if shape.parallel:
+    if config.threads(shape):
         sch.parallel(tiles)
     sch.vectorize(ji)
     sch.unroll(ii)

@@ -11,7 +11,7 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_op, wildcard
 
-from .dense import PANEL, DenseShape, dense_func, narrow_dense_func, pack_func
+from .dense import DenseConfig, DenseShape, dense_func, narrow_dense_func, pack_func, pack_name
 
 OPAQUE = 8  # relay/relax OpPatternKind kOpaque: never fused into a neighbour
 
@@ -31,11 +31,18 @@ def _dense_patterns():
 
 
 class _KernelTable:
-    """Adds each distinct PrimFunc to the module once and hands back its GlobalVar."""
+    """Adds each distinct PrimFunc to the module once and hands back its GlobalVar; knows each
+    kernel's tuned knobs (`configs`: name -> knob values) and tells `seen` what it made (name ->
+    (kind, shape, extra)), for the tuner."""
 
-    def __init__(self, builder: relax.BlockBuilder):
+    def __init__(self, builder: relax.BlockBuilder, configs: dict | None = None, seen: dict | None = None):
         self.builder = builder
         self.known: dict[str, tvm.ir.GlobalVar] = {}
+        self.configs = configs or {}
+        self.seen = seen if seen is not None else {}
+
+    def config(self, name: str) -> dict:
+        return dict(self.configs.get(name, {}))
 
     def get(self, name: str, make):
         if name not in self.known:
@@ -58,13 +65,17 @@ def _dense_rewriter(kernels: _KernelTable, relu: bool, vars_, vector_lanes: int)
         if ws[1] != shape.k:
             return expr
         if shape.narrow:
+            kernels.seen[shape.name] = ("narrow", shape, None)
             dense = kernels.get(shape.name, lambda: narrow_dense_func(shape))
             return relax.call_tir(dense, [x, w, b], relax.TensorType((shape.m, shape.n), "float32"))
-        if not shape.packable:
+        config = DenseConfig(**kernels.config(shape.name))
+        if not shape.packable(config.bn):
             return expr
-        pack = kernels.get(f"pack_n{shape.n}_k{shape.k}", lambda: pack_func(shape.n, shape.k))
-        dense = kernels.get(shape.name, lambda: dense_func(shape, vector_lanes))
-        packed = relax.call_tir(pack, [w], relax.TensorType((shape.n // PANEL, shape.k, PANEL), "float32"))
+        kernels.seen[shape.name] = ("dense", shape, None)
+        bn = config.bn
+        pack = kernels.get(pack_name(shape.n, shape.k, bn), lambda: pack_func(shape.n, shape.k, bn))
+        dense = kernels.get(shape.name, lambda: dense_func(shape, vector_lanes, config))
+        packed = relax.call_tir(pack, [w], relax.TensorType((shape.n // bn, shape.k, bn), "float32"))
         return relax.call_tir(dense, [x, packed, b], relax.TensorType((shape.m, shape.n), "float32"))
 
     return rewrite
@@ -78,14 +89,14 @@ def vector_lanes(target: tvm.target.Target) -> int:
     return 16 if has_avx512 else 8
 
 
-def use_dense_kernels(target: tvm.target.Target):
+def use_dense_kernels(target: tvm.target.Target, configs: dict | None = None, seen: dict | None = None):
     """Module pass: every float32 Dense(+bias)(+ReLU) with a packable width -> packed GEMM; one
     narrower than a panel (the last layer) -> a dot product per output."""
 
     @tvm.transform.module_pass(opt_level=0, name="UseDenseKernels")
     def _pass(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
         builder = relax.BlockBuilder(mod)
-        kernels = _KernelTable(builder)
+        kernels = _KernelTable(builder, configs, seen)
         lanes = vector_lanes(target)
         (with_relu, plain), vars_ = _dense_patterns()
         updates = {}
@@ -141,7 +152,7 @@ def _normalised_id_pattern(stacked, row):
 
 
 def _interaction_rewriter(kernels: _KernelTable, parts):
-    from .interaction import InteractionShape, interaction_func, tril_pairs
+    from .interaction import PREFETCH_SAMPLES, InteractionShape, interaction_func, tril_pairs
 
     x_pat, x_again_pat, tab_pats, id_pats, const_pat, gather_pats, stacked_pat, row_pats = parts
 
@@ -164,19 +175,21 @@ def _interaction_rewriter(kernels: _KernelTable, parts):
                                  index_dtype=str(stacked.ty.dtype), id_rows=id_rows)
         if ids_shape[0] != max(id_rows) + 1:
             return expr
-        kernel = kernels.get(shape.name, lambda: interaction_func(shape))
+        kernels.seen[shape.name] = ("interaction", shape, tabs)
+        prefetch = kernels.config(shape.name).get("prefetch", PREFETCH_SAMPLES)
+        kernel = kernels.get(shape.name, lambda: interaction_func(shape, prefetch))
         return relax.call_tir(kernel, [x, stacked, *tabs], relax.TensorType((shape.batch, shape.width), "float32"))
 
     return rewrite
 
 
-def use_interaction_kernel(tables: int = 26):
+def use_interaction_kernel(tables: int = 26, configs: dict | None = None, seen: dict | None = None):
     """Module pass: the gathers + dot interaction + concatenation -> one fused kernel."""
 
     @tvm.transform.module_pass(opt_level=0, name="UseInteractionKernel")
     def _pass(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
         builder = relax.BlockBuilder(mod)
-        kernels = _KernelTable(builder)
+        kernels = _KernelTable(builder, configs, seen)
         pattern, parts = _interaction_pattern(tables)
         updates = {gv: relax.dpl.rewrite_call(pattern, _interaction_rewriter(kernels, parts), func)
                    for gv, func in mod.functions.items() if isinstance(func, relax.Function)}

@@ -1,0 +1,85 @@
+"""The hand-written kernels' knobs and their tuning log.
+
+Each kernel has a few knobs (dense: panel width, rows per register tile, one thread or all;
+interaction: how many samples ahead to prefetch embedding rows). `dlrm tune --schedule custom`
+measures every candidate of every kernel the model uses on this machine and appends one JSON
+line per measurement to `kernels.jsonl`; a build picks, per kernel, the fastest candidate in
+the log. The log is the record: a killed run resumes by skipping what it already holds, and
+logs shipped under `logs/<machine>/<preset>/b<batch>/` rebuild the same kernels elsewhere.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from .dense import PANEL, DenseConfig, DenseShape, row_block
+
+LOG_FILE = "kernels.jsonl"
+PANELS = (PANEL, 2 * PANEL)
+MAX_ACCUMULATORS = {16: 28, 8: 14}  # vector registers left for accumulators (AVX-512, AVX2)
+PREFETCH_DISTANCES = (0, 2, 4, 8)
+
+
+def dense_candidates(shape: DenseShape, vector_lanes: int) -> list[dict]:
+    """Panel widths that divide N, row blocks that divide M and keep the accumulators in
+    registers; one thread as well as all of them for small layers."""
+    limit = MAX_ACCUMULATORS.get(vector_lanes, 14)
+    found = []
+    for bn in PANELS:
+        if not shape.packable(bn):
+            continue
+        vectors = bn // vector_lanes
+        rows = {mr for mr in range(1, min(shape.m, 16) + 1) if shape.m % mr == 0 and mr * vectors <= limit}
+        rows = sorted(r for r in rows if r * vectors >= min(8, shape.m * vectors)) or [row_block(shape.m, vector_lanes)]
+        threads = (None,) if shape.m * shape.k * shape.n >= 16 * 65536 else (True, False)
+        found += [asdict(DenseConfig(bn, mr, parallel)) for mr in rows for parallel in threads]
+    return found
+
+
+def interaction_candidates(stacked_ids: bool) -> list[dict]:
+    return [{"prefetch": d} for d in PREFETCH_DISTANCES] if stacked_ids else [{"prefetch": 0}]
+
+
+def config_key(config: dict) -> str:
+    return json.dumps(config, sort_keys=True)
+
+
+def read_log(folder: Path) -> list[dict]:
+    """Every complete record of a folder's kernels.jsonl (a torn last line, from a kill, is skipped)."""
+    path = Path(folder) / LOG_FILE
+    records = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and {"kernel", "config", "seconds"} <= record.keys():
+                records.append(record)
+    return records
+
+
+def append_record(folder: Path, record: dict) -> None:
+    """One measurement, appended as one line and flushed to disk before the next starts."""
+    import os
+
+    path = Path(folder) / LOG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as f:
+        if f.tell() and not path.read_bytes().endswith(b"\n"):
+            f.write(b"\n")  # a torn line from a kill: start a fresh one
+        f.write((json.dumps(record, sort_keys=True) + "\n").encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def best_configs(records: list[dict]) -> dict[str, dict]:
+    """Per kernel name, the knobs of its fastest measurement."""
+    best: dict[str, dict] = {}
+    for r in records:
+        if r.get("seconds") is None:
+            continue
+        if r["kernel"] not in best or r["seconds"] < best[r["kernel"]]["seconds"]:
+            best[r["kernel"]] = r
+    return {name: r["config"] for name, r in sorted(best.items())}

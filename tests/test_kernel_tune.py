@@ -1,0 +1,118 @@
+"""`dlrm tune --schedule custom`: the kernel-knob log is measured for real, resumes after a
+kill, drives the custom build, and the logs shipped under logs/ are ones a build accepts."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dlrmlib.errors import DlrmError
+
+LOGS = Path(__file__).resolve().parent.parent / "logs"
+FAST = 0.01  # seconds of timed work per candidate: enough to rank nothing, but every path runs
+
+
+def _tune(experiment, folder):
+    from dlrmlib.kernel_tune import tune_kernels
+
+    return tune_kernels(experiment, log_dir=folder, log=lambda _: None, progress=False, min_seconds=FAST)
+
+
+def test_kernel_log_records_every_candidate_once_and_resumes(tiny_experiment, tmp_path):
+    from dlrmlib.kernel_tune import candidates, model_kernels
+    from dlrmlib.schedules.knobs import LOG_FILE, read_log
+
+    kernels = model_kernels(tiny_experiment)
+    assert {k.kind for k in kernels} == {"dense", "narrow", "interaction"}
+    interaction = next(k for k in kernels if k.kind == "interaction")
+    assert len(interaction.table_params) == 26
+    expected = sum(len(candidates(k, 16)) for k in kernels)
+
+    _tune(tiny_experiment, tmp_path)
+    records = read_log(tmp_path)
+    assert len(records) == expected
+    assert all(r["error"] is None and r["seconds"] > 0 for r in records)
+
+    # A kill mid-run: half the records and a torn line survive; the rerun measures only the rest.
+    path = tmp_path / LOG_FILE
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[: len(lines) // 2]) + '{"kernel": "dense_m16')
+    _tune(tiny_experiment, tmp_path)
+    again = read_log(tmp_path)
+    assert len(again) == expected
+    assert sorted((r["kernel"], json.dumps(r["config"], sort_keys=True)) for r in again) == \
+        sorted((r["kernel"], json.dumps(r["config"], sort_keys=True)) for r in records)
+
+    _tune(tiny_experiment, tmp_path)  # nothing left to measure
+    assert len(read_log(tmp_path)) == expected
+
+
+def test_custom_build_takes_the_fastest_knobs_of_a_log(tiny_experiment, tmp_path):
+    from dlrmlib.build import build
+    from dlrmlib.schedules.knobs import append_record
+    from dlrmlib.weights import read_manifest
+
+    # A hand-made log whose winners are not the defaults: 64-wide panels, 2-row tiles, no prefetch.
+    chosen = {"dense_m16_k367_n64_relu": {"bn": 64, "mr": 2, "parallel": True},
+              "interaction_b16_d16_t26_ids": {"prefetch": 0}}
+    for kernel, config in chosen.items():
+        append_record(tmp_path, {"kernel": kernel, "config": config, "seconds": 1e-6, "mcpu": "znver4"})
+        append_record(tmp_path, {"kernel": kernel, "config": {**config, **({"bn": 32} if "bn" in config else
+                                                                            {"prefetch": 4})},
+                                 "seconds": 2e-6, "mcpu": "znver4"})
+    result = build(tiny_experiment, tag="custom-knobs", schedule="custom", kernel_log=tmp_path, log=lambda _: None)
+    assert result.verification["within_tolerance"]
+    manifest = read_manifest(result.manifest)
+    assert manifest["build"]["kernel_knobs"] == chosen
+    packed = [p for p in manifest["params"] if p["name"].startswith("main_transform_params")]
+    assert [1, 367, 64] in [p["shape"] for p in packed], "the 64-wide panel must reach the weights folder"
+
+
+def test_build_from_an_empty_kernel_log_says_so(tiny_experiment, tmp_path):
+    from dlrmlib.build import build
+
+    with pytest.raises(DlrmError, match="holds no kernel log"):
+        build(tiny_experiment, tag="nolog", schedule="custom", kernel_log=tmp_path, log=lambda _: None)
+
+
+@pytest.mark.parametrize("bn,mr", [(64, 2), (64, 4), (32, 4)])
+def test_packed_dense_knobs_match_numpy(bn, mr):
+    import tvm
+
+    from dlrmlib.schedules.dense import DenseConfig, DenseShape, dense_func, pack_func, pack_name
+    from dlrmlib.target import host_target
+
+    shape, config = DenseShape(8, 37, 128), DenseConfig(bn, mr, parallel=True)
+    rng = np.random.default_rng(bn + mr)
+    x, w, b = (rng.standard_normal(s, dtype=np.float32) for s in ((8, 37), (128, 37), (128,)))
+    target = tvm.target.Target(host_target())
+    packed = tvm.runtime.empty((128 // bn, 37, bn), "float32", tvm.cpu())
+    tvm.compile(tvm.IRModule({"p": pack_func(128, 37, bn)}), target=target)[pack_name(128, 37, bn)](
+        tvm.runtime.tensor(w), packed)
+    out = tvm.runtime.empty((8, 128), "float32", tvm.cpu())
+    tvm.compile(tvm.IRModule({"d": dense_func(shape, 16, config)}), target=target)[shape.name](
+        tvm.runtime.tensor(x), packed, tvm.runtime.tensor(b), out)
+    np.testing.assert_allclose(out.numpy(), np.maximum(x @ w.T + b, 0), rtol=1e-5, atol=1e-5)
+
+
+def test_shipped_kernel_logs_are_complete_and_usable():
+    """Every shipped log: one folder per machine / preset / batch, only complete records of
+    this project's kernels, and knobs a build accepts."""
+    from dlrmlib.schedules.dense import DenseConfig
+    from dlrmlib.schedules.knobs import LOG_FILE, best_configs, read_log
+
+    logs = sorted(LOGS.glob(f"*/*/b*/{LOG_FILE}"))
+    assert logs, "no kernel log shipped under logs/"
+    for path in logs:
+        batch = int(path.parent.name.removeprefix("b"))
+        records = read_log(path.parent)
+        assert len(records) == len(path.read_text().splitlines()), f"{path} has a torn or foreign line"
+        assert all(r["seconds"] and r["seconds"] > 0 for r in records), path
+        for kernel, config in best_configs(records).items():
+            assert f"_m{batch}_" in kernel or f"_b{batch}_" in kernel, (path, kernel)
+            if kernel.startswith("dense"):
+                DenseConfig(**config)
+            else:
+                assert set(config) == {"prefetch"}
