@@ -213,6 +213,7 @@ def main(argv=None) -> int:
     p.add_argument("--kernel-logs", default=str(REPO_LOGS),
                    help="where shipped kernel logs live (<dir>/<machine>/<preset>/b<batch>); '' for default knobs")
     p.add_argument("--json", type=Path, help="also write the rows here")
+    p.add_argument("--figure", type=Path, help="also save the chart (perf_vs_peers.png) into this folder")
     args = p.parse_args(argv)
 
     from dlrmlib.backends.tvm import TvmBackend
@@ -250,6 +251,12 @@ def main(argv=None) -> int:
             print_table([r for r in rows if r["mode"] == mode])
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
+    if args.figure:
+        from dlrmlib.machine import caption, provenance
+        from dlrmlib.plots import perf_vs_peers, save
+
+        text = f"{args.preset} preset, fp32, {threads} threads per runtime; {caption(provenance())}"
+        print(f"chart: {save(perf_vs_peers(rows, text), args.figure, 'perf_vs_peers')}")
     return 0
 
 

@@ -22,7 +22,8 @@ from .errors import DlrmError
 from .experiment import Experiment
 
 CUSTOM_LOG = "custom"  # tune/custom/: the kernel log, beside MetaSchedule's database
-MIN_SECONDS = 0.5  # timed work per candidate
+MIN_SECONDS = 0.5  # timed work per candidate and pass
+PASSES = 2  # every candidate is measured once per pass, passes apart: a burst of load hits one, not both
 REPEATS = 5  # rounds; the fastest counts (another process's burst only ever slows a round down)
 
 
@@ -114,7 +115,7 @@ def _interaction_timer(kernel: Kernel, config: dict, target, tables: list, id_ba
     from .schedules.interaction import interaction_func
 
     shape = kernel.shape
-    fn = _compile(interaction_func(shape, config["prefetch"]), shape.name, target)
+    fn = _compile(interaction_func(shape, config["prefetch"], config["locality"]), shape.name, target)
     rng = np.random.default_rng(0)
     x = tvm.runtime.tensor(rng.standard_normal((shape.batch, shape.dim), dtype=np.float32))
     out = tvm.runtime.empty((shape.batch, shape.width), "float32", tvm.cpu())
@@ -170,13 +171,15 @@ def measure(kernel: Kernel, config: dict, target, lanes: int, data: _Interaction
 # -- the tuning run ----------------------------------------------------------------------------
 
 def tune_kernels(experiment: Experiment | str, log_dir: Path | None = None, log=print,
-                 progress: bool = True, min_seconds: float = MIN_SECONDS) -> Path:
-    """Measure every candidate not yet in the log (by default the experiment's tune/custom/);
-    returns the log folder."""
+                 progress: bool = True, min_seconds: float = MIN_SECONDS, passes: int = PASSES) -> Path:
+    """Measure every candidate `passes` times, minus what the log (by default the experiment's
+    tune/custom/) already holds; returns the log folder."""
+    from collections import Counter
+
     import tvm
     from tqdm.auto import tqdm
 
-    from .schedules.knobs import append_record, config_key, read_log
+    from .schedules.knobs import KNOBS_VERSION, append_record, config_key, current, read_log
     from .schedules.rewrite import vector_lanes
     from .target import cpu_description, host_target
     from .tune import tuning_lock
@@ -187,19 +190,20 @@ def tune_kernels(experiment: Experiment | str, log_dir: Path | None = None, log=
     tvm_target = tvm.target.Target(target)
     lanes = vector_lanes(tvm_target)
     with tuning_lock(exp):
-        done = {(r["kernel"], config_key(r["config"])) for r in read_log(folder)}
+        done = Counter((r["kernel"], config_key(r["config"])) for r in current(read_log(folder)))
         kernels = model_kernels(exp)
-        todo = [(k, c) for k in kernels for c in candidates(k, lanes) if (k.name, config_key(c)) not in done]
-        log(f"[tune-kernels] {len(kernels)} kernels, {len(todo)} candidates to measure "
-            f"({len(done)} already in {folder})")
+        every = [(k, c) for k in kernels for c in candidates(k, lanes)]
+        todo = [(k, c) for p in range(passes) for k, c in every if done[(k.name, config_key(c))] <= p]
+        log(f"[tune-kernels] {len(kernels)} kernels, {len(every)} candidates x {passes} passes: {len(todo)} "
+            f"measurements to make ({sum(done.values())} already in {folder})")
         data = _InteractionData(exp, exp.params["batch_size"])
-        for kernel, config in tqdm(todo, desc="kernel candidates", unit="candidate", disable=not progress):
+        for kernel, config in tqdm(todo, desc="kernel candidates", unit="measurement", disable=not progress):
             try:
                 seconds, error = measure(kernel, config, tvm_target, lanes, data, min_seconds), None
             except Exception as e:  # a candidate that does not compile is recorded, not fatal
                 seconds, error = None, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
             append_record(folder, {"kernel": kernel.name, "kind": kernel.kind, "shape": asdict(kernel.shape),
-                                   "config": config, "seconds": seconds, "error": error, "mcpu": target["mcpu"],
+                                   "config": config, "knobs_version": KNOBS_VERSION, "seconds": seconds, "error": error, "mcpu": target["mcpu"],
                                    "cpu": cpu_description(),
                                    "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
     return folder
@@ -207,13 +211,18 @@ def tune_kernels(experiment: Experiment | str, log_dir: Path | None = None, log=
 
 def kernel_configs(log_dir: Path, log=print) -> dict[str, dict]:
     """The fastest knobs per kernel in a kernel log folder (a clear error when it holds none)."""
-    from .schedules.knobs import LOG_FILE, best_configs, read_log
+    from .schedules.knobs import KNOBS_VERSION, LOG_FILE, best_configs, current, read_log
     from .target import host_target
 
-    records = read_log(log_dir)
-    if not records:
+    everything = read_log(log_dir)
+    if not everything:
         raise DlrmError(f"{log_dir} holds no kernel log ({LOG_FILE}); run `dlrm tune --schedule custom` first, "
                         f"or point --log at a folder that has one")
+    records = current(everything)
+    if not records:
+        raise DlrmError(f"the kernel log in {log_dir} was measured with older kernels (knobs version "
+                        f"{sorted({str(r.get('knobs_version')) for r in everything})}, now {KNOBS_VERSION}); "
+                        f"run `dlrm tune --schedule custom` again: it keeps the old lines and adds new ones")
     mcpus = {r.get("mcpu") for r in records}
     here = host_target()["mcpu"]
     if here not in mcpus:
@@ -237,33 +246,34 @@ def save_kernel_log(experiment: Experiment, dest: Path) -> Path:
 def _is_default(record: dict, lanes: int = 16) -> bool:
     """Whether a record measured the knobs a build uses without a log."""
     from .schedules.dense import PANEL, DenseShape, row_block
-    from .schedules.interaction import PREFETCH_SAMPLES
+    from .schedules.interaction import PREFETCH_LOCALITY, PREFETCH_SAMPLES
 
     config = record["config"]
     if record.get("kind") == "interaction":
-        return config.get("prefetch") == PREFETCH_SAMPLES
+        return config.get("prefetch") == PREFETCH_SAMPLES and config.get("locality") == PREFETCH_LOCALITY
     shape = DenseShape(**record["shape"])
     return (config.get("bn") == PANEL and config.get("mr") == row_block(shape.m, lanes)
             and config.get("parallel") in (None, shape.parallel))
 
 
 def knob_table(log_dir: Path):
-    """Per kernel: candidates measured, the fastest knobs, its time and the default knobs' time."""
+    """Per kernel: measurements made, the fastest knobs and their time, the default knobs' time
+    (the fastest of each candidate's measurements counts)."""
     import pandas as pd
 
-    from .schedules.knobs import read_log
+    from .schedules.knobs import current, read_log
 
     rows: dict[str, dict] = {}
-    for r in read_log(log_dir):
+    for r in current(read_log(log_dir)):
         if r.get("seconds") is None:
             continue
-        row = rows.setdefault(r["kernel"], {"kernel": r["kernel"], "candidates": 0, "best_us": float("inf"),
-                                            "default_us": None, "best knobs": None})
-        row["candidates"] += 1
+        row = rows.setdefault(r["kernel"], {"kernel": r["kernel"], "measurements": 0, "best_us": float("inf"),
+                                            "default_us": float("inf"), "best knobs": None})
+        row["measurements"] += 1
         if r["seconds"] * 1e6 < row["best_us"]:
             row["best_us"], row["best knobs"] = r["seconds"] * 1e6, r["config"]
         if _is_default(r):
-            row["default_us"] = r["seconds"] * 1e6
+            row["default_us"] = min(row["default_us"], r["seconds"] * 1e6)
     table = pd.DataFrame(list(rows.values()))
     if not table.empty:
         table["default / best"] = table["default_us"] / table["best_us"]

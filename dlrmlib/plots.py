@@ -223,3 +223,39 @@ def experiments_comparison(table):
     add_caption(fig, f"CPU: {'; '.join(cpus) or 'n/a'}. Each bar: median samples/s at the experiment's "
                      "batch size and the most threads, divided by ONNX Runtime's in the same interleaved run.")
     return fig
+
+
+def perf_vs_peers(rows: list[dict], caption: str = ""):
+    """benchmarks/bench_perf.py's rows: per batch size, every runtime's share of the machine's
+    measured sgemm peak, TVM's bar labelled with its ratio to the best peer; one panel per way
+    of using the cores (one request at a time on all of them; parallel single-thread requests)."""
+    modes = [m for m in ("latency", "parallel") if any(r.get("mode", "latency") == m for r in rows)]
+    fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 4.6), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        mine = [r for r in rows if r.get("mode", "latency") == mode]
+        batches = sorted({r["batch"] for r in mine})
+        names = sorted({r["runtime"] for r in mine}, key=lambda n: (n.startswith("tvm"), n))
+        width = 0.8 / len(names)
+        for k, name in enumerate(names):
+            base = name.split(" x")[0]
+            colour = style(base)[0] if not base.startswith("tvm") else TVM_COLOURS[0]
+            by_batch = {r["batch"]: r for r in mine if r["runtime"] == name}
+            xs = [i + (k - (len(names) - 1) / 2) * width for i, b in enumerate(batches) if b in by_batch]
+            ys = [100 * by_batch[b]["fraction_of_peak"] for b in batches if b in by_batch]
+            ax.bar(xs, ys, width, color=colour, label=name)
+            if name.startswith("tvm"):
+                for x, b in zip(xs, [b for b in batches if b in by_batch]):
+                    r = by_batch[b]
+                    ax.annotate(f"{r['ratio_to_best_peer']:.2f}x", (x, 100 * r["fraction_of_peak"]),
+                                ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(batches)), [str(b) for b in batches])
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("% of this machine's sgemm peak (same run)")
+        title = ("one request at a time, all cores" if mode == "latency"
+                 else f"{mine[0].get('streams', 2)} requests in flight, 1 thread each")
+        ax.set_title(f"{title}\n(label: TVM samples/s / best peer's)", fontsize=10)
+        ax.legend(fontsize=7, loc="upper left")
+        ax.grid(axis="y", alpha=0.3)
+    if caption:
+        add_caption(fig, caption)
+    return fig

@@ -32,7 +32,7 @@ def test_kernel_log_records_every_candidate_once_and_resumes(tiny_experiment, tm
 
     _tune(tiny_experiment, tmp_path)
     records = read_log(tmp_path)
-    assert len(records) == expected
+    assert len(records) == 2 * expected  # every candidate, once per pass
     assert all(r["error"] is None and r["seconds"] > 0 for r in records)
 
     # A kill mid-run: half the records and a torn line survive; the rerun measures only the rest.
@@ -41,27 +41,31 @@ def test_kernel_log_records_every_candidate_once_and_resumes(tiny_experiment, tm
     path.write_text("".join(lines[: len(lines) // 2]) + '{"kernel": "dense_m16')
     _tune(tiny_experiment, tmp_path)
     again = read_log(tmp_path)
-    assert len(again) == expected
+    assert len(again) == 2 * expected
     assert sorted((r["kernel"], json.dumps(r["config"], sort_keys=True)) for r in again) == \
         sorted((r["kernel"], json.dumps(r["config"], sort_keys=True)) for r in records)
 
     _tune(tiny_experiment, tmp_path)  # nothing left to measure
-    assert len(read_log(tmp_path)) == expected
+    assert len(read_log(tmp_path)) == 2 * expected
 
 
 def test_custom_build_takes_the_fastest_knobs_of_a_log(tiny_experiment, tmp_path):
     from dlrmlib.build import build
-    from dlrmlib.schedules.knobs import append_record
+    from dlrmlib.schedules.knobs import KNOBS_VERSION, append_record
     from dlrmlib.weights import read_manifest
 
-    # A hand-made log whose winners are not the defaults: 64-wide panels, 2-row tiles, no prefetch.
+    # A hand-made log whose winners are not the defaults: 64-wide panels, 2-row tiles, no prefetch;
+    # a faster line of an older knobs version must not count.
     chosen = {"dense_m16_k367_n64_relu": {"bn": 64, "mr": 2, "parallel": True},
-              "interaction_b16_d16_t26_ids": {"prefetch": 0}}
+              "interaction_b16_d16_t26_ids": {"prefetch": 0, "locality": 3}}
+    losers = {"dense_m16_k367_n64_relu": {"bn": 32, "mr": 8, "parallel": True},
+              "interaction_b16_d16_t26_ids": {"prefetch": 4, "locality": 2}}
     for kernel, config in chosen.items():
-        append_record(tmp_path, {"kernel": kernel, "config": config, "seconds": 1e-6, "mcpu": "znver4"})
-        append_record(tmp_path, {"kernel": kernel, "config": {**config, **({"bn": 32} if "bn" in config else
-                                                                            {"prefetch": 4})},
-                                 "seconds": 2e-6, "mcpu": "znver4"})
+        append_record(tmp_path, {"kernel": kernel, "config": config, "seconds": 1e-6, "knobs_version": KNOBS_VERSION})
+        append_record(tmp_path, {"kernel": kernel, "config": losers[kernel], "seconds": 2e-6,
+                                 "knobs_version": KNOBS_VERSION})
+        append_record(tmp_path, {"kernel": kernel, "config": losers[kernel], "seconds": 1e-9,
+                                 "knobs_version": KNOBS_VERSION - 1})
     result = build(tiny_experiment, tag="custom-knobs", schedule="custom", kernel_log=tmp_path, log=lambda _: None)
     assert result.verification["within_tolerance"]
     manifest = read_manifest(result.manifest)
@@ -70,11 +74,16 @@ def test_custom_build_takes_the_fastest_knobs_of_a_log(tiny_experiment, tmp_path
     assert [1, 367, 64] in [p["shape"] for p in packed], "the 64-wide panel must reach the weights folder"
 
 
-def test_build_from_an_empty_kernel_log_says_so(tiny_experiment, tmp_path):
+def test_build_from_an_empty_or_outdated_kernel_log_says_so(tiny_experiment, tmp_path):
     from dlrmlib.build import build
+    from dlrmlib.schedules.knobs import KNOBS_VERSION, append_record
 
     with pytest.raises(DlrmError, match="holds no kernel log"):
         build(tiny_experiment, tag="nolog", schedule="custom", kernel_log=tmp_path, log=lambda _: None)
+    append_record(tmp_path, {"kernel": "interaction_b16_d16_t26_ids", "config": {"prefetch": 2}, "seconds": 1e-6,
+                             "knobs_version": KNOBS_VERSION - 1})
+    with pytest.raises(DlrmError, match="measured with older kernels"):
+        build(tiny_experiment, tag="oldlog", schedule="custom", kernel_log=tmp_path, log=lambda _: None)
 
 
 @pytest.mark.parametrize("bn,mr", [(64, 2), (64, 4), (32, 4)])
@@ -101,18 +110,18 @@ def test_shipped_kernel_logs_are_complete_and_usable():
     """Every shipped log: one folder per machine / preset / batch, only complete records of
     this project's kernels, and knobs a build accepts."""
     from dlrmlib.schedules.dense import DenseConfig
-    from dlrmlib.schedules.knobs import LOG_FILE, best_configs, read_log
+    from dlrmlib.schedules.knobs import LOG_FILE, best_configs, current, read_log
 
     logs = sorted(LOGS.glob(f"*/*/b*/{LOG_FILE}"))
     assert logs, "no kernel log shipped under logs/"
     for path in logs:
         batch = int(path.parent.name.removeprefix("b"))
-        records = read_log(path.parent)
-        assert len(records) == len(path.read_text().splitlines()), f"{path} has a torn or foreign line"
+        records = current(read_log(path.parent))
+        assert len(records) == len(path.read_text().splitlines()), f"{path}: a torn line or an outdated record"
         assert all(r["seconds"] and r["seconds"] > 0 for r in records), path
         for kernel, config in best_configs(records).items():
             assert f"_m{batch}_" in kernel or f"_b{batch}_" in kernel, (path, kernel)
             if kernel.startswith("dense"):
                 DenseConfig(**config)
             else:
-                assert set(config) == {"prefetch"}
+                assert set(config) == {"prefetch", "locality"}

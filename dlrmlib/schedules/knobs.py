@@ -16,9 +16,11 @@ from pathlib import Path
 from .dense import PANEL, DenseConfig, DenseShape, row_block
 
 LOG_FILE = "kernels.jsonl"
+KNOBS_VERSION = 2  # bumped when a knob's meaning or a kernel's code path changes: older records no longer count
 PANELS = (PANEL, 2 * PANEL)
 MAX_ACCUMULATORS = {16: 28, 8: 14}  # vector registers left for accumulators (AVX-512, AVX2)
 PREFETCH_DISTANCES = (0, 2, 4, 8)
+PREFETCH_LOCALITIES = (1, 2, 3)
 
 
 def dense_candidates(shape: DenseShape, vector_lanes: int) -> list[dict]:
@@ -38,7 +40,11 @@ def dense_candidates(shape: DenseShape, vector_lanes: int) -> list[dict]:
 
 
 def interaction_candidates(stacked_ids: bool) -> list[dict]:
-    return [{"prefetch": d} for d in PREFETCH_DISTANCES] if stacked_ids else [{"prefetch": 0}]
+    """Prefetch distance (samples ahead) and cache level; without stacked ids, no prefetch."""
+    if not stacked_ids:
+        return [{"prefetch": 0, "locality": 3}]
+    return [{"prefetch": 0, "locality": 3}] + [{"prefetch": d, "locality": l} for d in PREFETCH_DISTANCES if d
+                                               for l in PREFETCH_LOCALITIES]
 
 
 def config_key(config: dict) -> str:
@@ -74,10 +80,15 @@ def append_record(folder: Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
+def current(records: list[dict]) -> list[dict]:
+    """The records measured with this version of the kernels' knobs."""
+    return [r for r in records if r.get("knobs_version") == KNOBS_VERSION]
+
+
 def best_configs(records: list[dict]) -> dict[str, dict]:
-    """Per kernel name, the knobs of its fastest measurement."""
+    """Per kernel name, the knobs of its fastest measurement (of this knobs version)."""
     best: dict[str, dict] = {}
-    for r in records:
+    for r in current(records):
         if r.get("seconds") is None:
             continue
         if r["kernel"] not in best or r["seconds"] < best[r["kernel"]]["seconds"]:

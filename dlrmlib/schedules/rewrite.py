@@ -152,7 +152,7 @@ def _normalised_id_pattern(stacked, row):
 
 
 def _interaction_rewriter(kernels: _KernelTable, parts):
-    from .interaction import PREFETCH_SAMPLES, InteractionShape, interaction_func, tril_pairs
+    from .interaction import PREFETCH_LOCALITY, PREFETCH_SAMPLES, InteractionShape, interaction_func, tril_pairs
 
     x_pat, x_again_pat, tab_pats, id_pats, const_pat, gather_pats, stacked_pat, row_pats = parts
 
@@ -176,8 +176,8 @@ def _interaction_rewriter(kernels: _KernelTable, parts):
         if ids_shape[0] != max(id_rows) + 1:
             return expr
         kernels.seen[shape.name] = ("interaction", shape, tabs)
-        prefetch = kernels.config(shape.name).get("prefetch", PREFETCH_SAMPLES)
-        kernel = kernels.get(shape.name, lambda: interaction_func(shape, prefetch))
+        knobs = {"prefetch": PREFETCH_SAMPLES, "locality": PREFETCH_LOCALITY, **kernels.config(shape.name)}
+        kernel = kernels.get(shape.name, lambda: interaction_func(shape, knobs["prefetch"], knobs["locality"]))
         return relax.call_tir(kernel, [x, stacked, *tabs], relax.TensorType((shape.batch, shape.width), "float32"))
 
     return rewrite
