@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 PEERS = ("onnxruntime", "openvino", "pytorch-eager")
-WORK_S = 0.25  # timed work per runtime per repetition
+WORK_S = 0.2  # timed work per runtime per repetition
+PAUSE_S = 0.05  # untimed, before each runtime's turn: the previous one's worker threads stop spinning
 
 
 REPO_LOGS = Path(__file__).resolve().parent.parent / "logs"
@@ -119,6 +120,7 @@ def measure(backends: list, batches: list[dict], repeats: int, log) -> tuple[dic
     for rep in range(repeats):
         order = backends[rep % len(backends):] + backends[:rep % len(backends)]
         for b in order:
+            time.sleep(PAUSE_S)
             runs[b.name].append(seconds_per_batch(b, batches))
         peaks.append(sgemm_gflops())
     return runs, peaks
@@ -172,6 +174,7 @@ def measure_parallel(exp, batch: int, names: list[str], tag: str, streams: int, 
     runs, peaks, order = {name: [] for name in measures}, [], list(measures)
     for rep in range(repeats):
         for name in order[rep % len(order):] + order[:rep % len(order)]:
+            time.sleep(PAUSE_S)
             runs[name].append(batch / measures[name]())  # seconds per batch, as the latency table
         peaks.append(sgemm_gflops())
     return runs, peaks
@@ -205,7 +208,7 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="small")
     p.add_argument("--batches", default="1,128,256,2048")
     p.add_argument("--peers", default=",".join(PEERS))
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=11, help="interleaved repetitions; medians are reported")
     p.add_argument("--threads", type=int, default=0, help="threads per runtime (0: every usable core)")
     p.add_argument("--tag", default="custom", help="TVM build tag to compare (built if missing)")
     p.add_argument("--streams", type=int, default=0,
