@@ -68,6 +68,19 @@ def read_json(path: str | os.PathLike) -> dict:
         raise DlrmError(f"{path} is not valid JSON: {e}") from None
 
 
+def read_jsonl(path: str | os.PathLike) -> list:
+    """Every complete JSON line of an append-only log (a torn line from a kill is skipped)."""
+    path = Path(path)
+    items = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                items.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return items
+
+
 def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:

@@ -62,32 +62,36 @@ def _runtimes(rows: list[dict]) -> list[str]:
     return names
 
 
+def _sweep_lines(ax, rows: list[dict], axis: str, value) -> None:
+    """One line per runtime over `axis` (a row key): value(row, stat) for the latency statistic
+    "median", with error bars between its "p10" and "p90" values; log-scale y, grid, legend."""
+    tvm = _tvm_names(rows)
+    for runtime in _runtimes(rows):
+        mine = sorted((r for r in rows if r["runtime"] == runtime), key=lambda r: r[axis])
+        med, p10, p90 = (np.array([value(r, stat) for r in mine]) for stat in ("median", "p10", "p90"))
+        low, high = np.minimum(p10, p90), np.maximum(p10, p90)
+        colour, marker = style(runtime, tvm)
+        ax.errorbar([r[axis] for r in mine], med, yerr=[med - low, high - med], color=colour, marker=marker,
+                    capsize=3, lw=1.5, label=f"{runtime} (n={mine[0]['latency_ms']['n']})")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def latency_vs_batch(bench: dict):
     """Median latency per batch against batch size (log2), bars from the 10th to the 90th
     percentile; a TVM build is one point, at the batch size it was built for."""
     rows = _ok_rows(bench, "batch")
-    tvm = _tvm_names(rows)
     fig, ax = plt.subplots(figsize=(8, 5.2))
-    for runtime in _runtimes(rows):
-        mine = sorted((r for r in rows if r["runtime"] == runtime), key=lambda r: r["batch_size"])
-        x = np.array([r["batch_size"] for r in mine])
-        med = np.array([r["latency_ms"]["median"] for r in mine])
-        lo = med - np.array([r["latency_ms"]["p10"] for r in mine])
-        hi = np.array([r["latency_ms"]["p90"] for r in mine]) - med
-        colour, marker = style(runtime, tvm)
-        ax.errorbar(x, med, yerr=[lo, hi], color=colour, marker=marker, capsize=3, lw=1.5,
-                    label=f"{runtime} (n={mine[0]['latency_ms']['n']})")
+    _sweep_lines(ax, rows, "batch_size", lambda r, stat: r["latency_ms"][stat])
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted({r["batch_size"] for r in rows}) or [1])
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    ax.set_yscale("log")
     ax.set_xlabel("batch size (log2 scale)")
     ax.set_ylabel("latency per batch, ms (median; bars p10-p90)")
     threads = rows[0]["threads"] if rows else "?"
     ax.set_title(f"Latency against batch size ({threads} threads)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
     add_caption(fig, f"{provenance_caption(bench)}. Runs interleaved round-robin, n per point in the legend. "
                      f"TVM libraries are built for one batch size: TVM points exist only there "
                      f"({_build_batches(bench)}).")
@@ -103,26 +107,13 @@ def throughput_vs_threads(bench: dict):
     """Samples per second against thread count at the experiment's batch size; bars from the
     latency's 90th (low) to 10th (high) percentile."""
     rows = _ok_rows(bench, "threads")
-    tvm = _tvm_names(rows)
     fig, ax = plt.subplots(figsize=(8, 5.2))
-    for runtime in _runtimes(rows):
-        mine = sorted((r for r in rows if r["runtime"] == runtime), key=lambda r: r["threads"])
-        x = np.array([r["threads"] for r in mine])
-        batch = np.array([r["batch_size"] for r in mine])
-        med = batch / np.array([r["latency_ms"]["median"] for r in mine]) * 1e3
-        low = batch / np.array([r["latency_ms"]["p90"] for r in mine]) * 1e3
-        high = batch / np.array([r["latency_ms"]["p10"] for r in mine]) * 1e3
-        colour, marker = style(runtime, tvm)
-        ax.errorbar(x, med, yerr=[med - low, high - med], color=colour, marker=marker, capsize=3, lw=1.5,
-                    label=f"{runtime} (n={mine[0]['latency_ms']['n']})")
+    _sweep_lines(ax, rows, "threads", lambda r, stat: r["batch_size"] / r["latency_ms"][stat] * 1e3)
     ax.set_xticks(sorted({r["threads"] for r in rows}) or [1])
-    ax.set_yscale("log")
     ax.set_xlabel("threads")
     ax.set_ylabel("samples / s (median; bars p10-p90)")
     batch_size = rows[0]["batch_size"] if rows else "?"
     ax.set_title(f"Throughput against threads (batch {batch_size})")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
     add_caption(fig, f"{provenance_caption(bench)}. Runs interleaved round-robin.")
     return fig
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from .errors import DlrmError
 from .experiment import Experiment
-from .files import read_json, write_json
+from .files import read_json, read_jsonl, write_json
 
 DEFAULT_TRIALS = 3000
 CI_TRIALS = 16  # under CI=true, as TVM's tutorials skip their expensive tuning there
@@ -116,15 +116,7 @@ def snapshot_log(folder: Path, dest: Path) -> int:
 
 def read_trials(folder: Path) -> list[dict]:
     """Every trial of `trials.jsonl`, skipping a torn last line."""
-    path = Path(folder) / TRIALS_FILE
-    trials = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                trials.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return trials
+    return read_jsonl(Path(folder) / TRIALS_FILE)
 
 
 def read_tasks(folder: Path) -> dict | None:

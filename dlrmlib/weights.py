@@ -87,16 +87,24 @@ def array_chunks(array: np.ndarray) -> Iterator[bytes]:
     yield np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
+def holds_weights(folder: Path, layout: str, params: list[ParamSpec]) -> bool:
+    """Whether `folder` is a complete weights folder of this layout (one to reuse); an
+    incomplete or stale one is to be written again."""
+    if not Path(folder).is_dir():
+        return False
+    try:
+        verify_weights_folder(folder, layout, params)
+        return True
+    except DlrmError:
+        return False
+
+
 def write_weights_folder(folder: Path, layout: str, params: list[ParamSpec],
                          sources: Iterable[Callable[[], Iterator[bytes]]], progress=None) -> Path:
     """Write every parameter's bytes and `layout.json`, atomically (a half-written folder never
     appears under its final name). Reuses an existing complete folder of the same layout."""
-    if folder.is_dir():
-        try:
-            verify_weights_folder(folder, layout, params)
-            return folder
-        except DlrmError:
-            pass  # incomplete or stale: write it again
+    if holds_weights(folder, layout, params):
+        return folder
     with atomic_dir(folder) as tmp:
         for spec, source in zip(params, sources, strict=True):
             written = 0

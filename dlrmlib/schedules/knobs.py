@@ -53,17 +53,10 @@ def config_key(config: dict) -> str:
 
 def read_log(folder: Path) -> list[dict]:
     """Every complete record of a folder's kernels.jsonl (a torn last line, from a kill, is skipped)."""
-    path = Path(folder) / LOG_FILE
-    records = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and {"kernel", "config", "seconds"} <= record.keys():
-                records.append(record)
-    return records
+    from ..files import read_jsonl
+
+    return [r for r in read_jsonl(Path(folder) / LOG_FILE)
+            if isinstance(r, dict) and {"kernel", "config", "seconds"} <= r.keys()]
 
 
 def append_record(folder: Path, record: dict) -> None:

@@ -134,17 +134,12 @@ def write_transformed_weights(folder: Path, layout: str, library: Path, plan: Li
     library itself, so they are exactly what its `main` expects."""
     import tvm
 
-    from ..errors import DlrmError
     from ..files import atomic_dir, write_json
-    from ..weights import LAYOUT_FILE, map_weights, verify_weights_folder
+    from ..weights import LAYOUT_FILE, holds_weights, map_weights
 
     specs = transformed_param_specs(plain_params, plan)
-    if folder.is_dir():
-        try:
-            verify_weights_folder(folder, layout, specs)
-            return specs
-        except DlrmError:
-            pass  # incomplete or stale: write it again
+    if holds_weights(folder, layout, specs):
+        return specs
     computed = transform_weights(tvm.runtime.load_module(str(library)), plan, map_weights(plain_dir, plain_params))
     with atomic_dir(folder) as tmp:
         for spec, index in zip(specs, plan.untouched):
