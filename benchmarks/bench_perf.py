@@ -18,6 +18,7 @@ Two ways to use the cores, two tables:
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import statistics
 import sys
@@ -219,15 +220,15 @@ def main(argv=None) -> int:
     p.add_argument("--figure", type=Path, help="also save the chart (perf_vs_peers.png) into this folder")
     args = p.parse_args(argv)
 
+    cores = os.sched_getaffinity(0)
+    threads = args.threads or len(cores)
+    streams = args.streams or len(cores)
+    os.environ["TVM_NUM_THREADS"] = str(threads)  # TVM sizes its pool once, at start: before any import
+
     from dlrmlib.backends.tvm import TvmBackend
-    from dlrmlib.machine import set_tvm_threads, usable_cores
     from dlrmlib.presets import PRESETS
 
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    cores = usable_cores()
-    threads = args.threads or len(cores)
-    streams = args.streams or len(cores)
-    set_tvm_threads(threads, cores)
     flops = PRESETS[args.preset].flops_per_sample()
     rows, source = [], None
     for batch in [int(b) for b in args.batches.split(",")]:

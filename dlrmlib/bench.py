@@ -26,7 +26,7 @@ from .backends import model_inputs
 from .errors import DlrmError
 from .experiment import Experiment
 from .files import write_json
-from .machine import provenance, set_tvm_threads, usable_cores
+from .machine import provenance, tvm_pool_threads, usable_cores
 from .normalise import load_graph, normalise_model
 from .profile import spread
 from .testdata import read_test_data
@@ -155,11 +155,10 @@ def _make_backends(exp: Experiment, runtimes: list[str], config: Config, manifes
         from .backends.tvm import TvmBackend
         from .weights import read_manifest
 
-        set_tvm_threads(config.threads, ALLOWED_CPUS)
-        pool = int(os.environ.get("TVM_NUM_THREADS", "0") or 0)
+        pool = tvm_pool_threads()
         for manifest in manifests:
             facts = read_manifest(manifest)
-            if pool and config.threads != pool:  # TVM sizes its pool once, at start (dlrmlib/__init__.py)
+            if config.threads != pool:  # TVM sizes its pool once, at start (dlrmlib/__init__.py)
                 notes.append(_note(f"tvm-{facts['build']['tag']}", config, f"not measured: TVM's thread pool "
                                    f"has {pool} threads for the whole process; run with TVM_NUM_THREADS="
                                    f"{config.threads} for this row"))

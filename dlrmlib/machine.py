@@ -82,18 +82,11 @@ def usable_cores() -> set[int]:
     return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
 
 
-def set_tvm_threads(threads: int, allowed: set[int] | None = None) -> None:
-    """TVM's thread pool size, without pinning this thread. TVM's default is half the logical
-    CPUs on x86 (it assumes hyper-threading: 1 thread on a 2-core VM), and resizing the pool
-    pins the calling thread to one core, which every thread another runtime creates later
-    would inherit. So binding is off (unless TVM_BIND_THREADS says otherwise) and the
-    thread's CPU set is restored."""
-    import tvm
-
-    os.environ.setdefault("TVM_BIND_THREADS", "0")
-    tvm.get_global_func("runtime.config_threadpool")(1, int(threads))
-    if allowed and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, allowed)
+def tvm_pool_threads() -> int:
+    """How many threads TVM's CPU pool runs: it takes TVM_NUM_THREADS once, when it starts (set
+    to the usable cores by `import dlrmlib` unless the user set it), and ignores later resizing
+    (`runtime.config_threadpool` changed nothing measurable, and it pins the calling thread)."""
+    return int(os.environ.get("TVM_NUM_THREADS") or len(usable_cores()))
 
 
 def caption(prov: dict) -> str:

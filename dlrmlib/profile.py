@@ -35,7 +35,7 @@ from .backends import model_inputs
 from .errors import DlrmError
 from .experiment import Experiment
 from .kernels import BUCKETS, EMBEDDING, OTHER, TensorInfo, classify, kernel_cost, param_bucket
-from .machine import machine_peaks, provenance, set_tvm_threads, usable_cores
+from .machine import machine_peaks, provenance, tvm_pool_threads, usable_cores
 from .normalise import embedding_tables, load_graph
 from .testdata import read_test_data
 
@@ -222,7 +222,9 @@ def profile_tvm(manifest_path: str | Path, data, repeats: int = 10, warmup: int 
     from .backends.tvm import TvmBackend
 
     backend = TvmBackend(manifest_path)
-    set_tvm_threads(threads or len(ALLOWED_CPUS), ALLOWED_CPUS)
+    if threads and threads != tvm_pool_threads():
+        raise DlrmError(f"TVM's thread pool runs {tvm_pool_threads()} threads in this process; profile with "
+                        f"TVM_NUM_THREADS={threads} set before Python starts for {threads}")
     batches = _tvm_batches(backend, data)
     run = lambda args: backend.main(*args, *backend.params)  # noqa: E731 - the timed call
     for i in range(warmup):
@@ -250,7 +252,7 @@ def profile_tvm(manifest_path: str | Path, data, repeats: int = 10, warmup: int 
     attributed = _attribute_tvm(top[0], param_names, input_names, len(tables) + 1, tables)
     kernels = [_kernel_record(i, c.name, bucket, kind, per_run[:, i], ins, outs, tables=table_inputs)
                for i, (c, (kind, bucket, ins, outs, table_inputs)) in enumerate(zip(top[0], attributed))]
-    threads = threads or len(ALLOWED_CPUS)
+    threads = tvm_pool_threads()
     return _summarise("tvm", backend.tag, backend.batch_size, threads, kernels, per_run, e2e, margin, {
         "version": backend.version, "manifest": Path(manifest_path).name,
         "trials": backend.manifest["build"].get("trials", 0),

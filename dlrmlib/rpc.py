@@ -85,6 +85,11 @@ class RpcMeasurement:
         found = wait_for_servers(address, key, servers or 1, timeout)
         return cls(address, key, servers or found)
 
+    @classmethod
+    def optional(cls, tracker: str | None, key: str = DEFAULT_KEY, servers: int | None = None) -> "RpcMeasurement | None":
+        """`connect` when a tracker is given; None (measure on this machine) for an empty one."""
+        return cls.connect(tracker, key, servers) if tracker else None
+
     def runner(self, evaluator_config, timeout_sec: float, f_alloc_argument):
         """TVM's RPCRunner: one candidate per server at a time."""
         from tvm.s_tir.meta_schedule.runner import RPCConfig, RPCRunner

@@ -30,7 +30,7 @@ def cmd_tune(args) -> None:
     from .rpc import RpcMeasurement
     from .tune import tune
 
-    rpc = RpcMeasurement.connect(args.rpc_tracker, args.rpc_key, args.rpc_servers) if args.rpc_tracker else None
+    rpc = RpcMeasurement.optional(args.rpc_tracker, args.rpc_key, args.rpc_servers)
     tune(args.experiment, trials=args.trials, max_trials_per_task=args.max_trials_per_task,
          num_threads=args.num_threads, prepack=args.prepack, seed=args.seed, rpc=rpc)
 
