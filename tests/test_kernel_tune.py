@@ -11,7 +11,15 @@ import pytest
 from dlrmlib.errors import DlrmError
 
 LOGS = Path(__file__).resolve().parent.parent / "logs"
+NAME = "tiny-kernels"  # its own experiment: builds here must not become another test's latest build
 FAST = 0.01  # seconds of timed work per candidate: enough to rank nothing, but every path runs
+
+
+@pytest.fixture(scope="module")
+def experiment(experiments_root):
+    from dlrmlib.prepare import prepare
+
+    return prepare(NAME, preset="tiny", batch_size=16, samples=64, root=experiments_root, log=lambda _: None)
 
 
 def _tune(experiment, folder):
@@ -20,17 +28,17 @@ def _tune(experiment, folder):
     return tune_kernels(experiment, log_dir=folder, log=lambda _: None, progress=False, min_seconds=FAST)
 
 
-def test_kernel_log_records_every_candidate_once_and_resumes(tiny_experiment, tmp_path):
+def test_kernel_log_records_every_candidate_per_pass_and_resumes(experiment, tmp_path):
     from dlrmlib.kernel_tune import candidates, model_kernels
     from dlrmlib.schedules.knobs import LOG_FILE, read_log
 
-    kernels = model_kernels(tiny_experiment)
+    kernels = model_kernels(experiment)
     assert {k.kind for k in kernels} == {"dense", "narrow", "interaction"}
     interaction = next(k for k in kernels if k.kind == "interaction")
     assert len(interaction.table_params) == 26
     expected = sum(len(candidates(k, 16)) for k in kernels)
 
-    _tune(tiny_experiment, tmp_path)
+    _tune(experiment, tmp_path)
     records = read_log(tmp_path)
     assert len(records) == 2 * expected  # every candidate, once per pass
     assert all(r["error"] is None and r["seconds"] > 0 for r in records)
@@ -39,17 +47,17 @@ def test_kernel_log_records_every_candidate_once_and_resumes(tiny_experiment, tm
     path = tmp_path / LOG_FILE
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines[: len(lines) // 2]) + '{"kernel": "dense_m16')
-    _tune(tiny_experiment, tmp_path)
+    _tune(experiment, tmp_path)
     again = read_log(tmp_path)
     assert len(again) == 2 * expected
     assert sorted((r["kernel"], json.dumps(r["config"], sort_keys=True)) for r in again) == \
         sorted((r["kernel"], json.dumps(r["config"], sort_keys=True)) for r in records)
 
-    _tune(tiny_experiment, tmp_path)  # nothing left to measure
+    _tune(experiment, tmp_path)  # nothing left to measure
     assert len(read_log(tmp_path)) == 2 * expected
 
 
-def test_custom_build_takes_the_fastest_knobs_of_a_log(tiny_experiment, tmp_path):
+def test_custom_build_takes_the_fastest_knobs_of_a_log(experiment, tmp_path):
     from dlrmlib.build import build
     from dlrmlib.schedules.knobs import KNOBS_VERSION, append_record
     from dlrmlib.weights import read_manifest
@@ -66,7 +74,7 @@ def test_custom_build_takes_the_fastest_knobs_of_a_log(tiny_experiment, tmp_path
                                  "knobs_version": KNOBS_VERSION})
         append_record(tmp_path, {"kernel": kernel, "config": losers[kernel], "seconds": 1e-9,
                                  "knobs_version": KNOBS_VERSION - 1})
-    result = build(tiny_experiment, tag="custom-knobs", schedule="custom", kernel_log=tmp_path, log=lambda _: None)
+    result = build(experiment, tag="custom-knobs", schedule="custom", kernel_log=tmp_path, log=lambda _: None)
     assert result.verification["within_tolerance"]
     manifest = read_manifest(result.manifest)
     assert manifest["build"]["kernel_knobs"] == chosen
@@ -74,16 +82,16 @@ def test_custom_build_takes_the_fastest_knobs_of_a_log(tiny_experiment, tmp_path
     assert [1, 367, 64] in [p["shape"] for p in packed], "the 64-wide panel must reach the weights folder"
 
 
-def test_build_from_an_empty_or_outdated_kernel_log_says_so(tiny_experiment, tmp_path):
+def test_build_from_an_empty_or_outdated_kernel_log_says_so(experiment, tmp_path):
     from dlrmlib.build import build
     from dlrmlib.schedules.knobs import KNOBS_VERSION, append_record
 
     with pytest.raises(DlrmError, match="holds no kernel log"):
-        build(tiny_experiment, tag="nolog", schedule="custom", kernel_log=tmp_path, log=lambda _: None)
+        build(experiment, tag="nolog", schedule="custom", kernel_log=tmp_path, log=lambda _: None)
     append_record(tmp_path, {"kernel": "interaction_b16_d16_t26_ids", "config": {"prefetch": 2}, "seconds": 1e-6,
                              "knobs_version": KNOBS_VERSION - 1})
     with pytest.raises(DlrmError, match="measured with older kernels"):
-        build(tiny_experiment, tag="oldlog", schedule="custom", kernel_log=tmp_path, log=lambda _: None)
+        build(experiment, tag="oldlog", schedule="custom", kernel_log=tmp_path, log=lambda _: None)
 
 
 @pytest.mark.parametrize("bn,mr", [(64, 2), (64, 4), (32, 4)])
