@@ -175,12 +175,10 @@ def build(experiment: Experiment, tag: str = "untuned", pipeline=None, build_inf
     mod = import_relax(model)
     target = host_target()
     if schedule == "custom":
+        from .kernel_tune import default_kernel_log, kernel_configs
         from .schedules import PIPELINE_NAME, custom_module
 
-        from .kernel_tune import kernel_configs, kernel_log_dir
-
-        if kernel_log is None and (kernel_log_dir(experiment) / "kernels.jsonl").is_file():
-            kernel_log = kernel_log_dir(experiment)
+        kernel_log = kernel_log if kernel_log is not None else default_kernel_log(experiment)
         knobs = kernel_configs(Path(kernel_log), log) if kernel_log is not None else {}
         if kernel_log is not None:
             log(f"[build] kernel knobs from {kernel_log} ({len(knobs)} kernels tuned)")

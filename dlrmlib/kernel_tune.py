@@ -42,6 +42,14 @@ def kernel_log_dir(experiment: Experiment) -> Path:
     return experiment.tune_dir / CUSTOM_LOG
 
 
+def default_kernel_log(experiment: Experiment) -> Path | None:
+    """The experiment's own kernel log, when `dlrm tune --schedule custom` has written one."""
+    from .schedules.knobs import LOG_FILE
+
+    folder = kernel_log_dir(experiment)
+    return folder if (folder / LOG_FILE).is_file() else None
+
+
 def model_kernels(experiment: Experiment) -> list[Kernel]:
     """The kernels `dlrm build --schedule custom` makes for this experiment's model, in order."""
     from .build import NUM_INPUTS, import_relax
@@ -131,11 +139,11 @@ class _InteractionData:
         self._ids = None
 
     def tables(self, kernel: Kernel) -> list:
+        import tvm
+
         from .backends.tvm import weight_tensor
         from .build import extract_weights
         from .weights import map_weights
-
-        import tvm
 
         if self._weights is None:
             folder, params, _ = extract_weights(self.experiment)
@@ -202,10 +210,11 @@ def tune_kernels(experiment: Experiment | str, log_dir: Path | None = None, log=
                 seconds, error = measure(kernel, config, tvm_target, lanes, data, min_seconds), None
             except Exception as e:  # a candidate that does not compile is recorded, not fatal
                 seconds, error = None, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-            append_record(folder, {"kernel": kernel.name, "kind": kernel.kind, "shape": asdict(kernel.shape),
-                                   "config": config, "knobs_version": KNOBS_VERSION, "seconds": seconds, "error": error, "mcpu": target["mcpu"],
-                                   "cpu": cpu_description(),
-                                   "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+            append_record(folder, {
+                "kernel": kernel.name, "kind": kernel.kind, "shape": asdict(kernel.shape), "config": config,
+                "knobs_version": KNOBS_VERSION, "seconds": seconds, "error": error, "mcpu": target["mcpu"],
+                "vector_lanes": lanes, "cpu": cpu_description(),
+                "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
     return folder
 
 
@@ -243,7 +252,7 @@ def save_kernel_log(experiment: Experiment, dest: Path) -> Path:
     return dest / LOG_FILE
 
 
-def _is_default(record: dict, lanes: int = 16) -> bool:
+def _is_default(record: dict) -> bool:
     """Whether a record measured the knobs a build uses without a log."""
     from .schedules.dense import PANEL, DenseShape, row_block
     from .schedules.interaction import PREFETCH_LOCALITY, PREFETCH_SAMPLES
@@ -252,6 +261,7 @@ def _is_default(record: dict, lanes: int = 16) -> bool:
     if record.get("kind") == "interaction":
         return config.get("prefetch") == PREFETCH_SAMPLES and config.get("locality") == PREFETCH_LOCALITY
     shape = DenseShape(**record["shape"])
+    lanes = record.get("vector_lanes", 16)  # the shipped logs were measured with AVX-512
     return (config.get("bn") == PANEL and config.get("mr") == row_block(shape.m, lanes)
             and config.get("parallel") in (None, shape.parallel))
 

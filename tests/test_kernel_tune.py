@@ -92,6 +92,12 @@ def test_build_from_an_empty_or_outdated_kernel_log_says_so(experiment, tmp_path
                              "knobs_version": KNOBS_VERSION - 1})
     with pytest.raises(DlrmError, match="measured with older kernels"):
         build(experiment, tag="oldlog", schedule="custom", kernel_log=tmp_path, log=lambda _: None)
+    for bad in ({"bn": 33, "mr": 4}, {"tile": 8}, {"bn": "64"}):  # hand-edited lines
+        append_record(tmp_path / "bad", {"kernel": "dense_m16_k367_n64_relu", "config": bad, "seconds": 1e-6,
+                                         "knobs_version": KNOBS_VERSION})
+        with pytest.raises(DlrmError, match="cannot build"):
+            build(experiment, tag="badlog", schedule="custom", kernel_log=tmp_path / "bad", log=lambda _: None)
+        (tmp_path / "bad" / "kernels.jsonl").unlink()
 
 
 @pytest.mark.parametrize("bn,mr", [(64, 2), (64, 4), (32, 4)])

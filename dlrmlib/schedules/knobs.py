@@ -1,7 +1,7 @@
 """The hand-written kernels' knobs and their tuning log.
 
 Each kernel has a few knobs (dense: panel width, rows per register tile, one thread or all;
-interaction: how many samples ahead to prefetch embedding rows). `dlrm tune --schedule custom`
+interaction: how many samples ahead to prefetch embedding rows, and into which cache level). `dlrm tune --schedule custom`
 measures every candidate of every kernel the model uses on this machine and appends one JSON
 line per measurement to `kernels.jsonl`; a build picks, per kernel, the fastest candidate in
 the log. The log is the record: a killed run resumes by skipping what it already holds, and
@@ -10,10 +10,12 @@ logs shipped under `logs/<machine>/<preset>/b<batch>/` rebuild the same kernels 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+import os
+from dataclasses import asdict, fields
 from pathlib import Path
 
-from .dense import PANEL, DenseConfig, DenseShape, row_block
+from ..errors import DlrmError
+from .dense import PANEL, SERIAL_MACS, DenseConfig, DenseShape, row_block
 
 LOG_FILE = "kernels.jsonl"
 KNOBS_VERSION = 2  # bumped when a knob's meaning or a kernel's code path changes: older records no longer count
@@ -21,6 +23,8 @@ PANELS = (PANEL, 2 * PANEL)
 MAX_ACCUMULATORS = {16: 28, 8: 14}  # vector registers left for accumulators (AVX-512, AVX2)
 PREFETCH_DISTANCES = (0, 2, 4, 8)
 PREFETCH_LOCALITIES = (1, 2, 3)
+BOTH_THREADINGS_BELOW = 16 * SERIAL_MACS  # layers smaller than this also try one thread
+INTERACTION_KNOBS = {"prefetch", "locality"}
 
 
 def dense_candidates(shape: DenseShape, vector_lanes: int) -> list[dict]:
@@ -34,7 +38,7 @@ def dense_candidates(shape: DenseShape, vector_lanes: int) -> list[dict]:
         vectors = bn // vector_lanes
         rows = {mr for mr in range(1, min(shape.m, 16) + 1) if shape.m % mr == 0 and mr * vectors <= limit}
         rows = sorted(r for r in rows if r * vectors >= min(8, shape.m * vectors)) or [row_block(shape.m, vector_lanes)]
-        threads = (None,) if shape.m * shape.k * shape.n >= 16 * 65536 else (True, False)
+        threads = (None,) if shape.m * shape.k * shape.n >= BOTH_THREADINGS_BELOW else (True, False)
         found += [asdict(DenseConfig(bn, mr, parallel)) for mr in rows for parallel in threads]
     return found
 
@@ -61,8 +65,6 @@ def read_log(folder: Path) -> list[dict]:
 
 def append_record(folder: Path, record: dict) -> None:
     """One measurement, appended as one line and flushed to disk before the next starts."""
-    import os
-
     path = Path(folder) / LOG_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "ab") as f:
@@ -78,12 +80,30 @@ def current(records: list[dict]) -> list[dict]:
     return [r for r in records if r.get("knobs_version") == KNOBS_VERSION]
 
 
+def check_knobs(record: dict) -> None:
+    """A clear error for a line whose knobs this version cannot build (a hand-edited or foreign
+    log), instead of a TypeError deep inside a build."""
+    config, name = record["config"], record["kernel"]
+    interaction = name.startswith("interaction")
+    known = INTERACTION_KNOBS if interaction else {f.name for f in fields(DenseConfig)}
+    ok = isinstance(config, dict) and set(config) <= known and all(
+        v is None or (isinstance(v, int) and v >= 0) for v in config.values())
+    if ok and interaction:
+        ok = config.get("locality", 0) <= 3
+    elif ok:
+        ok = config.get("bn", PANEL) % 8 == 0 and config.get("bn", PANEL) > 0
+    if not ok:
+        raise DlrmError(f"kernel log line for {name} has knobs {config!r} this version cannot build "
+                        f"(known: {sorted(known)}, non-negative integers; panel widths multiples of 8)")
+
+
 def best_configs(records: list[dict]) -> dict[str, dict]:
     """Per kernel name, the knobs of its fastest measurement (of this knobs version)."""
     best: dict[str, dict] = {}
     for r in current(records):
         if r.get("seconds") is None:
             continue
+        check_knobs(r)
         if r["kernel"] not in best or r["seconds"] < best[r["kernel"]]["seconds"]:
             best[r["kernel"]] = r
     return {name: r["config"] for name, r in sorted(best.items())}
