@@ -1,8 +1,10 @@
 """Hand-written TensorIR kernels for the DLRM and the Relax passes that use them.
 
 `custom_module` rewrites the imported module (Dense layers -> packed GEMM with fused bias +
-ReLU, or a dot-product kernel for the 1-wide last layer; the 26 gathers + dot interaction + concatenation -> one kernel) and lifts the weight packing into `main_transform_params`; the default CPU pipeline then
-lowers whatever is left. See README "Performance".
+ReLU, or a dot-product kernel for the 1-wide last layer; the 26 gathers + dot interaction +
+concatenation -> one kernel) and lifts the weight packing into `main_transform_params`; the
+default CPU pipeline then lowers whatever is left. Knobs per kernel: dlrmlib.schedules.knobs.
+See README "Performance".
 """
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from .dense import PANEL, DenseConfig, DenseShape, dense_func, pack_func
 from .prepack import TRANSFORM, LiftPlan, lift_weight_transforms, write_transformed_weights
 
 SCHEDULES = ("default", "custom")
-PIPELINE_NAME = "custom kernels (dlrmlib.schedules: packed GEMM + bias/ReLU, fused gather + interaction) + relax default (cpu_generic)"
+PIPELINE_NAME = ("custom kernels (dlrmlib.schedules: packed GEMM + bias/ReLU, narrow last layer, fused gather + "
+                 "interaction with prefetch) + relax default (cpu_generic)")
 
 
 def custom_module(mod, target: dict, num_input: int, configs: dict | None = None, seen: dict | None = None):

@@ -57,7 +57,7 @@ def _prefetches(shape: InteractionShape, ids_ahead: list[str], distance: int, lo
     at batch 2048, 2 threads: 1.8 us per sample without, 1.25-1.3 with distance 4 into L2)."""
     if distance <= 0:
         return ""
-    lines = 4 * shape.dim // 64  # cache lines per row
+    lines = max(1, 4 * shape.dim // 64)  # cache lines per row (16 floats each)
     body = "\n".join(
         f"                T.evaluate(T.call_llvm_intrin(\"void\", \"llvm.prefetch.p0\", "
         f"T.address_of(e{k}[{ids_ahead[k]}, c * 16]), 0, {locality}, 1))"
