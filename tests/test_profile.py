@@ -2,6 +2,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from dlrmlib.bench import sweep_configs
@@ -100,3 +101,24 @@ def test_sweeps_share_their_common_point_and_reject_nonsense():
         (1, 2, ("batch",)), (16, 1, ("threads",)), (16, 2, ("batch", "threads"))]
     with pytest.raises(DlrmError):
         sweep_configs([0], [1], 16)
+
+
+def test_parallel_requests_count_every_sessions_samples(tiny_experiment):
+    """bench_perf's parallel table: two single-thread ONNX Runtime sessions and a two-stream
+    OpenVINO model each serve from their own Python thread; every finished batch counts."""
+    from dlrmlib.backends import model_inputs
+    from dlrmlib.backends.onnxruntime import OnnxRuntimeBackend
+    from dlrmlib.backends.openvino import OpenVinoBackend
+    from dlrmlib.bench import parallel_samples_per_s
+    from dlrmlib.testdata import read_test_data
+
+    data = read_test_data(tiny_experiment.testdata_dir)
+    batches = [model_inputs(data.dense, data.sparse, 0, 16)[0]]
+    ort = [OnnxRuntimeBackend(tiny_experiment.normalised_model, 16, 1) for _ in range(2)]
+    first = OpenVinoBackend(tiny_experiment.normalised_model, 16, threads=2, streams=2)
+    ov = [first, first.another_request()]
+    assert ov[1].request is not ov[0].request and ov[1].compiled is ov[0].compiled
+    for sessions in (ort, ov):
+        rate = parallel_samples_per_s(sessions, batches, 0.2)
+        assert rate > 16 / 0.2, "at least one batch per session in 0.2 s"
+        np.testing.assert_allclose(sessions[1].predict(batches[0]), sessions[0].predict(batches[0]), atol=1e-6)
