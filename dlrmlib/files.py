@@ -81,6 +81,20 @@ def read_jsonl(path: str | os.PathLike) -> list:
     return items
 
 
+def append_jsonl(path: str | os.PathLike, items: list, durable: bool = False) -> None:
+    """Append one JSON line per item to an append-only log in one write. A torn last line (a kill
+    mid-write) is closed first, so it never swallows the new lines; `durable` waits for the disk."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        torn = f.seek(0, os.SEEK_END) > 0 and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n"
+        text = "".join(json.dumps(item, sort_keys=True) + "\n" for item in items)
+        f.write((("\n" if torn else "") + text).encode())
+        f.flush()
+        if durable:
+            os.fsync(f.fileno())
+
+
 def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import os
 import platform
 import random
@@ -44,6 +43,7 @@ from tvm.s_tir.meta_schedule.runner import PyRunner, RunnerFuture, RunnerInput
 from tvm.s_tir.meta_schedule.task_scheduler import PyTaskScheduler
 from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
+from .files import append_jsonl
 from .tune_workers import alloc_in_range, alloc_in_range_remote, build_candidate
 
 INTRINSICS_BY_MACHINE = {"x86_64": "x86", "amd64": "x86", "aarch64": "arm_cpu", "arm64": "arm_cpu",
@@ -221,11 +221,9 @@ class Session:
             task.trials += 1
             if latency is not None and (task.best_s is None or latency < task.best_s):
                 task.best_s = latency
-            lines.append(json.dumps({"trial": self.trials, "t": now, "task": task.name,
-                                     "latency_s": latency, "error": error}))
+            lines.append({"trial": self.trials, "t": now, "task": task.name, "latency_s": latency, "error": error})
         task.history.append(task.best_s if task.best_s is not None else FAILED)
-        with open(self.trials_file, "a") as f:  # one write per batch, flushed on close
-            f.write("\n".join(lines) + "\n")
+        append_jsonl(self.trials_file, lines)  # one write per batch
         self._show(len(latencies))
 
     def _show(self, n: int) -> None:

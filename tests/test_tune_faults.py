@@ -49,3 +49,15 @@ def test_nonsense_budgets_are_refused_by_the_command(experiment, experiments_roo
 def test_nonsense_budgets_are_refused_by_the_library(experiment, kwargs, message):
     with pytest.raises(DlrmError, match=message):
         tune(experiment, progress=False, log=lambda _: None, **kwargs)
+
+
+def test_appending_after_a_torn_line_keeps_every_new_record(tmp_path):
+    """trials.jsonl and kernels.jsonl: a kill mid-write leaves half a line; the next run's lines
+    must not be glued onto it (one lost record per kill otherwise)."""
+    from dlrmlib.files import append_jsonl, read_jsonl
+
+    path = tmp_path / "log.jsonl"
+    append_jsonl(path, [{"trial": 1}])
+    path.write_bytes(path.read_bytes() + b'{"trial": 2, "lat')
+    append_jsonl(path, [{"trial": 3}, {"trial": 4}], durable=True)
+    assert read_jsonl(path) == [{"trial": 1}, {"trial": 3}, {"trial": 4}]

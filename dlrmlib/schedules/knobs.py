@@ -10,7 +10,6 @@ logs shipped under `logs/<machine>/<preset>/b<batch>/` rebuild the same kernels 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -65,14 +64,9 @@ def read_log(folder: Path) -> list[dict]:
 
 def append_record(folder: Path, record: dict) -> None:
     """One measurement, appended as one line and flushed to disk before the next starts."""
-    path = Path(folder) / LOG_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab") as f:
-        if f.tell() and not path.read_bytes().endswith(b"\n"):
-            f.write(b"\n")  # a torn line from a kill: start a fresh one
-        f.write((json.dumps(record, sort_keys=True) + "\n").encode())
-        f.flush()
-        os.fsync(f.fileno())
+    from ..files import append_jsonl
+
+    append_jsonl(Path(folder) / LOG_FILE, [record], durable=True)
 
 
 def current(records: list[dict]) -> list[dict]:
