@@ -10,8 +10,6 @@ files are then linked from the plain weights folder; only the transformed ones a
 """
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,14 +104,6 @@ def transform_weights(executable, plan: LiftPlan, weights: list[np.ndarray]) -> 
     return arrays
 
 
-def link_or_copy(source: Path, target: Path) -> None:
-    """A hard link when both sit on one file system (no second copy of a table), else a copy."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
-
-
 def transformed_param_specs(params, plan: LiftPlan, dtype: str = "float32"):
     """The lifted library's parameter list: untouched weights keep their names and files'
     content; each transform output gets a name saying where it comes from."""
@@ -134,7 +124,7 @@ def write_transformed_weights(folder: Path, layout: str, library: Path, plan: Li
     library itself, so they are exactly what its `main` expects."""
     import tvm
 
-    from ..files import atomic_dir, write_json
+    from ..files import atomic_dir, link_or_copy, write_json
     from ..weights import LAYOUT_FILE, holds_weights, map_weights
 
     specs = transformed_param_specs(plain_params, plan)
