@@ -32,8 +32,9 @@ from .aggregation import Aggregation, aggregate, load_aggregation, save_aggregat
 from .backends import model_inputs
 from .errors import DlrmError
 from .experiment import Experiment
-from .files import atomic_dir, read_json
+from .files import atomic_dir
 from .loadgen_logs import parse_detail, parse_summary, read_accuracy_log
+from .machine import utc_now
 from .metrics import accuracy
 from .testdata import TestData, read_test_data, read_test_meta
 
@@ -88,10 +89,12 @@ class DlrmSut:
     # the worker ---------------------------------------------------------------------------
     def _work(self) -> None:
         while True:
-            if not self._pending and not self._take(block=True):
+            if not self._take(block=not self._pending):  # wait only when there is nothing to run
+                while self._pending:  # the stop signal: answer what is left, then leave
+                    self._run_batch()
                 return
-            self._take(block=False)
-            self._run_batch()
+            if self._pending:
+                self._run_batch()
 
     def _take(self, block: bool) -> bool:
         """Move queued samples into the pending list; False on the stop signal."""
@@ -135,8 +138,8 @@ class DlrmSut:
             at += n
             if sample.done == len(sample.rows):
                 finished.append(sample)
-        for sample in finished:
-            self._pending.remove(sample)
+        for _ in finished:  # batches fill from the front, so the finished samples lead the queue
+            self._pending.popleft()
         self._answer(finished)
 
     def _predict(self, rows: np.ndarray) -> np.ndarray:
@@ -339,9 +342,8 @@ def _targets(backend, data, aggregation, scenario, target_qps, log) -> tuple[flo
 
 def _merge(exp: Experiment, name: str, record: dict) -> dict:
     """Keep the other mode's section of an earlier run of the same build and runtime."""
-    path = exp.measurements_dir / f"{name}.json"
-    if path.is_file():
-        old = read_json(path)
+    old = exp.measurement(name)
+    if old is not None:
         if (old.get("backend"), old.get("build")) == (record["backend"], record["build"]):
             for mode in MODES:
                 record.setdefault(mode, old.get(mode))
@@ -381,7 +383,7 @@ def run_loadgen(exp: Experiment, scenario: str = "SingleStream", modes=("perform
               "research": bool(overrides), "research_overrides": overrides, "valid_mlperf_result": False,
               "note": NOT_VALID + ("; research settings" if overrides else ""),
               "aggregation": aggregation.summary(), "targets": targets,
-              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+              "created": utc_now()}
     try:
         for mode in modes:
             folder = output_dir(exp, scenario, backend, mode)
