@@ -16,12 +16,10 @@ REPORT_NOTEBOOK = "05_report"
 
 def tuning_logs(exp: Experiment) -> list[tuple[Path, bool]]:
     """The experiment's tuning logs that hold measured trials (`trials.jsonl`, written by
-    dlrmlib.tune): (folder, prepacked), plain first; none without dlrmlib.tune."""
-    try:
-        from .tune import PREPACK_LOG, TRIALS_FILE
-    except ImportError:
-        return []
-    logs = [(exp.tune_dir, False), (exp.tune_dir / PREPACK_LOG, True)]
+    dlrmlib.tune): (folder, prepacked), plain first."""
+    from .tune import TRIALS_FILE, tuning_log_dir
+
+    logs = [(tuning_log_dir(exp, prepack), prepack) for prepack in (False, True)]
     return [(folder, prepack) for folder, prepack in logs if (folder / TRIALS_FILE).is_file()]
 
 
@@ -40,6 +38,19 @@ def _tuning_curves(exp: Experiment) -> dict[str, Path]:
     return charts
 
 
+def _top_rows(exp: Experiment, bench: dict) -> list[dict]:
+    """The benchmark's measured rows at the experiment's batch size with the most threads."""
+    batch, top = exp.params["batch_size"], max(bench["threads"])
+    return [r for r in bench["rows"] if r.get("status") == "ok" and r["batch_size"] == batch and r["threads"] == top]
+
+
+def comparison(exp: Experiment, compare: list[str] | None = None):
+    """The experiments table the report shows and charts: `exp` and `compare`, or every
+    experiment beside it with a benchmark."""
+    names = list(dict.fromkeys([exp.name, *compare])) if compare else None
+    return compare_experiments(names, exp.root.parent)
+
+
 def compare_experiments(names: list[str] | None = None, root: Path | None = None):
     """One row per runtime/build per experiment: samples/s and ratio to ONNX Runtime at the
     experiment's batch size with the most threads, from each experiment's benchmark. Default:
@@ -55,13 +66,11 @@ def compare_experiments(names: list[str] | None = None, root: Path | None = None
         bench = exp.measurement("bench")
         if bench is None:
             raise DlrmError(f"experiment {name!r} has no benchmark to compare; run `dlrm bench --experiment {name}`")
-        top = max(bench["threads"])
-        for r in bench["rows"]:
-            if r.get("status") == "ok" and r["batch_size"] == exp.params["batch_size"] and r["threads"] == top:
-                rows.append({"experiment": name, "runtime": r["runtime"], "batch size": r["batch_size"],
-                             "threads": top, "samples/s": r["samples_per_s"],
-                             "ratio to onnxruntime": r["ratio_to_onnxruntime"], "runs": r["latency_ms"]["n"],
-                             "cpu": bench["machine"]["cpu"]})
+        for r in _top_rows(exp, bench):
+            rows.append({"experiment": name, "runtime": r["runtime"], "batch size": r["batch_size"],
+                         "threads": r["threads"], "samples/s": r["samples_per_s"],
+                         "ratio to onnxruntime": r["ratio_to_onnxruntime"], "runs": r["latency_ms"]["n"],
+                         "cpu": bench["machine"]["cpu"]})
     return pd.DataFrame(rows, columns=["experiment", "runtime", "batch size", "threads", "samples/s",
                                        "ratio to onnxruntime", "runs", "cpu"])
 
@@ -81,9 +90,8 @@ def make_charts(exp: Experiment, compare: list[str] | None = None) -> dict[str, 
         "throughput_vs_threads": (bench, lambda: plots.throughput_vs_threads(bench), "no benchmark: run `dlrm bench`"),
         "operator_breakdown": (profile, lambda: plots.operator_breakdown(profile), "no profile: run `dlrm profile`"),
         "roofline": (profile, lambda: plots.roofline(profile), "no profile: run `dlrm profile`"),
-        "experiments_comparison": (bench, lambda: plots.experiments_comparison(compare_experiments(
-            list(dict.fromkeys([exp.name, *compare])) if compare else None, exp.root.parent)),
-            "no benchmark: run `dlrm bench`"),
+        "experiments_comparison": (bench, lambda: plots.experiments_comparison(comparison(exp, compare)),
+                                   "no benchmark: run `dlrm bench`"),
     }
     charts: dict[str, Path | str] = _tuning_curves(exp) or {
         "tuning_curve": f"not tuned: no {exp.tune_dir.name}/trials.jsonl"}
@@ -120,7 +128,7 @@ def show(charts: dict[str, Path | str], name: str) -> None:
 
 
 def peers_table(exp: Experiment):
-    """The benchmark's rows at the experiment's batch sweep, the columns people compare."""
+    """The benchmark's rows (both sweeps), the columns people compare."""
     from .bench import bench_table, load_bench
 
     return bench_table(load_bench(exp))
@@ -133,9 +141,8 @@ def headline(exp: Experiment) -> str:
     if not bench:
         return f"Experiment `{exp.name}`: no benchmark yet."
     top = max(bench["threads"])
-    parts = [f"{r['runtime']} {r['ratio_to_onnxruntime']:.3g}x" for r in bench["rows"]
-             if r.get("status") == "ok" and r["batch_size"] == exp.params["batch_size"] and r["threads"] == top
-             and r["runtime"] != "onnxruntime"]
+    parts = [f"{r['runtime']} {r['ratio_to_onnxruntime']:.3g}x" for r in _top_rows(exp, bench)
+             if r["runtime"] != "onnxruntime"]
     return (f"Experiment `{exp.name}`, batch {exp.params['batch_size']}, {top} threads; throughput against "
             f"ONNX Runtime: {', '.join(parts)}. Machine: {caption(bench)}.")
 

@@ -55,9 +55,9 @@ def build_summary(manifest_path) -> pd.DataFrame:
 
 
 def measurements_table(exp: Experiment) -> pd.DataFrame:
-    """Every single-configuration measurement of the experiment (a build checked in Python, the
-    native runner, ONNX Runtime), one row each, the columns people compare. Sweeps (`bench`,
-    `profile`, LoadGen) have tables of their own."""
+    """Every measurement with a headline figure (a runtime and its samples/s: a build checked in
+    Python, the native runner, ONNX Runtime, a LoadGen run), one row each, the columns people
+    compare. The sweeps (`bench`, `profile`) have tables of their own."""
     columns = ["runtime", "build", "batch_size", "samples_per_s", "latency_ms_p50", "latency_ms_p99",
                "max_abs_error", "auc"]
     rows = []
