@@ -6,7 +6,6 @@ be mapped by the native runner, and a build never needs the weights in memory.
 """
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 import time
@@ -22,6 +21,7 @@ from onnx import helper
 from .errors import DlrmError
 from .experiment import Experiment
 from .files import atomic_path, sha256_file
+from .machine import utc_now
 from .normalise import WEIGHT_TYPES, embedding_tables, load_graph
 from .target import cpu_description, host_target
 from .tvmlog import quiet_tvm_log
@@ -219,7 +219,7 @@ def build(experiment: Experiment, tag: str = "untuned", pipeline=None, build_inf
         "tvm_version": tvm.__version__,
         "build": {"tag": tag, "tuned": False, "trials": 0, "tuning_log": None, "prepack": False,
                   "pipeline": "relax default (cpu_generic)",
-                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  "created": utc_now(),
                   "model_id": model_identity(experiment.normalised_model), **(build_info or {})},
     })
     result = BuildResult(tag, library, manifest_path, weights_dir, time.perf_counter() - started)

@@ -37,6 +37,11 @@ class Experiment:
     root: Path
 
     @classmethod
+    def of(cls, experiment: "Experiment | str") -> "Experiment":
+        """An Experiment as given, or the one a name opens (what every step accepts)."""
+        return experiment if isinstance(experiment, Experiment) else cls.open(experiment)
+
+    @classmethod
     def open(cls, name: str = DEFAULT_EXPERIMENT, root: str | Path | None = None, create: bool = False) -> "Experiment":
         root = Path(root).resolve() if root else experiments_root()
         exp = cls(check_name(name), root / name)

@@ -9,7 +9,6 @@ under the experiment's tuning lock; a rerun measures only what the log does not 
 """
 from __future__ import annotations
 
-import datetime
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -20,6 +19,7 @@ import numpy as np
 
 from .errors import DlrmError
 from .experiment import Experiment
+from .machine import utc_now
 
 CUSTOM_LOG = "custom"  # tune/custom/: the kernel log, beside MetaSchedule's database
 MIN_SECONDS = 0.5  # timed work per candidate and pass
@@ -153,15 +153,14 @@ class _InteractionData:
     def ids(self, count: int = 8) -> list:
         import tvm
 
-        from .backends import model_inputs
+        from .backends import batch_inputs
         from .model import INDICES_INPUT
         from .testdata import read_test_data
 
         if self._ids is None:
             data = read_test_data(self.experiment.testdata_dir)
-            starts = range(0, max(1, len(data.dense) - self.batch + 1), self.batch)
-            self._ids = [tvm.runtime.tensor(model_inputs(data.dense, data.sparse, s, self.batch)[0][INDICES_INPUT])
-                         for s in list(starts)[:count]]
+            self._ids = [tvm.runtime.tensor(inputs[INDICES_INPUT])
+                         for inputs in batch_inputs(data.dense, data.sparse, self.batch, count)]
         return self._ids
 
 
@@ -192,7 +191,7 @@ def tune_kernels(experiment: Experiment | str, log_dir: Path | None = None, log=
     from .target import cpu_description, host_target
     from .tune import tuning_lock
 
-    exp = experiment if isinstance(experiment, Experiment) else Experiment.open(experiment)
+    exp = Experiment.of(experiment)
     folder = Path(log_dir) if log_dir else kernel_log_dir(exp)
     target = host_target()
     tvm_target = tvm.target.Target(target)
@@ -214,7 +213,7 @@ def tune_kernels(experiment: Experiment | str, log_dir: Path | None = None, log=
                 "kernel": kernel.name, "kind": kernel.kind, "shape": asdict(kernel.shape), "config": config,
                 "knobs_version": KNOBS_VERSION, "seconds": seconds, "error": error, "mcpu": target["mcpu"],
                 "vector_lanes": lanes, "cpu": cpu_description(),
-                "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+                "time": utc_now()})
     return folder
 
 

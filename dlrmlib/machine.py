@@ -62,6 +62,11 @@ def versions() -> dict[str, str | None]:
     return found
 
 
+def utc_now() -> str:
+    """Now, as the ISO time (UTC, seconds) every record of this project carries."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
 def invocation(call: str | None = None) -> dict:
     """How the result was made: the shell command (or that a notebook kernel ran it), the
     Python call with its arguments, and when."""
@@ -69,7 +74,7 @@ def invocation(call: str | None = None) -> dict:
     in_kernel = "ipykernel" in argv[0] or "papermill" in argv[0]
     command = "notebook kernel" if in_kernel else shlex.join([os.path.basename(argv[0]), *argv[1:]])
     return {"command": command, "call": call,
-            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+            "started": utc_now()}
 
 
 def provenance(call: str | None = None) -> dict:
@@ -80,6 +85,9 @@ def provenance(call: str | None = None) -> dict:
 def usable_cores() -> set[int]:
     """The CPUs this process may run on (all of them unless someone pinned it)."""
     return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+
+
+ALLOWED_CPUS = usable_cores()  # at import, before any runtime could pin this thread
 
 
 def tvm_pool_threads() -> int:

@@ -18,9 +18,7 @@ starting from the best records already there. A lock keeps two runs off one expe
 """
 from __future__ import annotations
 
-import datetime
 import fcntl
-import json
 import logging
 import os
 import signal
@@ -37,6 +35,7 @@ import numpy as np
 from .errors import DlrmError
 from .experiment import Experiment
 from .files import read_json, read_jsonl, write_json
+from .machine import utc_now
 
 DEFAULT_TRIALS = 3000
 CI_TRIALS = 16  # under CI=true, as TVM's tutorials skip their expensive tuning there
@@ -153,17 +152,13 @@ def tuning_lock(experiment: Experiment):
             raise DlrmError(f"experiment {experiment.name!r} is already being tuned ({holder}); wait for that "
                             f"run to finish or stop it, then run again: it resumes from the log") from None
         f.truncate(0)
-        f.write(f"pid {os.getpid()}, started {_now()}\n")
+        f.write(f"pid {os.getpid()}, started {utc_now()}\n")
         f.flush()
         try:
             yield
         finally:
             f.truncate(0)
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 # -- the module that is tuned and built --------------------------------------------------------
@@ -285,23 +280,19 @@ def _restore(states: list, trials: list[dict]) -> None:
         state = by_name.get(trial.get("task"))
         if state is None:
             continue
-        state.trials += 1
-        latency = trial.get("latency_s")
-        if latency is not None and (state.best_s is None or latency < state.best_s):
-            state.best_s = latency
+        state.add_trial(trial.get("latency_s"))
         key = (trial.get("task"), trial.get("t"))
         if key != batch_key:
             state.history.append(0.0)
             batch_key = key
-        state.history[-1] = state.best_s if state.best_s is not None else 1e9
+        state.history[-1] = state.best_or_failed()
 
 
 def _untuned_latencies(tasks, states, target, builder, runner, folder: Path, log) -> None:
     """Every kernel's untuned latency, measured once per log (`untuned.json`)."""
     from . import tune_session as ts
 
-    path = folder / UNTUNED_FILE
-    known = read_json(path) if path.is_file() else {}
+    known = read_untuned(folder)
     missing = [i for i, s in enumerate(states) if s.name not in known]
     if missing:
         log(f"[tune] timing {len(missing)} untuned kernels once (the curve's starting point)")
@@ -309,7 +300,7 @@ def _untuned_latencies(tasks, states, target, builder, runner, folder: Path, log
         latencies = ts.measure_untuned(mods, target, builder, runner)
         ts.commit_untuned(folder / UNTUNED_DB, mods, latencies, target)
         known.update({states[i].name: latency for i, latency in zip(missing, latencies)})
-        write_json(path, known)
+        write_json(folder / UNTUNED_FILE, known)
     for state in states:
         state.untuned_s = known.get(state.name)
 
@@ -361,7 +352,7 @@ def tune(experiment: Experiment | str, trials: int = DEFAULT_TRIALS, max_trials_
     `max_trials_per_task` caps each kernel's trials (across runs, to within one batch);
     `num_threads` sets build workers and search threads (default: every core; measurement
     always runs alone); `prepack` tunes the kernels of the weight-prepacked build."""
-    experiment = _open(experiment)
+    experiment = Experiment.of(experiment)
     _check_budget(trials, max_trials_per_task, num_threads, trials_per_batch)
     folder = tuning_log_dir(experiment, prepack)
     started = time.perf_counter()
@@ -396,7 +387,7 @@ def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batc
         f"{batch} ({threads} build workers, measurement alone); log: {folder}")
     with _quiet_metaschedule():
         contexts = _contexts(tasks, folder, threads, seed)
-        builder, runner = ts.make_builder(threads), ts.make_runner(rpc)
+        builder, runner = ts.PooledBuilder(threads), ts.make_runner(rpc)
         if rpc is not None:
             log(f"[tune] measuring on {rpc.servers} RPC server(s) with key {rpc.key!r} via the tracker at {rpc.tracker}")
         try:
@@ -477,10 +468,6 @@ def _run_tasks(contexts, session, folder: Path, remaining: int, cap, batch: int,
             task_scheduler=ts.CommittingScheduler(session, seed=seed))
 
 
-def _open(experiment: Experiment | str) -> Experiment:
-    return experiment if isinstance(experiment, Experiment) else Experiment.open(experiment)
-
-
 def _logged_estimate(folder: Path) -> float | None:
     curve = tuning_curve(folder)
     return None if curve.empty else float(curve["estimated_latency_s"].iloc[-1])
@@ -559,7 +546,7 @@ def build_tuned(experiment: Experiment | str, log_dir: str | Path | None = None,
     """Library + manifest + weights folder with the log's best schedules applied, checked
     against the test data's reference. Named after the log's trials: `saved_model_<trials>`,
     or `saved_model_<trials>_prepack` with weight prepacking."""
-    experiment = _open(experiment)
+    experiment = Experiment.of(experiment)
     folder = Path(log_dir) if log_dir else tuning_log_dir(experiment, prepack)
     _check_log_mode(folder, prepack)
     with tempfile.TemporaryDirectory(prefix="dlrm-tuning-log-") as tmp:
@@ -586,7 +573,7 @@ def _add_untuned(folder: Path, snapshot: Path) -> None:
 def build_best(experiment: Experiment | str, log_dir: str | Path | None = None, prepack: bool = False,
                verify: bool = True, log: Callable[[str], None] = print):
     """From the tuning log when it has records (an explicit `log_dir` must), else untuned."""
-    experiment = _open(experiment)
+    experiment = Experiment.of(experiment)
     default = tuning_log_dir(experiment, prepack)
     if log_dir is not None or count_records(default):
         return build_tuned(experiment, log_dir, prepack, verify, log)
@@ -671,7 +658,8 @@ def tuning_curve(folder: Path) -> "pd.DataFrame":
     if not tasks:
         return pd.DataFrame(columns=columns)
     weights = pd.Series({t["name"]: t["weight"] for t in tasks["tasks"]})
-    untuned = pd.Series({name: read_untuned(folder).get(name) for name in weights.index}, dtype=float)
+    known = read_untuned(folder)
+    untuned = pd.Series({name: known.get(name) for name in weights.index}, dtype=float)
     trials = trials_frame(folder)
     trials = trials[trials["task"].isin(weights.index)]
     best = (trials.pivot_table(index="trial", columns="task", values="latency_s", aggfunc="min")
@@ -721,7 +709,7 @@ def plot_tuning_curve(experiment: Experiment | str, log_dir: str | Path | None =
 
     from .target import cpu_description
 
-    experiment = _open(experiment)
+    experiment = Experiment.of(experiment)
     folder = Path(log_dir) if log_dir else tuning_log_dir(experiment, prepack)
     curve = tuning_curve(folder)
     tasks = read_tasks(folder) or {}
@@ -756,7 +744,7 @@ def build_variants(experiment: Experiment | str, log_dir: str | Path | None = No
     Returns the fast ones (tuned, custom), the ones worth running natively."""
     from .build import build
 
-    experiment = _open(experiment)
+    experiment = Experiment.of(experiment)
     fast = [build_best(experiment, log_dir=log_dir, prepack=prepack, log=log)]
     if custom:
         fast.append(build(experiment, tag="custom", schedule="custom", log=log))

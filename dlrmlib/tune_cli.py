@@ -55,6 +55,7 @@ def cmd_build(args, plain) -> None:
 
 def add_subcommands(sub, add_experiment) -> None:
     """`tune`, and the tuning-log options of the existing `build` subcommand."""
+    from .rpc import DEFAULT_KEY
     from .tune import DEFAULT_TRIALS
 
     p = sub.add_parser("tune", help="tune: MetaSchedule trials into the experiment's tuning log, resumable (02_tune)")
@@ -74,7 +75,7 @@ def add_subcommands(sub, add_experiment) -> None:
                    help="with --schedule custom: also copy the kernel log there, e.g. logs/<machine>/<preset>/b<batch>")
     p.add_argument("--rpc-tracker", metavar="HOST:PORT",
                    help="measure candidates on the TVM RPC servers registered with this tracker")
-    p.add_argument("--rpc-key", default="dlrm-cpu", help="the servers' device key (default: %(default)s)")
+    p.add_argument("--rpc-key", default=DEFAULT_KEY, help="the servers' device key (default: %(default)s)")
     p.add_argument("--rpc-servers", type=_positive, help="servers to use at once (default: all registered)")
     p.set_defaults(func=cmd_tune)
 

@@ -71,8 +71,10 @@ def cpu_intrinsics_only() -> None:
         importlib.import_module(f"{name}.{arch}")
 
 
-def make_builder(workers: int):
-    return PooledBuilder(workers)
+def mean_seconds(run_secs) -> float | None:
+    """A measured candidate's latency: the mean of its runs (None when it has none)."""
+    secs = [float(s) for s in run_secs or []]
+    return sum(secs) / len(secs) if secs else None
 
 
 @derived_object
@@ -135,8 +137,8 @@ def measure_untuned(mods: list, target, builder, runner) -> list[float | None]:
     latencies: list[float | None] = [None] * len(mods)
     for (i, b), future in zip(ready, runner.run(inputs)):
         result = future.result()
-        if result.error_msg is None and result.run_secs:
-            latencies[i] = sum(float(s) for s in result.run_secs) / len(result.run_secs)
+        if result.error_msg is None:
+            latencies[i] = mean_seconds(result.run_secs)
         shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
     return latencies
 
@@ -183,6 +185,16 @@ class TaskState:
         """Seconds per batch before tuning (FLOPs when the untuned kernel could not be timed)."""
         return self.weight * (self.untuned_s if self.untuned_s is not None else self.flop * 1e-9)
 
+    def add_trial(self, latency: float | None) -> None:
+        self.trials += 1
+        if latency is not None and (self.best_s is None or latency < self.best_s):
+            self.best_s = latency
+
+    def best_or_failed(self) -> float:
+        """The history's value after a batch: the best so far, or what the schedulers score a
+        kernel with no valid candidate."""
+        return self.best_s if self.best_s is not None else FAILED
+
 
 @dataclass
 class Session:
@@ -218,11 +230,9 @@ class Session:
         for latency, error in zip(latencies, errors):
             self.trials += 1
             self.new_trials += 1
-            task.trials += 1
-            if latency is not None and (task.best_s is None or latency < task.best_s):
-                task.best_s = latency
+            task.add_trial(latency)
             lines.append({"trial": self.trials, "t": now, "task": task.name, "latency_s": latency, "error": error})
-        task.history.append(task.best_s if task.best_s is not None else FAILED)
+        task.history.append(task.best_or_failed())
         append_jsonl(self.trials_file, lines)  # one write per batch
         self._show(len(latencies))
 
@@ -258,8 +268,7 @@ class TrialRecorder(PyMeasureCallback):
         latencies, errors = [], []
         for built, ran in zip(builder_results, runner_results):
             error = _error_kind(built, ran)
-            secs = [float(s) for s in ran.run_secs] if ran.run_secs is not None and error is None else []
-            latencies.append(sum(secs) / len(secs) if secs else None)
+            latencies.append(mean_seconds(ran.run_secs) if error is None else None)
             errors.append(error)
         self.session.record(int(task_id), latencies, errors)
 
