@@ -185,7 +185,7 @@ def python_worker(manifest: str, testdata: str, steady_passes: int) -> None:
     import psutil
     import tvm  # noqa: F401 - imported here so that `load_s` is the load alone
 
-    from dlrmlib.backends import model_inputs
+    from dlrmlib.backends import batch_inputs
     from dlrmlib.backends.tvm import TvmBackend
     from dlrmlib.testdata import read_test_data
 
@@ -194,7 +194,7 @@ def python_worker(manifest: str, testdata: str, steady_passes: int) -> None:
     loaded = time.perf_counter()
     data = read_test_data(testdata)
     b = backend.batch_size
-    batches = [model_inputs(data.dense, data.sparse, s, b)[0] for s in range(0, len(data), b)]
+    batches = batch_inputs(data.dense, data.sparse, b)
     backend.predict(batches[0])
     first = time.perf_counter()
     for batch in batches:  # warm-up pass: fault in the pages this data touches

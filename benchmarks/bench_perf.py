@@ -18,8 +18,9 @@ Two ways to use the cores, two tables:
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import math
+import os
 import statistics
 import sys
 import time
@@ -29,7 +30,6 @@ import numpy as np
 
 PEERS = ("onnxruntime", "openvino", "pytorch-eager")
 WORK_S = 0.2  # timed work per runtime per repetition
-PAUSE_S = 0.05  # untimed, before each runtime's turn: the previous one's worker threads stop spinning
 
 
 REPO_LOGS = Path(__file__).resolve().parent.parent / "logs"
@@ -117,26 +117,31 @@ def measure(backends: list, batches: list[dict], repeats: int, log) -> tuple[dic
     for b in backends[1:]:
         error = float(np.abs(b.predict(batches[0]).reshape(-1) - reference.reshape(-1)).max())
         log(f"[perf] {b.name}: max |output - {backends[0].name}| = {error:.2e}")
-    runs, peaks = {b.name: [] for b in backends}, []
+    return interleaved({b.name: (lambda b=b: seconds_per_batch(b, batches)) for b in backends}, repeats)
+
+
+def interleaved(measures: dict, repeats: int) -> tuple[dict, list[float]]:
+    """Each repetition runs every measure once, in rotating order, each after an untimed pause
+    (the previous runtime's worker threads stop spinning), then times the sgemm peak: name ->
+    one value per repetition, and the peaks."""
+    from dlrmlib.bench import PAUSE_S
+
+    runs, peaks, order = {name: [] for name in measures}, [], list(measures)
     for rep in range(repeats):
-        order = backends[rep % len(backends):] + backends[:rep % len(backends)]
-        for b in order:
+        for name in order[rep % len(order):] + order[:rep % len(order)]:
             time.sleep(PAUSE_S)
-            runs[b.name].append(seconds_per_batch(b, batches))
+            runs[name].append(measures[name]())
         peaks.append(sgemm_gflops())
     return runs, peaks
 
 
-def native_samples_per_s(exp, tag: str, streams: int, seconds: float, samples_per_s_guess: float) -> float:
-    """The native runner with `streams` single-thread instances: its own throughput figure."""
-    import math
+def native_samples_per_s(exp, tag: str, streams: int, passes: int) -> float:
+    """The native runner with `streams` single-thread instances, `passes` over the test data:
+    its own throughput figure."""
     import tempfile
 
     from dlrmlib.infer import run_native
-    from dlrmlib.testdata import read_test_data
 
-    samples = len(read_test_data(exp.testdata_dir).dense)
-    passes = max(1, math.ceil(seconds * samples_per_s_guess / samples))
     with tempfile.TemporaryDirectory() as tmp:
         result = run_native(exp.manifest_path(tag), exp.testdata_dir, Path(tmp) / "native.json",
                             threads=1, instances=streams, iterations=passes)
@@ -159,6 +164,7 @@ def measure_parallel(exp, batch: int, names: list[str], tag: str, streams: int, 
     """Samples/s per runtime with `streams` requests in flight, one per repetition (rotating
     order), and the sgemm peak per repetition."""
     from dlrmlib.bench import parallel_samples_per_s
+    from dlrmlib.testdata import read_test_data
 
     sessions = {}
     for name in names:
@@ -169,16 +175,13 @@ def measure_parallel(exp, batch: int, names: list[str], tag: str, streams: int, 
     for group in sessions.values():  # warm-up
         parallel_samples_per_s(group, batches, 0.05)
     tvm_name = f"tvm-{tag} native x{streams}"
-    measures = {name: (lambda g=group: parallel_samples_per_s(g, batches, 2 * WORK_S))
+    # seconds per batch, as in the one-request table
+    measures = {name: (lambda g=group: batch / parallel_samples_per_s(g, batches, 2 * WORK_S))
                 for name, group in sessions.items()}
-    measures[tvm_name] = lambda: native_samples_per_s(exp, tag, streams, 2 * WORK_S, samples_per_s_guess)
-    runs, peaks, order = {name: [] for name in measures}, [], list(measures)
-    for rep in range(repeats):
-        for name in order[rep % len(order):] + order[:rep % len(order)]:
-            time.sleep(PAUSE_S)
-            runs[name].append(batch / measures[name]())  # seconds per batch, as the latency table
-        peaks.append(sgemm_gflops())
-    return runs, peaks
+    samples = len(read_test_data(exp.testdata_dir).dense)  # enough passes for about 2 * WORK_S
+    passes = max(1, math.ceil(2 * WORK_S * samples_per_s_guess / samples))
+    measures[tvm_name] = lambda: batch / native_samples_per_s(exp, tag, streams, passes)
+    return interleaved(measures, repeats)
 
 
 def rows_for_batch(batch: int, runs: dict, peaks: list[float], flops: float, tvm_name: str) -> list[dict]:

@@ -22,11 +22,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .backends import model_inputs
+from .backends import batch_inputs
 from .errors import DlrmError
 from .experiment import Experiment
 from .files import write_json
-from .machine import provenance, tvm_pool_threads, usable_cores
+from .machine import ALLOWED_CPUS, provenance, tvm_pool_threads
 from .normalise import load_graph, normalise_model
 from .profile import spread
 from .testdata import read_test_data
@@ -38,7 +38,6 @@ RUNTIMES = (*PEERS, "tvm")  # "tvm": every build of the experiment
 DEFAULT_BATCH_SIZES = (1, 8, 64, 256, 1024)
 PAUSE_S = 0.05  # untimed pause before each run: lets the previous runtime's threads stop spinning
 AGREEMENT = 1e-4  # max |output - ONNX Runtime's| for two runtimes to agree (scores in [0, 1])
-ALLOWED_CPUS = usable_cores()  # at import, before any runtime could pin this thread
 
 
 @dataclass(frozen=True)
@@ -138,9 +137,10 @@ def make_peer(runtime: str, model_path: Path, config: Config, torch_module: Torc
     raise DlrmError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
 
 
-def _make_backends(exp: Experiment, runtimes: list[str], config: Config, manifests: list[Path],
+def _make_backends(exp: Experiment, runtimes: list[str], config: Config, builds: dict[Path, dict],
                    torch_module: TorchModule, log) -> tuple[list, list[dict]]:
-    """The runtimes for one configuration, and a note for each one that could not run there."""
+    """The runtimes for one configuration (`builds`: each TVM manifest's path and content), and a
+    note for each one that could not run there."""
     backends, notes = [], []
     peers = [r for r in runtimes if r != "tvm"]
     if peers:
@@ -153,11 +153,9 @@ def _make_backends(exp: Experiment, runtimes: list[str], config: Config, manifes
                     log(f"[bench] {runtime} at batch {config.batch_size}: {_short(e)}")
     if "tvm" in runtimes:
         from .backends.tvm import TvmBackend
-        from .weights import read_manifest
 
         pool = tvm_pool_threads()
-        for manifest in manifests:
-            facts = read_manifest(manifest)
+        for manifest, facts in builds.items():
             if config.threads != pool:  # TVM sizes its pool once, at start (dlrmlib/__init__.py)
                 notes.append(_note(f"tvm-{facts['build']['tag']}", config, f"not measured: TVM's thread pool "
                                    f"has {pool} threads for the whole process; run with TVM_NUM_THREADS="
@@ -263,18 +261,18 @@ def parallel_samples_per_s(sessions: list, batches: list[dict], seconds: float) 
 
 
 def _batches(data, batch_size: int, limit: int = 8) -> list[dict]:
-    starts = range(0, len(data.dense), batch_size)
-    return [model_inputs(data.dense, data.sparse, s, batch_size)[0] for s in list(starts)[:limit]]
+    return batch_inputs(data.dense, data.sparse, batch_size, limit)
 
 
 def bench(experiment: Experiment | str, batch_sizes: list[int] | None = None, threads: list[int] | None = None,
-          runtimes: list[str] | tuple[str, ...] = RUNTIMES, repeats: int = 15, warmup: int = 3,
+          runtimes: list[str] | tuple[str, ...] | None = None, repeats: int = 15, warmup: int = 3,
           pause_s: float = PAUSE_S, json_path: str | Path | None = None,
           log: Callable[[str], None] = print) -> dict:
-    """Every runtime at every configuration of the sweeps; saved as the measurement `bench`
-    (and to `json_path`). Default sweeps: batch sizes 1..1024 plus the experiment's and its
-    builds', threads 1, 2, 4, ... up to the usable cores."""
-    exp = Experiment.open(experiment) if isinstance(experiment, str) else experiment
+    """Every runtime (default: all of RUNTIMES) at every configuration of the sweeps; saved as
+    the measurement `bench` (and to `json_path`). Default sweeps: batch sizes 1..1024 plus the
+    experiment's and its builds', threads 1, 2, 4, ... up to the usable cores."""
+    exp = Experiment.of(experiment)
+    runtimes = list(runtimes or RUNTIMES)
     unknown = [r for r in runtimes if r not in RUNTIMES]
     if unknown:
         raise DlrmError(f"unknown runtime(s) {unknown}; choose from {', '.join(RUNTIMES)}")
@@ -284,8 +282,8 @@ def bench(experiment: Experiment | str, batch_sizes: list[int] | None = None, th
         raise DlrmError(f"repeats and warmup must be at least 1, got {repeats} and {warmup}")
     from .weights import read_manifest
 
-    manifests = exp.builds() if "tvm" in runtimes else []
-    build_batches = sorted({read_manifest(m)["batch_size"] for m in manifests})
+    builds = {m: read_manifest(m) for m in exp.builds()} if "tvm" in runtimes else {}
+    build_batches = sorted({facts["batch_size"] for facts in builds.values()})
     batch_sizes = list(batch_sizes or sorted({*DEFAULT_BATCH_SIZES, exp.params["batch_size"], *build_batches}))
     threads = list(threads or default_threads())
     configs = sweep_configs(batch_sizes, threads, exp.params["batch_size"])
@@ -295,12 +293,12 @@ def bench(experiment: Experiment | str, batch_sizes: list[int] | None = None, th
     result = {"experiment": exp.name, "kind": "bench", **provenance(call), "repeats": repeats, "warmup": warmup,
               "pause_s": pause_s,
               "runtimes": list(runtimes), "batch_sizes": batch_sizes, "threads": threads,
-              "tvm_builds": {read_manifest(m)["build"]["tag"]: read_manifest(m)["batch_size"] for m in manifests},
+              "tvm_builds": {facts["build"]["tag"]: facts["batch_size"] for facts in builds.values()},
               "agreement_tolerance": AGREEMENT, "rows": []}
     torch_module = TorchModule(exp)
     for config in configs:
         log(f"[bench] batch {config.batch_size}, {config.threads} thread(s) ({' + '.join(config.sweeps)} sweep)")
-        backends, notes = _make_backends(exp, list(runtimes), config, manifests, torch_module, log)
+        backends, notes = _make_backends(exp, list(runtimes), config, builds, torch_module, log)
         rows = (run_config(backends, _batches(data, config.batch_size), repeats, warmup, log, pause_s)
                 if backends else [])
         for row in rows:

@@ -29,7 +29,7 @@ def style(runtime: str, tvm_order: list[str] | None = None) -> tuple[str, str]:
     if runtime in RUNTIME_STYLE:
         return RUNTIME_STYLE[runtime]
     order = tvm_order or []
-    index = order.index(runtime) if runtime in order else abs(hash(runtime))
+    index = order.index(runtime) if runtime in order else 0
     return TVM_COLOURS[index % len(TVM_COLOURS)], "D"
 
 
@@ -225,7 +225,7 @@ def perf_vs_peers(rows: list[dict], caption: str = ""):
     for ax, mode in zip(axes[0], modes):
         mine = [r for r in rows if r.get("mode", "latency") == mode]
         batches = sorted({r["batch"] for r in mine})
-        names = sorted({r["runtime"] for r in mine}, key=lambda n: (n.startswith("tvm"), n))
+        names = _runtimes(mine)
         width = 0.8 / len(names)
         for k, name in enumerate(names):
             base = name.split(" x")[0]

@@ -31,18 +31,18 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from .backends import model_inputs
+from .backends import batch_inputs
+from .backends.onnxruntime import OnnxRuntimeBackend
 from .errors import DlrmError
 from .experiment import Experiment
-from .kernels import BUCKETS, EMBEDDING, OTHER, TensorInfo, classify, kernel_cost, param_bucket
-from .machine import machine_peaks, provenance, tvm_pool_threads, usable_cores
+from .kernels import BUCKETS, EMBEDDING, INPUT_BUCKETS, OTHER, TensorInfo, classify, kernel_cost, param_bucket
+from .machine import ALLOWED_CPUS, machine_peaks, provenance, tvm_pool_threads
 from .normalise import embedding_tables, load_graph
 from .testdata import read_test_data
 
 MARGIN = 0.10  # per-kernel times must add up to end-to-end within this fraction
 MIN_SECONDS = 3.0  # profile each build/runtime at least this long (more rounds for fast ones)
 MAX_ROUNDS = 300
-ALLOWED_CPUS = usable_cores()  # at import, before any runtime could pin this thread
 PROFILE_MEASUREMENT = "profile"
 _ORT_DTYPES = {"float": "float32", "double": "float64", "float16": "float16", "int64": "int64",
                "int32": "int32", "bool": "bool", "int8": "int8", "uint8": "uint8"}
@@ -93,9 +93,9 @@ def _summarise(runtime: str, build: str, batch_size: int, threads: int | None, k
     kernel's own time is its median."""
     e2e = spread(end_to_end_ms)
     buckets_of = np.array([k["bucket"] for k in kernels])
-    total = float(np.median(per_run_ms.sum(axis=1)))
-    buckets = {b: float(np.median(per_run_ms[:, buckets_of == b].sum(axis=1))) for b in BUCKETS}
     per_run_total = spread(per_run_ms.sum(axis=1))
+    total = per_run_total["median"]
+    buckets = {b: float(np.median(per_run_ms[:, buckets_of == b].sum(axis=1))) for b in BUCKETS}
     coverage = total / e2e["median"] if e2e["median"] else float("nan")
     return {"runtime": runtime, "build": build, "label": runtime if runtime != "tvm" else f"tvm-{build}",
             "batch_size": batch_size, "threads": threads, "end_to_end_ms": e2e,
@@ -267,30 +267,13 @@ def _tvm_batches(backend, data) -> list[list]:
     import tvm
 
     batches = []
-    for start in range(0, len(data.dense), backend.batch_size):
-        inputs = model_inputs(data.dense, data.sparse, start, backend.batch_size)[0]
+    for inputs in batch_inputs(data.dense, data.sparse, backend.batch_size):
         backend.check(inputs)
         batches.append([tvm.runtime.tensor(inputs[s["name"]]) for s in backend.input_specs])
     return batches
 
 
 # -- ONNX Runtime: its own profiler ------------------------------------------------------------
-
-def _ort_session(model_path: Path, threads: int | None, profile_prefix: str | None = None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    if profile_prefix:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile_prefix
-    try:
-        return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise DlrmError(f"ONNX Runtime cannot load {model_path}: {e}") from None
-
 
 def _ort_tensors(shapes: list[dict]) -> list[TensorInfo]:
     return [TensorInfo(tuple(int(d) for d in shape), _ORT_DTYPES.get(dtype, "float32"))
@@ -308,7 +291,7 @@ def onnx_node_buckets(model: onnx.ModelProto, tables: list[int]) -> dict[str, tu
         if node.op_type == "Constant":
             continue
         params = [i for i in node.input if i in weights]
-        bucket = classify(node.op_type, params, [i for i in node.input if i in {"input.1", "lS_i", "lS_o"}],
+        bucket = classify(node.op_type, params, [i for i in node.input if i in INPUT_BUCKETS],
                           [produced[i] for i in node.input if i in produced], [], num_vectors, tables)
         for o in node.output:
             produced[o] = bucket
@@ -357,10 +340,10 @@ def profile_onnxruntime(model_path: str | Path, data, batch_size: int, repeats: 
 
     model_path = Path(model_path)
     threads = threads or len(ALLOWED_CPUS)
-    plain = _ort_session(model_path, threads)
-    batches = [model_inputs(data.dense, data.sparse, s, batch_size)[0] for s in range(0, len(data.dense), batch_size)]
+    plain = OnnxRuntimeBackend(model_path, batch_size, threads).session
+    batches = batch_inputs(data.dense, data.sparse, batch_size)
     with tempfile.TemporaryDirectory() as tmp:
-        profiled = _ort_session(model_path, threads, str(Path(tmp) / "ort"))
+        profiled = OnnxRuntimeBackend(model_path, batch_size, threads, profile_prefix=str(Path(tmp) / "ort")).session
         for i in range(warmup):
             profiled.run(None, batches[i % len(batches)])
             plain.run(None, batches[i % len(batches)])
@@ -390,7 +373,7 @@ def profile_onnxruntime(model_path: str | Path, data, batch_size: int, repeats: 
             bucket = classify(op, [], [], [], ins + outs, len(tables) + 1, tables)
         kernels.append(_kernel_record(i, name.removesuffix("_kernel_time"), bucket, "kernel", per_run_us[:, i] / 1e3,
                                       ins, outs, op=op))
-    return _summarise("onnxruntime", "normalised.onnx", batch_size, threads or len(ALLOWED_CPUS),
+    return _summarise("onnxruntime", "normalised.onnx", batch_size, threads,
                       kernels, per_run_us / 1e3, e2e, margin, {
                           "version": ort.__version__,
                           "profiled_session_run_ms": spread(np.asarray(run_us) / 1e3),
@@ -406,7 +389,7 @@ def profile(experiment: Experiment | str, repeats: int = 10, warmup: int = 2, ma
     """Profile every build of the experiment (or the `builds` tags) and ONNX Runtime at the
     experiment's batch size; measure the machine's peaks for the roofline; save it all as
     the measurement `profile`."""
-    exp = Experiment.open(experiment) if isinstance(experiment, str) else experiment
+    exp = Experiment.of(experiment)
     data = read_test_data(exp.testdata_dir)
     manifests = _select_builds(exp, builds)
     call = (f"dlrmlib.profile.profile({exp.name!r}, repeats={repeats}, warmup={warmup}, margin={margin}, "
@@ -450,10 +433,6 @@ def _check_line(run: dict) -> str:
     verdict = "ok" if run["within_margin"] else f"OUTSIDE the {run['margin']:.0%} margin"
     return (f"[profile] {run['label']}: kernels add up to {run['kernels_sum_ms']:.3f} ms of "
             f"{e2e:.3f} ms end to end ({run['coverage']:.1%}, {verdict})")
-
-
-def load_profile(exp: Experiment) -> dict:
-    return exp.measurement(PROFILE_MEASUREMENT, f"run `dlrm profile --experiment {exp.name}` or notebook 04_profile")
 
 
 # -- tables for the notebook -------------------------------------------------------------------

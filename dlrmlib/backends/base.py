@@ -41,13 +41,19 @@ def predict_all(backend: Backend, dense: np.ndarray, sparse: np.ndarray, progres
     return out
 
 
+def batch_inputs(dense: np.ndarray, sparse: np.ndarray, batch_size: int, limit: int | None = None) -> list[dict]:
+    """The data's model inputs batch by batch from the first sample (a short last batch padded,
+    as model_inputs does), at most `limit` batches."""
+    starts = list(range(0, len(dense), batch_size))[:limit]
+    return [model_inputs(dense, sparse, s, batch_size)[0] for s in starts]
+
+
 def measure(backend: Backend, dense: np.ndarray, sparse: np.ndarray, warmup: int = 3,
             repeats: int = 20, max_seconds: float | None = None) -> dict:
     """Per-batch latency over `repeats` timed batches cycling through the data, after warm-up;
     with `max_seconds`, stops early once that much time is measured (at least 3 batches), so a
     slow untuned build does not hold up a quick check."""
-    batches = [model_inputs(dense, sparse, s, backend.batch_size)[0]
-               for s in range(0, len(dense), backend.batch_size)]
+    batches = batch_inputs(dense, sparse, backend.batch_size)
     for i in range(warmup):
         backend.predict(batches[i % len(batches)])
     seconds = []

@@ -11,7 +11,8 @@ from ..errors import DlrmError
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
-    def __init__(self, model_path: str | Path, batch_size: int, threads: int | None = None):
+    def __init__(self, model_path: str | Path, batch_size: int, threads: int | None = None,
+                 profile_prefix: str | None = None):
         import onnxruntime as ort
 
         self.version = ort.__version__
@@ -20,6 +21,9 @@ class OnnxRuntimeBackend:
         options.log_severity_level = 3  # warnings about Loop subgraph names are noise
         if threads:
             options.intra_op_num_threads = threads
+        if profile_prefix:  # ONNX Runtime's own per-node profiler (dlrmlib.profile)
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
         try:
             self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
         except Exception as e:
