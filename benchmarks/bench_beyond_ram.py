@@ -157,7 +157,7 @@ def run_process(command: list[str], cgroup: MemoryCgroup | None) -> tuple[subpro
 
 
 def native_run(binary, exp, manifest, testdata, warmup, iterations, cgroup, tmp: Path) -> dict:
-    from dlrmlib.weights import manifest_weights_dir, read_manifest
+    from dlrmlib.formats.weights import manifest_weights_dir, read_manifest
 
     m = read_manifest(manifest)
     out = tmp / "native.json"
@@ -187,7 +187,7 @@ def python_worker(manifest: str, testdata: str, steady_passes: int) -> None:
 
     from dlrmlib.backends import batch_inputs
     from dlrmlib.backends.tvm import TvmBackend
-    from dlrmlib.testdata import read_test_data
+    from dlrmlib.formats.testdata import read_test_data
 
     imported = time.perf_counter()
     backend = TvmBackend(manifest)
@@ -234,9 +234,9 @@ def check_disk(root: Path, table_bytes: int) -> None:
 
 
 def prepare_and_build(args, log) -> tuple:
-    from dlrmlib.build import build
-    from dlrmlib.experiment import Experiment
-    from dlrmlib.machine import PeakAnon
+    from dlrmlib.building.build import build
+    from dlrmlib.core.experiment import Experiment
+    from dlrmlib.core.machine import PeakAnon
     from dlrmlib.prepare import prepare
 
     with PeakAnon() as p:
@@ -255,7 +255,7 @@ def prepare_and_build(args, log) -> tuple:
 
 def one_batch_testdata(exp, batch_size: int, folder: Path) -> Path:
     """The first batch of the test data, for timing a start to its first scores."""
-    from dlrmlib.testdata import read_test_data, read_test_meta, write_test_data
+    from dlrmlib.formats.testdata import read_test_data, read_test_meta, write_test_data
 
     data = read_test_data(exp.testdata_dir).head(batch_size)
     return write_test_data(folder, data, read_test_meta(exp.testdata_dir))
@@ -314,7 +314,7 @@ def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--python-worker":
         python_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         return 0
-    from dlrmlib.experiment import experiments_root
+    from dlrmlib.core.experiment import experiments_root
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table-rows", type=int, default=750_000, help="rows in each of the 26 tables")
@@ -331,10 +331,10 @@ def main() -> int:
 
     import psutil
 
-    from dlrmlib.infer import native_binary
-    from dlrmlib.presets import preset_config
-    from dlrmlib.target import cpu_description
-    from dlrmlib.weights import manifest_weights_dir, read_manifest
+    from dlrmlib.building.native import native_binary
+    from dlrmlib.core.target import cpu_description
+    from dlrmlib.formats.presets import preset_config
+    from dlrmlib.formats.weights import manifest_weights_dir, read_manifest
 
     table_bytes = preset_config("small", args.table_rows).embedding_bytes
     memory = psutil.virtual_memory()

@@ -25,10 +25,10 @@ def main() -> int:
 
     from dlrmlib.backends import measure
     from dlrmlib.backends.tvm import TvmBackend
-    from dlrmlib.experiment import Experiment
-    from dlrmlib.infer import infer
-    from dlrmlib.target import cpu_description
-    from dlrmlib.testdata import read_test_data
+    from dlrmlib.building.native import infer
+    from dlrmlib.core.experiment import Experiment
+    from dlrmlib.core.target import cpu_description
+    from dlrmlib.formats.testdata import read_test_data
 
     exp = Experiment.open(args.experiment)
     manifest = exp.manifest_path(args.build) if args.build else exp.latest_build()

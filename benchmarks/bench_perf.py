@@ -37,8 +37,8 @@ REPO_LOGS = Path(__file__).resolve().parent.parent / "logs"
 
 def shipped_kernel_log(logs: Path | None, preset: str, batch: int) -> Path | None:
     """logs/<this machine>/<preset>/b<batch>/, when the repository ships a kernel log for it."""
+    from dlrmlib.core.target import machine_kind
     from dlrmlib.schedules.knobs import LOG_FILE
-    from dlrmlib.target import machine_kind
 
     folder = Path(logs) / machine_kind() / preset / f"b{batch}" if logs else None
     return folder if folder and (folder / LOG_FILE).is_file() else None
@@ -48,12 +48,13 @@ def ensure_experiment(name: str, preset: str, batch: int, tag: str, log, source=
     """The experiment for one batch size with a custom-schedule build from `kernel_log` (or
     the default knobs), made once and remade when the log's choices changed; `source` (an
     earlier experiment's model) avoids generating the same weights again."""
-    from dlrmlib.build import build
-    from dlrmlib.errors import DlrmError
-    from dlrmlib.experiment import Experiment
-    from dlrmlib.kernel_tune import kernel_configs
+    from dlrmlib.building.build import build
+    from dlrmlib.building.recipes import Custom
+    from dlrmlib.core.errors import DlrmError
+    from dlrmlib.core.experiment import Experiment
+    from dlrmlib.formats.weights import read_manifest
     from dlrmlib.prepare import prepare
-    from dlrmlib.weights import read_manifest
+    from dlrmlib.schedules.knobs import kernel_configs
 
     try:
         exp = Experiment.open(name)
@@ -64,19 +65,20 @@ def ensure_experiment(name: str, preset: str, batch: int, tag: str, log, source=
     knobs = kernel_configs(kernel_log, log) if kernel_log else {}
     manifest = exp.manifest_path(tag)
     if not manifest.exists() or read_manifest(manifest)["build"].get("kernel_knobs") != knobs:
-        build(exp, tag=tag, schedule="custom", log=log, kernel_log=kernel_log)
+        build(exp, Custom(kernel_log, tag), log=log)
     log(f"[perf] batch {batch}: kernels {'from ' + str(kernel_log) if kernel_log else 'with default knobs'}")
     return exp
 
 
 def make_peers(exp, batch: int, names: list[str], threads: int, log) -> list:
     """The peers that load here; one that does not is reported and skipped."""
-    from dlrmlib.bench import Config, TorchModule, make_peer
+    from dlrmlib.backends.factory import TorchModule, make_backend
 
-    config, torch_module, peers = Config(batch, threads, ("batch",)), TorchModule(exp), []
+    torch_module, peers = TorchModule(exp), []
     for name in names:
         try:
-            peers.append(make_peer(name, exp.normalised_model, config, torch_module))
+            peers.append(make_backend(name, model_path=exp.normalised_model, batch_size=batch, threads=threads,
+                                      torch_module=torch_module))
         except Exception as e:  # noqa: BLE001 - a missing peer is a note, not a failure
             log(f"[perf] {name} unavailable at batch {batch}: {type(e).__name__}: {str(e)[:120]}")
     return peers
@@ -84,7 +86,7 @@ def make_peers(exp, batch: int, names: list[str], threads: int, log) -> list:
 
 def input_batches(exp, batch: int, count: int = 4) -> list[dict]:
     from dlrmlib.backends import model_inputs
-    from dlrmlib.testdata import read_test_data
+    from dlrmlib.formats.testdata import read_test_data
 
     data = read_test_data(exp.testdata_dir)
     starts = [(k * batch) % max(1, len(data.dense) - batch + 1) for k in range(count)]
@@ -104,7 +106,7 @@ def seconds_per_batch(backend, batches: list[dict]) -> float:
 
 def sgemm_gflops(n: int = 2048) -> float:
     """This machine's practical fp32 peak now: a large numpy sgemm, best of 3."""
-    from dlrmlib.machine import measure_peak_gflops
+    from dlrmlib.core.machine import measure_peak_gflops
 
     return measure_peak_gflops(n, repeats=3)
 
@@ -117,21 +119,17 @@ def measure(backends: list, batches: list[dict], repeats: int, log) -> tuple[dic
     for b in backends[1:]:
         error = float(np.abs(b.predict(batches[0]).reshape(-1) - reference.reshape(-1)).max())
         log(f"[perf] {b.name}: max |output - {backends[0].name}| = {error:.2e}")
-    return interleaved({b.name: (lambda b=b: seconds_per_batch(b, batches)) for b in backends}, repeats)
+    return interleaved_with_peaks({b.name: (lambda b=b: seconds_per_batch(b, batches)) for b in backends},
+                                  repeats)
 
 
-def interleaved(measures: dict, repeats: int) -> tuple[dict, list[float]]:
-    """Each repetition runs every measure once, in rotating order, each after an untimed pause
-    (the previous runtime's worker threads stop spinning), then times the sgemm peak: name ->
-    one value per repetition, and the peaks."""
-    from dlrmlib.bench import PAUSE_S
+def interleaved_with_peaks(measures: dict, repeats: int) -> tuple[dict, list[float]]:
+    """dlrmlib's interleaved rounds, timing the sgemm peak after each: name -> one value per
+    repetition, and the peaks."""
+    from dlrmlib.core.timing import interleaved  # after main() has set TVM_NUM_THREADS
 
-    runs, peaks, order = {name: [] for name in measures}, [], list(measures)
-    for rep in range(repeats):
-        for name in order[rep % len(order):] + order[:rep % len(order)]:
-            time.sleep(PAUSE_S)
-            runs[name].append(measures[name]())
-        peaks.append(sgemm_gflops())
+    peaks: list[float] = []
+    runs = interleaved(measures, repeats, after_round=lambda: peaks.append(sgemm_gflops()))
     return runs, peaks
 
 
@@ -140,7 +138,7 @@ def native_samples_per_s(exp, tag: str, streams: int, passes: int) -> float:
     its own throughput figure."""
     import tempfile
 
-    from dlrmlib.infer import run_native
+    from dlrmlib.building.native import run_native
 
     with tempfile.TemporaryDirectory() as tmp:
         result = run_native(exp.manifest_path(tag), exp.testdata_dir, Path(tmp) / "native.json",
@@ -153,9 +151,10 @@ def parallel_sessions(exp, batch: int, name: str, streams: int, log) -> list:
     THROUGHPUT streams and one infer request per stream (its documented way to serve)."""
     if name != "openvino":
         return make_peers(exp, batch, [name] * streams, 1, log)
-    from dlrmlib.backends.openvino import OpenVinoBackend
+    from dlrmlib.backends.factory import make_backend
 
-    first = OpenVinoBackend(exp.normalised_model, batch, threads=streams, streams=streams)
+    first = make_backend("openvino", model_path=exp.normalised_model, batch_size=batch, threads=streams,
+                         streams=streams)
     return [first] + [first.another_request() for _ in range(streams - 1)]
 
 
@@ -163,8 +162,8 @@ def measure_parallel(exp, batch: int, names: list[str], tag: str, streams: int, 
                      samples_per_s_guess: float, log) -> tuple[dict, list[float]]:
     """Samples/s per runtime with `streams` requests in flight, one per repetition (rotating
     order), and the sgemm peak per repetition."""
-    from dlrmlib.bench import parallel_samples_per_s
-    from dlrmlib.testdata import read_test_data
+    from dlrmlib.formats.testdata import read_test_data
+    from dlrmlib.measuring.bench import parallel_samples_per_s
 
     sessions = {}
     for name in names:
@@ -181,7 +180,7 @@ def measure_parallel(exp, batch: int, names: list[str], tag: str, streams: int, 
     samples = len(read_test_data(exp.testdata_dir).dense)  # enough passes for about 2 * WORK_S
     passes = max(1, math.ceil(2 * WORK_S * samples_per_s_guess / samples))
     measures[tvm_name] = lambda: batch / native_samples_per_s(exp, tag, streams, passes)
-    return interleaved(measures, repeats)
+    return interleaved_with_peaks(measures, repeats)
 
 
 def rows_for_batch(batch: int, runs: dict, peaks: list[float], flops: float, tvm_name: str) -> list[dict]:
@@ -228,8 +227,8 @@ def main(argv=None) -> int:
     streams = args.streams or len(cores)
     os.environ["TVM_NUM_THREADS"] = str(threads)  # TVM sizes its pool once, at start: before any import
 
-    from dlrmlib.backends.tvm import TvmBackend
-    from dlrmlib.presets import PRESETS
+    from dlrmlib.backends.factory import make_backend
+    from dlrmlib.formats.presets import PRESETS
 
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     flops = PRESETS[args.preset].flops_per_sample()
@@ -238,7 +237,7 @@ def main(argv=None) -> int:
         kernel_log = shipped_kernel_log(Path(args.kernel_logs) if args.kernel_logs else None, args.preset, batch)
         exp = ensure_experiment(f"perf-{args.preset}-b{batch}", args.preset, batch, args.tag, log, source, kernel_log)
         source = source or exp.source_model
-        tvm_backend = TvmBackend(exp.manifest_path(args.tag))
+        tvm_backend = make_backend("tvm", manifest=exp.manifest_path(args.tag))
         backends = make_peers(exp, batch, args.peers.split(","), threads, log) + [tvm_backend]
         runs, peaks = measure(backends, input_batches(exp, batch), args.repeats, log)
         latency_rows = rows_for_batch(batch, runs, peaks, flops, tvm_backend.name)
@@ -259,8 +258,8 @@ def main(argv=None) -> int:
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     if args.figure:
-        from dlrmlib.machine import caption, provenance
-        from dlrmlib.plots import perf_vs_peers, save
+        from dlrmlib.core.machine import caption, provenance
+        from dlrmlib.reporting.plots import perf_vs_peers, save
 
         text = f"{args.preset} preset, fp32, {threads} threads per runtime; {caption(provenance())}"
         print(f"chart: {save(perf_vs_peers(rows, text), args.figure, 'perf_vs_peers')}")

@@ -20,12 +20,15 @@ import time
 from dlrmlib.backends import measure
 from dlrmlib.backends.onnxruntime import OnnxRuntimeBackend
 from dlrmlib.backends.tvm import TvmBackend
-from dlrmlib.build import build
-from dlrmlib.experiment import Experiment
+from dlrmlib.building.build import build
+from dlrmlib.building.recipes import FromLog
+from dlrmlib.core.experiment import Experiment
+from dlrmlib.core.target import cpu_description, host_target
+from dlrmlib.core.timing import interleaved
+from dlrmlib.formats.testdata import read_test_data
+from dlrmlib.formats.tuning_log import tuning_curve
 from dlrmlib.prepare import prepare
-from dlrmlib.target import cpu_description, host_target
-from dlrmlib.testdata import read_test_data
-from dlrmlib.tune import build_tuned, clear_log, tune, tuning_curve
+from dlrmlib.tuning.metaschedule import clear_log, tune
 
 BATCH = 128
 ROUNDS = 7
@@ -59,14 +62,12 @@ def batches_per_round(backend, data) -> int:
     return max(3, min(500, int(SECONDS_PER_ROUND * rate / BATCH)))
 
 
-def interleaved(backends: dict, data) -> dict[str, float]:
-    """Median samples/s of each backend over rounds that take turns."""
+def interleaved_rates(backends: dict, data) -> dict[str, float]:
+    """Median samples/s of each backend over dlrmlib's interleaved rounds."""
     repeats = {name: batches_per_round(backend, data) for name, backend in backends.items()}
-    rates = {name: [] for name in backends}
-    for _ in range(ROUNDS):
-        for name, backend in backends.items():
-            rates[name].append(measure(backend, data.dense, data.sparse, warmup=1,
-                                       repeats=repeats[name])["samples_per_s"])
+    rates = interleaved({name: (lambda name=name, backend=backend: measure(
+        backend, data.dense, data.sparse, warmup=1, repeats=repeats[name])["samples_per_s"])
+        for name, backend in backends.items()}, ROUNDS)
     return {name: statistics.median(values) for name, values in rates.items()}
 
 
@@ -77,9 +78,9 @@ def main() -> None:
     untuned = build(exp, log=lambda _: None)
     started = time.perf_counter()
     result = tune(exp, trials=args.trials, prepack=args.prepack)
-    tuned = build_tuned(exp, prepack=args.prepack)
+    tuned = build(exp, FromLog(prepack=args.prepack))
     data = read_test_data(exp.testdata_dir)
-    rates = interleaved({"onnxruntime": OnnxRuntimeBackend(exp.normalised_model, BATCH),
+    rates = interleaved_rates({"onnxruntime": OnnxRuntimeBackend(exp.normalised_model, BATCH),
                          "tvm untuned": TvmBackend(untuned.manifest),
                          f"tvm tuned ({tuned.tag})": TvmBackend(tuned.manifest)}, data)
     target = host_target()

@@ -13,15 +13,16 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from .backends import predict_all
-from .backends.onnxruntime import OnnxRuntimeBackend
-from .errors import DlrmError
-from .experiment import DEFAULT_EXPERIMENT, Experiment
-from .files import atomic_path, link_or_copy
-from .model import generate_model
-from .normalise import BAG_LAYOUTS, check_external_data, embedding_tables, load_graph, normalise_model
-from .presets import preset_config
-from .testdata import TestData, draw_labels, read_mlperf_day23, synthesize_inputs, write_test_data
+from dlrmlib.backends import predict_all
+from dlrmlib.backends.onnxruntime import OnnxRuntimeBackend
+from dlrmlib.core.errors import DlrmError
+from dlrmlib.core.experiment import DEFAULT_EXPERIMENT, Experiment
+from dlrmlib.core.files import atomic_path, link_or_copy
+from dlrmlib.formats.model import generate_model
+from dlrmlib.formats.normalise import BAG_LAYOUTS, check_external_data, embedding_tables, load_graph, normalise_model
+from dlrmlib.formats.presets import preset_config
+from dlrmlib.formats.testdata import TestData, draw_labels, read_mlperf_day23, synthesize_inputs, write_test_data
+from dlrmlib.formats.weights import extract_weights
 
 MODEL_KEYS = ("preset", "table_rows", "seed", "style", "onnx_model")
 
@@ -116,7 +117,6 @@ def prepare(experiment: str = DEFAULT_EXPERIMENT, preset: str = "small", onnx_mo
     normalised = _normalise(params, exp, log)
     tables = embedding_tables(normalised)
     _make_test_data(params, exp, tables, log)
-    from .build import extract_weights
 
     folder, specs, _ = extract_weights(exp)
     log(f"[prepare] weights folder {folder} ({len(specs)} parameters, "

@@ -32,6 +32,6 @@ def tiny_experiment(experiments_root):
 
 @pytest.fixture(scope="session")
 def tiny_build(tiny_experiment):
-    from dlrmlib.build import build
+    from dlrmlib.building.build import build
 
     return build(tiny_experiment, log=lambda _: None)

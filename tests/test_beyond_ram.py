@@ -8,10 +8,10 @@ import pytest
 
 from dlrmlib.backends import predict_all
 from dlrmlib.backends.tvm import TvmBackend, weight_tensor
-from dlrmlib.infer import native_binary, run_native
-from dlrmlib.machine import PeakAnon
-from dlrmlib.testdata import read_test_data
-from dlrmlib.weights import manifest_params, map_weights, read_manifest
+from dlrmlib.building.native import native_binary, run_native
+from dlrmlib.core.machine import PeakAnon
+from dlrmlib.formats.testdata import read_test_data
+from dlrmlib.formats.weights import manifest_params, map_weights, read_manifest
 
 ROWS = 200_000  # 26 tables x 200,000 rows x 16 floats: 333 MB
 
@@ -19,7 +19,7 @@ ROWS = 200_000  # 26 tables x 200,000 rows x 16 floats: 333 MB
 
 @pytest.fixture(scope="module")
 def big(experiments_root):
-    from dlrmlib.build import build
+    from dlrmlib.building.build import build
     from dlrmlib.prepare import prepare
 
     with PeakAnon() as prepared:

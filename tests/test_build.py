@@ -9,10 +9,16 @@ from onnx import numpy_helper
 
 from dlrmlib.backends import model_inputs
 from dlrmlib.backends.tvm import TvmBackend
-from dlrmlib.errors import DlrmError
-from dlrmlib.testdata import read_test_data
-from dlrmlib.weights import (manifest_params, manifest_weights_dir, map_weights, read_manifest, verify_library,
-                             verify_weights_folder)
+from dlrmlib.core.errors import DlrmError
+from dlrmlib.formats.testdata import read_test_data
+from dlrmlib.formats.weights import (
+    manifest_params,
+    manifest_weights_dir,
+    map_weights,
+    read_manifest,
+    verify_library,
+    verify_weights_folder,
+)
 
 
 def test_build_matches_onnx_runtime(tiny_build):
@@ -102,7 +108,7 @@ def test_backend_checks_ids_and_offsets_before_the_kernel(tiny_experiment, tiny_
 
 def test_multi_hot_build_keeps_embedding_bag_semantics(experiments_root):
     """bags='any': TVM runs the general rewrite (scatter-add) and still matches ONNX Runtime."""
-    from dlrmlib.build import build
+    from dlrmlib.building.build import build
     from dlrmlib.prepare import prepare
 
     exp = prepare("tiny-any", preset="tiny", batch_size=8, samples=24, bags="any", style="aten",
@@ -122,8 +128,8 @@ def test_manifest_edited_to_lie_about_a_shape_is_refused(tiny_build, tmp_path):
 
 
 def test_multi_hot_offsets_must_be_monotone(experiments_root):
+    from dlrmlib.building.build import build
     from dlrmlib.prepare import prepare
-    from dlrmlib.build import build
 
     exp = prepare("tiny-any", preset="tiny", batch_size=8, samples=24, bags="any", style="aten",
                   root=experiments_root, log=lambda _: None)

@@ -6,13 +6,13 @@ import sys
 import numpy as np
 import onnx
 
-from dlrmlib.model import generate_model
-from dlrmlib.presets import preset_config
+from dlrmlib.formats.model import generate_model
+from dlrmlib.formats.presets import preset_config
 
 
 def dlrm(*args, root):
     env = {**os.environ, "DLRM_EXPERIMENTS_DIR": str(root)}
-    return subprocess.run([sys.executable, "-m", "dlrmlib.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "dlrmlib.cli.main", *map(str, args)], capture_output=True, text=True,
                           env=env, timeout=900)
 
 
@@ -53,7 +53,8 @@ def test_missing_and_corrupt_models(tmp_path):
 
 def test_external_data_missing_or_short(tmp_path):
     from dataclasses import replace
-    from dlrmlib.presets import PRESETS
+
+    from dlrmlib.formats.presets import PRESETS
 
     source = tmp_path / "src"
     generate_model(replace(PRESETS["tiny"], table_rows=(20000,) * 26), source / "m.onnx")

@@ -4,15 +4,16 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-from dlrmlib.errors import DlrmError
-from dlrmlib.files import write_json, write_npy
-from dlrmlib.model import generate_model
-from dlrmlib.normalise import load_graph, normalise_model
-from dlrmlib.presets import TINY_ROWS, preset_config
-from dlrmlib.testdata import TestData, check_inputs, read_test_data, write_test_data
+from dlrmlib.core.errors import DlrmError
+from dlrmlib.core.files import write_json, write_npy
+from dlrmlib.formats.model import generate_model
+from dlrmlib.formats.normalise import load_graph, normalise_model
+from dlrmlib.formats.presets import TINY_ROWS, preset_config
+from dlrmlib.formats.testdata import TestData, check_inputs, read_test_data, write_test_data
 
 TABLES = list(TINY_ROWS)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlrmlib.errors import DlrmError
+from dlrmlib.core.errors import DlrmError
 
 LOGS = Path(__file__).resolve().parent.parent / "logs"
 NAME = "tiny-kernels"  # its own experiment: builds here must not become another test's latest build
@@ -23,14 +23,14 @@ def experiment(experiments_root):
 
 
 def _tune(experiment, folder):
-    from dlrmlib.kernel_tune import tune_kernels
+    from dlrmlib.tuning.kernels import tune_kernels
 
     return tune_kernels(experiment, log_dir=folder, log=lambda _: None, progress=False, min_seconds=FAST)
 
 
 def test_kernel_log_records_every_candidate_per_pass_and_resumes(experiment, tmp_path):
-    from dlrmlib.kernel_tune import candidates, model_kernels
     from dlrmlib.schedules.knobs import LOG_FILE, read_log
+    from dlrmlib.tuning.kernels import candidates, model_kernels
 
     kernels = model_kernels(experiment)
     assert {k.kind for k in kernels} == {"dense", "narrow", "interaction"}
@@ -58,9 +58,10 @@ def test_kernel_log_records_every_candidate_per_pass_and_resumes(experiment, tmp
 
 
 def test_custom_build_takes_the_fastest_knobs_of_a_log(experiment, tmp_path):
-    from dlrmlib.build import build
+    from dlrmlib.building.build import build
+    from dlrmlib.building.recipes import Custom
+    from dlrmlib.formats.weights import read_manifest
     from dlrmlib.schedules.knobs import KNOBS_VERSION, append_record
-    from dlrmlib.weights import read_manifest
 
     # A hand-made log whose winners are not the defaults: 64-wide panels, 2-row tiles, no prefetch;
     # a faster line of an older knobs version must not count.
@@ -74,7 +75,7 @@ def test_custom_build_takes_the_fastest_knobs_of_a_log(experiment, tmp_path):
                                  "knobs_version": KNOBS_VERSION})
         append_record(tmp_path, {"kernel": kernel, "config": losers[kernel], "seconds": 1e-9,
                                  "knobs_version": KNOBS_VERSION - 1})
-    result = build(experiment, tag="custom-knobs", schedule="custom", kernel_log=tmp_path, log=lambda _: None)
+    result = build(experiment, Custom(tmp_path, "custom-knobs"), log=lambda _: None)
     assert result.verification["within_tolerance"]
     manifest = read_manifest(result.manifest)
     assert manifest["build"]["kernel_knobs"] == chosen
@@ -83,20 +84,21 @@ def test_custom_build_takes_the_fastest_knobs_of_a_log(experiment, tmp_path):
 
 
 def test_build_from_an_empty_or_outdated_kernel_log_says_so(experiment, tmp_path):
-    from dlrmlib.build import build
+    from dlrmlib.building.build import build
+    from dlrmlib.building.recipes import Custom
     from dlrmlib.schedules.knobs import KNOBS_VERSION, append_record
 
     with pytest.raises(DlrmError, match="holds no kernel log"):
-        build(experiment, tag="nolog", schedule="custom", kernel_log=tmp_path, log=lambda _: None)
+        build(experiment, Custom(tmp_path, "nolog"), log=lambda _: None)
     append_record(tmp_path, {"kernel": "interaction_b16_d16_t26_ids", "config": {"prefetch": 2}, "seconds": 1e-6,
                              "knobs_version": KNOBS_VERSION - 1})
     with pytest.raises(DlrmError, match="measured with older kernels"):
-        build(experiment, tag="oldlog", schedule="custom", kernel_log=tmp_path, log=lambda _: None)
+        build(experiment, Custom(tmp_path, "oldlog"), log=lambda _: None)
     for bad in ({"bn": 33, "mr": 4}, {"tile": 8}, {"bn": "64"}):  # hand-edited lines
         append_record(tmp_path / "bad", {"kernel": "dense_m16_k367_n64_relu", "config": bad, "seconds": 1e-6,
                                          "knobs_version": KNOBS_VERSION})
         with pytest.raises(DlrmError, match="cannot build"):
-            build(experiment, tag="badlog", schedule="custom", kernel_log=tmp_path / "bad", log=lambda _: None)
+            build(experiment, Custom(tmp_path / "bad", "badlog"), log=lambda _: None)
         (tmp_path / "bad" / "kernels.jsonl").unlink()
 
 
@@ -104,8 +106,8 @@ def test_build_from_an_empty_or_outdated_kernel_log_says_so(experiment, tmp_path
 def test_packed_dense_knobs_match_numpy(bn, mr):
     import tvm
 
+    from dlrmlib.core.target import host_target
     from dlrmlib.schedules.dense import DenseConfig, DenseShape, dense_func, pack_func, pack_name
-    from dlrmlib.target import host_target
 
     shape, config = DenseShape(8, 37, 128), DenseConfig(bn, mr, parallel=True)
     rng = np.random.default_rng(bn + mr)

@@ -5,12 +5,12 @@ import shutil
 import numpy as np
 import pytest
 
-from dlrmlib.aggregation import PAIRS_PER_SAMPLE, aggregate
-from dlrmlib.cli import main
-from dlrmlib.errors import DlrmError
-from dlrmlib.experiment import Experiment
-from dlrmlib.files import read_json
-from dlrmlib.loadgen import SCENARIOS, loadgen_table, research_overrides, run_loadgen
+from dlrmlib.cli.main import main
+from dlrmlib.core.errors import DlrmError
+from dlrmlib.core.experiment import Experiment
+from dlrmlib.core.files import read_json
+from dlrmlib.measuring.aggregation import PAIRS_PER_SAMPLE, aggregate
+from dlrmlib.measuring.loadgen import SCENARIOS, loadgen_table, research_overrides, run_loadgen
 
 SHORT = {"query_samples": 12, "min_duration_s": 1.5, "min_query_count": 8}
 

@@ -5,12 +5,12 @@ import numpy as np
 import onnx
 import pytest
 
-from dlrmlib.backends.onnxruntime import OnnxRuntimeBackend
 from dlrmlib.backends import model_inputs
-from dlrmlib.errors import DlrmError
-from dlrmlib.model import generate_model
-from dlrmlib.presets import PRESETS, preset_config
-from dlrmlib.testdata import synthesize_inputs
+from dlrmlib.backends.onnxruntime import OnnxRuntimeBackend
+from dlrmlib.core.errors import DlrmError
+from dlrmlib.formats.model import generate_model
+from dlrmlib.formats.presets import PRESETS, preset_config
+from dlrmlib.formats.testdata import synthesize_inputs
 
 
 def test_mlperf_architecture_numbers():

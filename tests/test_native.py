@@ -11,10 +11,10 @@ import pytest
 
 from dlrmlib.backends import predict_all
 from dlrmlib.backends.tvm import TvmBackend
-from dlrmlib.errors import DlrmError
-from dlrmlib.infer import infer, native_binary
-from dlrmlib.testdata import read_test_data
-from dlrmlib.weights import read_manifest
+from dlrmlib.building.native import infer, native_binary
+from dlrmlib.core.errors import DlrmError
+from dlrmlib.formats.testdata import read_test_data
+from dlrmlib.formats.weights import read_manifest
 
 ROWS = 20000  # rows per table: 26 x 20000 x 16 floats, about 33 MB of weights
 B, N = 16, 203  # batch, samples (a padded last batch)
@@ -23,7 +23,7 @@ B, N = 16, 203  # batch, samples (a padded last batch)
 @pytest.fixture(scope="session")
 def experiment(experiments_root):
     """A tiny-architecture experiment with bigger tables, built untuned, plus Python VM outputs."""
-    from dlrmlib.build import build
+    from dlrmlib.building.build import build
     from dlrmlib.prepare import prepare
 
     exp = prepare("native", preset="tiny", table_rows=ROWS, batch_size=B, samples=N, root=experiments_root,
@@ -195,5 +195,5 @@ def test_dlrm_infer_step_saves_its_measurement(experiment):
         sparse = np.load(bad / "sparse.npy")
         sparse[0, 0] = -5
         np.save(bad / "sparse.npy", sparse)
-        from dlrmlib.infer import run_native
+        from dlrmlib.building.native import run_native
         run_native(experiment["manifest"], bad, bad / "r.json")

@@ -2,15 +2,16 @@
 import numpy as np
 import onnx
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from dlrmlib.backends.onnxruntime import OnnxRuntimeBackend
-from dlrmlib.embedding_bag import EMITTERS, EmbeddingBag, NodeMaker, embedding_bag_reference
-from dlrmlib.errors import DlrmError
-from dlrmlib.model import generate_model
-from dlrmlib.normalise import embedding_tables, load_graph, normalise_model, rewrite_embedding_bags
-from dlrmlib.presets import preset_config
+from dlrmlib.core.errors import DlrmError
+from dlrmlib.formats.embedding_bag import EMITTERS, EmbeddingBag, NodeMaker, embedding_bag_reference
+from dlrmlib.formats.model import generate_model
+from dlrmlib.formats.normalise import embedding_tables, load_graph, normalise_model, rewrite_embedding_bags
+from dlrmlib.formats.presets import preset_config
 
 ROWS, DIM = 23, 5
 

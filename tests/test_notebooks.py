@@ -4,7 +4,7 @@ import json
 import nbformat
 import pytest
 
-from dlrmlib.notebooks import NOTEBOOKS_DIR, run_notebook
+from dlrmlib.cli.notebooks import NOTEBOOKS_DIR, run_notebook
 
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 

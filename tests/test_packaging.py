@@ -1,7 +1,8 @@
 """The set-up: environment.yml repeats pyproject.toml's pins, and the entry point exists."""
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,4 +20,4 @@ def test_environment_yml_repeats_pyproject_pins():
 
 def test_dlrm_command_is_declared():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    assert project["scripts"]["dlrm"] == "dlrmlib.cli:main"
+    assert project["scripts"]["dlrm"] == "dlrmlib.cli.main:main"

@@ -5,10 +5,10 @@ import os
 import numpy as np
 import pytest
 
-from dlrmlib.bench import sweep_configs
-from dlrmlib.errors import DlrmError
-from dlrmlib.kernels import BUCKETS, TensorInfo, classify, kernel_cost
-from dlrmlib.notebooks import run_notebook
+from dlrmlib.cli.notebooks import run_notebook
+from dlrmlib.core.errors import DlrmError
+from dlrmlib.measuring.bench import sweep_configs
+from dlrmlib.measuring.cost_model import BUCKETS, TensorInfo, classify, kernel_cost
 
 # TVM sizes its thread pool once per process (dlrmlib sets TVM_NUM_THREADS to the usable
 # cores; the notebook kernels inherit it): bench TVM at that size.
@@ -62,7 +62,7 @@ def test_bench_lists_every_runtime_and_batch_size_and_says_where_tvm_has_no_buil
     assert rows[("tvm-untuned", 16)]["status"] == "ok" and rows[("tvm-untuned", 16)]["agrees"]
     assert rows[("tvm-untuned", 4)]["status"].startswith("no build for batch 4")
     assert rows[("tvm-untuned", 4)]["samples_per_s"] is None
-    assert bench["invocation"]["call"].startswith("dlrmlib.bench.bench('tiny'")
+    assert bench["invocation"]["call"].startswith("dlrmlib.measuring.bench.bench('tiny'")
     assert "flags" in bench["machine"] and bench["versions"]["openvino"]
 
 
@@ -109,8 +109,8 @@ def test_parallel_requests_count_every_sessions_samples(tiny_experiment):
     from dlrmlib.backends import model_inputs
     from dlrmlib.backends.onnxruntime import OnnxRuntimeBackend
     from dlrmlib.backends.openvino import OpenVinoBackend
-    from dlrmlib.bench import parallel_samples_per_s
-    from dlrmlib.testdata import read_test_data
+    from dlrmlib.formats.testdata import read_test_data
+    from dlrmlib.measuring.bench import parallel_samples_per_s
 
     data = read_test_data(tiny_experiment.testdata_dir)
     batches = [model_inputs(data.dense, data.sparse, 0, 16)[0]]

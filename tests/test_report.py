@@ -4,10 +4,10 @@ import os
 
 import pytest
 
-from dlrmlib import report
-from dlrmlib.cli import make_parser
-from dlrmlib.notebooks import run_notebook
-from dlrmlib.profile import profile
+from dlrmlib.cli.main import make_parser
+from dlrmlib.cli.notebooks import run_notebook
+from dlrmlib.measuring.profile import profile
+from dlrmlib.reporting import report
 
 # TVM sizes its thread pool once per process (dlrmlib sets TVM_NUM_THREADS to the usable
 # cores; the notebook kernels inherit it): bench TVM at that size.
@@ -18,8 +18,8 @@ BENCH = {"batch_sizes": [4, 16], "threads": [TVM_POOL], "runtimes": ["onnxruntim
 @pytest.fixture(scope="module")
 def reported(tiny_build, tmp_path_factory):
     """05_report executed on the tiny experiment (measuring first if test_profile has not)."""
-    from dlrmlib.bench import bench
-    from dlrmlib.experiment import Experiment
+    from dlrmlib.core.experiment import Experiment
+    from dlrmlib.measuring.bench import bench
 
     exp = Experiment.open("tiny")
     if not (exp.measurements_dir / "bench.json").is_file():

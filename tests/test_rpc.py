@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from dlrmlib.errors import DlrmError
-from dlrmlib.rpc import RpcMeasurement, TrackerAddress, local_cluster, registered_servers
+from dlrmlib.core.errors import DlrmError
+from dlrmlib.tuning.rpc import RpcMeasurement, TrackerAddress, local_cluster, registered_servers
 
 
 def test_tracker_address_parsing():
@@ -21,8 +21,9 @@ def test_unreachable_tracker_is_a_clear_error():
 
 
 def test_tuning_through_a_loopback_tracker_and_two_servers(experiments_root):
+    from dlrmlib.formats.tuning_log import count_records
     from dlrmlib.prepare import prepare
-    from dlrmlib.tune import count_records, tune
+    from dlrmlib.tuning.metaschedule import tune
 
     exp = prepare("tiny-rpc", preset="tiny", batch_size=16, samples=32, root=experiments_root, log=lambda _: None)
     with local_cluster(servers=2, key="dlrm-test") as tracker:
@@ -40,7 +41,7 @@ def test_tune_command_with_a_dead_tracker_says_so(experiments_root):
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "dlrmlib.cli", "tune", "--experiment", "tiny-rpc", "--trials", "4",
+    done = subprocess.run([sys.executable, "-m", "dlrmlib.cli.main", "tune", "--experiment", "tiny-rpc", "--trials", "4",
                            "--rpc-tracker", "127.0.0.1:9"], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "DLRM_EXPERIMENTS_DIR": str(experiments_root)})
     assert done.returncode == 2 and "cannot reach the RPC tracker at 127.0.0.1:9" in done.stderr, done.stderr

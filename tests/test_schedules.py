@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dlrmlib.presets import PRESETS
+from dlrmlib.formats.presets import PRESETS
 
 TINY = PRESETS["tiny"]
 
@@ -13,7 +13,7 @@ TINY = PRESETS["tiny"]
 def _compile(name: str, func):
     import tvm
 
-    from dlrmlib.target import host_target
+    from dlrmlib.core.target import host_target
 
     return tvm.compile(tvm.IRModule({name: func}), target=tvm.target.Target(host_target())).jit()[name]
 
@@ -76,10 +76,11 @@ def test_interaction_matches_numpy(stacked_ids):
 
 
 def test_custom_build_matches_onnxruntime(tiny_experiment):
-    from dlrmlib.build import build
-    from dlrmlib.weights import read_manifest
+    from dlrmlib.building.build import build
+    from dlrmlib.building.recipes import Custom
+    from dlrmlib.formats.weights import read_manifest
 
-    result = build(tiny_experiment, tag="custom", schedule="custom", log=lambda _: None)
+    result = build(tiny_experiment, Custom(), log=lambda _: None)
     assert result.verification["within_tolerance"]
     assert result.verification["max_abs_error"] <= 1e-5
     manifest = read_manifest(result.manifest)
@@ -93,10 +94,10 @@ def test_custom_build_matches_onnxruntime(tiny_experiment):
 def test_rewrite_uses_the_kernels(tiny_experiment):
     """Every packable Dense and the interaction leave the generic lowering; the tables are not
     part of the weight transform."""
-    from dlrmlib.build import NUM_INPUTS, import_relax
-    from dlrmlib.normalise import load_graph
+    from dlrmlib.core.target import host_target
+    from dlrmlib.formats.normalise import load_graph
+    from dlrmlib.frontend.relax import NUM_INPUTS, import_relax
     from dlrmlib.schedules import custom_module
-    from dlrmlib.target import host_target
 
     mod, plan = custom_module(import_relax(load_graph(tiny_experiment.normalised_model)), host_target(), NUM_INPUTS)
     names = {gv.name_hint for gv in mod.functions}

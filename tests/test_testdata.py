@@ -2,11 +2,17 @@
 import numpy as np
 import pytest
 
-from dlrmlib.errors import DlrmError
-from dlrmlib.metrics import auc
-from dlrmlib.presets import TINY_ROWS
-from dlrmlib.testdata import (TestData, check_inputs, read_mlperf_day23, read_test_data, synthesize_inputs,
-                              write_test_data)
+from dlrmlib.core.errors import DlrmError
+from dlrmlib.core.metrics import auc
+from dlrmlib.formats.presets import TINY_ROWS
+from dlrmlib.formats.testdata import (
+    TestData,
+    check_inputs,
+    read_mlperf_day23,
+    read_test_data,
+    synthesize_inputs,
+    write_test_data,
+)
 
 TABLES = list(TINY_ROWS)
 

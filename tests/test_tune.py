@@ -13,13 +13,20 @@ import time
 import pytest
 
 from dlrmlib.backends.tvm import TvmBackend
-from dlrmlib.build import extract_weights
-from dlrmlib.cli import main as dlrm
-from dlrmlib.errors import DlrmError
-from dlrmlib.tune import (RECORDS_FILE, build_tuned, count_records, repair_log, task_table, tune,
-                          tuning_curve, tuning_log_dir)
-from dlrmlib.weights import (manifest_params, manifest_weights_dir, read_manifest, verify_library,
-                             verify_weights_folder)
+from dlrmlib.building.build import build
+from dlrmlib.building.recipes import FromLog
+from dlrmlib.cli.main import main as dlrm
+from dlrmlib.core.errors import DlrmError
+from dlrmlib.formats.tuning_log import RECORDS_FILE, count_records, repair_log, task_table, tuning_curve, tuning_log_dir
+from dlrmlib.formats.weights import (
+    extract_weights,
+    manifest_params,
+    manifest_weights_dir,
+    read_manifest,
+    verify_library,
+    verify_weights_folder,
+)
+from dlrmlib.tuning.metaschedule import tune
 
 NAME = "tune-tiny"
 BATCH = 4  # trials per batch: small, so records appear within seconds
@@ -41,7 +48,7 @@ def plain_log(experiment):
 
 
 def _start_tuning(experiment, trials: int) -> subprocess.Popen:
-    code = ("from dlrmlib.tune import tune; "
+    code = ("from dlrmlib.tuning.metaschedule import tune; "
             f"tune({NAME!r}, trials={trials}, trials_per_batch={BATCH}, progress=False)")
     env = {**os.environ, "DLRM_EXPERIMENTS_DIR": str(experiment.root.parent)}
     return subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
@@ -126,9 +133,9 @@ def test_build_from_the_log_matches_onnx_runtime(experiment, plain_log):
 
 def test_prepacked_build_from_its_log_matches_onnx_runtime(experiment, plain_log):
     with pytest.raises(DlrmError, match="without weight prepacking"):
-        build_tuned(experiment, log_dir=plain_log, prepack=True, log=lambda _: None)
+        build(experiment, FromLog(plain_log, prepack=True), log=lambda _: None)
     tune(experiment, trials=BATCH, trials_per_batch=BATCH, prepack=True, **quiet)
-    result = build_tuned(experiment, prepack=True, log=lambda _: None)
+    result = build(experiment, FromLog(prepack=True), log=lambda _: None)
     manifest = _check_build(result.manifest, result.verification["max_abs_error"])
     records = count_records(tuning_log_dir(experiment, prepack=True))
     assert result.tag == f"{records}_prepack" and manifest["build"]["prepack"]

@@ -5,8 +5,9 @@ import sys
 
 import pytest
 
-from dlrmlib.errors import DlrmError
-from dlrmlib.tune import count_records, tune, tuning_lock
+from dlrmlib.core.errors import DlrmError
+from dlrmlib.formats.tuning_log import count_records
+from dlrmlib.tuning.metaschedule import tune, tuning_lock
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,7 @@ def experiment(experiments_root):
 
 
 def dlrm(*args, root):
-    return subprocess.run([sys.executable, "-m", "dlrmlib.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "dlrmlib.cli.main", *map(str, args)], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "DLRM_EXPERIMENTS_DIR": str(root)})
 
 
@@ -54,7 +55,7 @@ def test_nonsense_budgets_are_refused_by_the_library(experiment, kwargs, message
 def test_appending_after_a_torn_line_keeps_every_new_record(tmp_path):
     """trials.jsonl and kernels.jsonl: a kill mid-write leaves half a line; the next run's lines
     must not be glued onto it (one lost record per kill otherwise)."""
-    from dlrmlib.files import append_jsonl, read_jsonl
+    from dlrmlib.core.files import append_jsonl, read_jsonl
 
     path = tmp_path / "log.jsonl"
     append_jsonl(path, [{"trial": 1}])

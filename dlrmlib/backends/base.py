@@ -7,9 +7,9 @@ from typing import Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..metrics import latency_summary
-from ..model import DENSE_INPUT, INDICES_INPUT, OFFSETS_INPUT
-from ..presets import NUM_TABLES
+from dlrmlib.core.metrics import latency_summary
+from dlrmlib.formats.model import DENSE_INPUT, INDICES_INPUT, OFFSETS_INPUT
+from dlrmlib.formats.presets import NUM_TABLES
 
 
 class Backend(Protocol):

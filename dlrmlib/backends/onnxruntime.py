@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DlrmError
+from dlrmlib.core.errors import DlrmError
 
 
 class OnnxRuntimeBackend:
@@ -21,7 +21,7 @@ class OnnxRuntimeBackend:
         options.log_severity_level = 3  # warnings about Loop subgraph names are noise
         if threads:
             options.intra_op_num_threads = threads
-        if profile_prefix:  # ONNX Runtime's own per-node profiler (dlrmlib.profile)
+        if profile_prefix:  # ONNX Runtime's own per-node profiler (dlrmlib.measuring.profile)
             options.enable_profiling = True
             options.profile_file_prefix = profile_prefix
         try:

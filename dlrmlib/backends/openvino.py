@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DlrmError
+from dlrmlib.core.errors import DlrmError
 
 
 class OpenVinoBackend:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DlrmError
-from ..model import DENSE_INPUT, INDICES_INPUT, OFFSETS_INPUT, interaction_pairs
+from dlrmlib.core.errors import DlrmError
+from dlrmlib.formats.model import DENSE_INPUT, INDICES_INPUT, OFFSETS_INPUT, interaction_pairs
+from dlrmlib.formats.weights import map_weights
 
 _LAYER = re.compile(r"^(bot_l|top_l)\.(\d+)\.(weight|bias)$")
 _TABLE = re.compile(r"^emb_l\.(\d+)\.weight$")
@@ -76,7 +77,6 @@ def make_module(weights: dict[str, np.ndarray]):
 
 def load_module(weights_dir: str | Path, params: list) -> object:
     """The module with the weights of a weights folder (see docs/formats.md)."""
-    from ..weights import map_weights
 
     arrays = map_weights(Path(weights_dir), params)
     return make_module({p.name: a for p, a in zip(params, arrays)})

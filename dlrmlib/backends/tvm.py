@@ -6,11 +6,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DlrmError
-from ..model import INDICES_INPUT, OFFSETS_INPUT
-from ..weights import (manifest_params, manifest_weights_dir, map_weights, read_manifest, verify_library,
-                       verify_weights_folder)
-
+from dlrmlib.core.errors import DlrmError
+from dlrmlib.formats.model import INDICES_INPUT, OFFSETS_INPUT
+from dlrmlib.formats.weights import (
+    manifest_params,
+    manifest_weights_dir,
+    map_weights,
+    read_manifest,
+    verify_library,
+    verify_weights_folder,
+)
 
 DLPACK_ALIGNMENT = 64  # tvm.runtime.from_dlpack refuses data less aligned than this
 

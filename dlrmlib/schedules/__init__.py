@@ -8,8 +8,12 @@ See README "Performance".
 """
 from __future__ import annotations
 
-from .dense import PANEL, DenseConfig, DenseShape, dense_func, pack_func
-from .prepack import TRANSFORM, LiftPlan, lift_weight_transforms, write_transformed_weights
+from dlrmlib.schedules.dense import PANEL, DenseConfig, DenseShape, dense_func, pack_func
+from dlrmlib.schedules.prepack import TRANSFORM, LiftPlan, lift_weight_transforms, write_transformed_weights
+from dlrmlib.schedules.rewrite import use_dense_kernels, use_interaction_kernel
+
+__all__ = ["PANEL", "PIPELINE_NAME", "TRANSFORM", "DenseConfig", "DenseShape", "LiftPlan", "custom_module",
+           "dense_func", "lift_weight_transforms", "pack_func", "write_transformed_weights"]
 
 SCHEDULES = ("default", "custom")
 PIPELINE_NAME = ("custom kernels (dlrmlib.schedules: packed GEMM + bias/ReLU, narrow last layer, fused gather + "
@@ -21,7 +25,6 @@ def custom_module(mod, target: dict, num_input: int, configs: dict | None = None
     tuned knobs per kernel name (dlrmlib.schedules.knobs); `seen` collects the kernels made."""
     import tvm
 
-    from .rewrite import use_dense_kernels, use_interaction_kernel
 
     tvm_target = tvm.target.Target(target)
     mod = use_interaction_kernel(configs=configs, seen=seen)(mod)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dlrmlib.schedules.script import parse_prim_func, tree_sum
+
 PANEL = 32  # bn: 2 AVX-512 or 4 AVX2 fp32 vectors per accumulator row
 SERIAL_MACS = 64 * 1024  # below this a layer runs on one thread: waking the pool costs more
 
@@ -130,7 +132,6 @@ def narrow_dense_func(shape: DenseShape, lanes: int = 16):
     """out[i, j] = act(x[i, :] . w[j, :] + b[j]) for a layer with fewer outputs than a panel: W's
     rows are already contiguous along K, so no packing; lanes-wide partial sums over K, folded
     once per output; rows in parallel. (The generic lowering ran it as a scalar loop.)"""
-    from .script import parse_prim_func, tree_sum
 
     m, k, n = shape.m, shape.k, shape.n
     main = k - k % lanes

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .script import parse_prim_func, tree_sum
+from dlrmlib.schedules.script import parse_prim_func, tree_sum
 
 LANES = 16
 PREFETCH_SAMPLES = 4  # rows of the sample this many places ahead are requested now...

@@ -13,8 +13,11 @@ import json
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from ..errors import DlrmError
-from .dense import PANEL, SERIAL_MACS, DenseConfig, DenseShape, row_block
+from dlrmlib.core.errors import DlrmError
+from dlrmlib.core.experiment import Experiment
+from dlrmlib.core.files import append_jsonl, read_jsonl
+from dlrmlib.core.target import host_target
+from dlrmlib.schedules.dense import PANEL, SERIAL_MACS, DenseConfig, DenseShape, row_block
 
 LOG_FILE = "kernels.jsonl"
 KNOBS_VERSION = 2  # bumped when a knob's meaning or a kernel's code path changes: older records no longer count
@@ -56,7 +59,6 @@ def config_key(config: dict) -> str:
 
 def read_log(folder: Path) -> list[dict]:
     """Every complete record of a folder's kernels.jsonl (a torn last line, from a kill, is skipped)."""
-    from ..files import read_jsonl
 
     return [r for r in read_jsonl(Path(folder) / LOG_FILE)
             if isinstance(r, dict) and {"kernel", "config", "seconds"} <= r.keys()]
@@ -64,7 +66,6 @@ def read_log(folder: Path) -> list[dict]:
 
 def append_record(folder: Path, record: dict) -> None:
     """One measurement, appended as one line and flushed to disk before the next starts."""
-    from ..files import append_jsonl
 
     append_jsonl(Path(folder) / LOG_FILE, [record], durable=True)
 
@@ -101,3 +102,36 @@ def best_configs(records: list[dict]) -> dict[str, dict]:
         if r["kernel"] not in best or r["seconds"] < best[r["kernel"]]["seconds"]:
             best[r["kernel"]] = r
     return {name: r["config"] for name, r in sorted(best.items())}
+
+CUSTOM_LOG = "custom"  # tune/custom/: the kernel log, beside MetaSchedule's database
+
+
+def kernel_log_dir(experiment: Experiment) -> Path:
+    return experiment.tune_dir / CUSTOM_LOG
+
+
+def default_kernel_log(experiment: Experiment) -> Path | None:
+    """The experiment's own kernel log, when `dlrm tune --schedule custom` has written one."""
+
+    folder = kernel_log_dir(experiment)
+    return folder if (folder / LOG_FILE).is_file() else None
+
+
+def kernel_configs(log_dir: Path, log=print) -> dict[str, dict]:
+    """The fastest knobs per kernel in a kernel log folder (a clear error when it holds none)."""
+
+    everything = read_log(log_dir)
+    if not everything:
+        raise DlrmError(f"{log_dir} holds no kernel log ({LOG_FILE}); run `dlrm tune --schedule custom` first, "
+                        f"or point --log at a folder that has one")
+    records = current(everything)
+    if not records:
+        raise DlrmError(f"the kernel log in {log_dir} was measured with older kernels (knobs version "
+                        f"{sorted({str(r.get('knobs_version')) for r in everything})}, now {KNOBS_VERSION}); "
+                        f"run `dlrm tune --schedule custom` again: it keeps the old lines and adds new ones")
+    mcpus = {r.get("mcpu") for r in records}
+    here = host_target()["mcpu"]
+    if here not in mcpus:
+        log(f"[build] note: the kernel log was measured on {', '.join(sorted(map(str, mcpus)))}, this CPU is "
+            f"{here}: its choices are valid here but may not be the fastest")
+    return best_configs(records)

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-TRANSFORM = "main_transform_params"
+from dlrmlib.core.files import atomic_dir, link_or_copy, write_json
+from dlrmlib.formats.weights import LAYOUT_FILE, ParamSpec, holds_weights, map_weights, param_file_name
+from dlrmlib.frontend.relax import TRANSFORM
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,6 @@ def transform_weights(executable, plan: LiftPlan, weights: list[np.ndarray]) -> 
 def transformed_param_specs(params, plan: LiftPlan, dtype: str = "float32"):
     """The lifted library's parameter list: untouched weights keep their names and files'
     content; each transform output gets a name saying where it comes from."""
-    from ..weights import ParamSpec, param_file_name
 
     specs = [params[i] for i in plan.untouched]
     sources = ",".join(params[i].name for i in plan.sources)
@@ -124,8 +125,6 @@ def write_transformed_weights(folder: Path, layout: str, library: Path, plan: Li
     library itself, so they are exactly what its `main` expects."""
     import tvm
 
-    from ..files import atomic_dir, link_or_copy, write_json
-    from ..weights import LAYOUT_FILE, holds_weights, map_weights
 
     specs = transformed_param_specs(plain_params, plan)
     if holds_weights(folder, layout, specs):

@@ -11,7 +11,14 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_op, wildcard
 
-from .dense import DenseConfig, DenseShape, dense_func, narrow_dense_func, pack_func, pack_name
+from dlrmlib.schedules.dense import DenseConfig, DenseShape, dense_func, narrow_dense_func, pack_func, pack_name
+from dlrmlib.schedules.interaction import (
+    PREFETCH_LOCALITY,
+    PREFETCH_SAMPLES,
+    InteractionShape,
+    interaction_func,
+    tril_pairs,
+)
 
 OPAQUE = 8  # relay/relax OpPatternKind kOpaque: never fused into a neighbour
 
@@ -152,7 +159,6 @@ def _normalised_id_pattern(stacked, row):
 
 
 def _interaction_rewriter(kernels: _KernelTable, parts):
-    from .interaction import PREFETCH_LOCALITY, PREFETCH_SAMPLES, InteractionShape, interaction_func, tril_pairs
 
     x_pat, x_again_pat, tab_pats, id_pats, const_pat, gather_pats, stacked_pat, row_pats = parts
 

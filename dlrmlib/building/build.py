@@ -1,0 +1,146 @@
+"""Build: the normalised ONNX model and a recipe -> library (.so) + manifest (.json) + weights
+folder, checked against the test data's reference outputs.
+
+`build(experiment, recipe)` is the one way in; the recipes (dlrmlib.building.recipes) say how
+the model is lowered: untuned, from a tuning log (plain or prepacked), or custom kernels. The
+graph is read and hashed once per build and the plain weights folder written at most once.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from onnx import helper
+
+from dlrmlib.building.recipes import Custom, FromLog, Source, Untuned, best_recipe
+from dlrmlib.building.verify import verify_build
+from dlrmlib.core.errors import DlrmError
+from dlrmlib.core.experiment import Experiment
+from dlrmlib.core.files import atomic_path, sha256_file
+from dlrmlib.core.machine import utc_now
+from dlrmlib.core.target import cpu_description, host_target
+from dlrmlib.core.tvmlog import quiet_tvm_log
+from dlrmlib.formats.normalise import embedding_tables, load_graph
+from dlrmlib.formats.testdata import read_test_data
+from dlrmlib.formats.tuning_log import tuning_log_dir
+from dlrmlib.formats.weights import model_identity, write_manifest
+from dlrmlib.frontend.relax import import_relax
+
+
+@dataclass
+class BuildResult:
+    tag: str
+    library: Path
+    manifest: Path
+    weights_dir: Path
+    seconds: float
+    verification: dict | None = None
+
+
+def compile_library(mod, target: dict, path: Path, pipeline=None) -> Path:
+    """Compile with the default Relax pipeline for the target (it fuses operators; plain
+    `tvm.compile` on CPU does not) and export the shared library atomically."""
+    import tvm  # deferred: TVM takes ~1.5 s to import
+    from tvm import relax
+
+    tvm_target = tvm.target.Target(target)
+    pipeline = pipeline or relax.get_default_pipeline(tvm_target)
+    with tvm_target, quiet_tvm_log():
+        executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
+    with atomic_path(path) as tmp:
+        so = tmp.with_suffix(".so")  # export_library picks the linker by the suffix
+        try:
+            executable.export_library(str(so))
+            so.replace(tmp)
+        finally:
+            so.unlink(missing_ok=True)
+    return path
+
+
+def build(experiment: Experiment | str, recipe=None, verify: bool = True,
+          log: Callable[[str], None] = print) -> BuildResult:
+    """Library + manifest + weights folder for the experiment's normalised model, lowered as
+    `recipe` says (default: `Untuned()`); checked against the reference outputs when `verify`."""
+    import tvm  # deferred, as above
+
+    experiment = Experiment.of(experiment)
+    recipe = recipe or Untuned()
+    started = time.perf_counter()
+    if not experiment.normalised_model.is_file():
+        raise DlrmError(f"experiment {experiment.name!r} is not prepared (no normalised model); run "
+                        f"`dlrm prepare --experiment {experiment.name}` first")
+    model = load_graph(experiment.normalised_model)
+    tables = embedding_tables(model)
+    if verify:  # a bad test data folder should fail before minutes of compiling, not after
+        read_test_data(experiment.testdata_dir, tables)
+    log(f"[build] importing {experiment.normalised_model.name} into Relax")
+    source = Source(experiment, model, model_identity(experiment.normalised_model), import_relax(model),
+                    host_target(), log)
+    with recipe.lower(source) as lowering:
+        tag = lowering.tag or recipe.tag
+        library = experiment.library_path(tag)
+        log(f"[build] compiling for {source.target['mcpu']} ({source.target['mtriple']}) -> {library.name}")
+        compile_library(lowering.mod, source.target, library, lowering.pipeline)
+        for line in lowering.after:
+            line()
+        log("[build] writing the weights folder")
+        weights_dir, params, layout, transform = (lowering.weights(library) if lowering.weights
+                                                  else (*source.plain_weights(), None))
+    manifest_path = experiment.manifest_path(tag)
+    write_manifest(manifest_path, _manifest(source, tag, library, params, layout, transform, tables,
+                                            tvm.__version__, lowering.info))
+    result = BuildResult(tag, library, manifest_path, weights_dir, time.perf_counter() - started)
+    log(f"[build] {library.name} + {manifest_path.name} in {result.seconds:.1f} s")
+    if verify:
+        result.verification = verify_build(experiment, manifest_path, log=log)
+    return result
+
+
+def _manifest(source: Source, tag: str, library: Path, params, layout: str, transform: str | None,
+              tables: list[int], tvm_version: str, info: dict) -> dict:
+    """The contract between the library and its runners (docs/formats.md)."""
+    model, batch = source.model, source.experiment.batch_size
+    return {
+        "library": {"file": library.name, "sha256": sha256_file(library)},
+        "entry": "main",
+        "batch_size": batch,
+        "inputs": [{"name": i.name, "shape": [d.dim_value for d in i.type.tensor_type.shape.dim],
+                    "dtype": np.dtype(helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)).name}
+                   for i in model.graph.input],
+        "outputs": [{"name": model.graph.output[0].name, "shape": [batch, 1], "dtype": "float32"}],
+        "params": [p.to_dict() for p in params],
+        "weights": {"layout_id": layout, "dir": f"../weights/{layout}", "transform": transform},
+        "embedding": {"tables": tables, "dense_input": "input.1", "indices_input": "lS_i",
+                      "offsets_input": "lS_o", "bags": source.experiment.params["bags"]},
+        "target": source.target,
+        "cpu": cpu_description(),
+        "tvm_version": tvm_version,
+        "build": {"tag": tag, "created": utc_now(), "model_id": source.model_id, **info},
+    }
+
+
+def build_best(experiment: Experiment | str, log_dir: str | Path | None = None, prepack: bool = False,
+               verify: bool = True, log: Callable[[str], None] = print) -> BuildResult:
+    """From the tuning log when it has records (an explicit `log_dir` must), else untuned."""
+    experiment = Experiment.of(experiment)
+    recipe = best_recipe(experiment, Path(log_dir) if log_dir else None, prepack)
+    if not isinstance(recipe, FromLog) or not recipe.require_records:
+        log(f"[build] no tuning records in {tuning_log_dir(experiment, prepack)}: building untuned")
+    return build(experiment, recipe, verify, log)
+
+
+def build_variants(experiment: Experiment | str, log_dir: str | Path | None = None, prepack: bool = False,
+                   untuned: bool = True, custom: bool = True, log: Callable[[str], None] = print) -> list:
+    """The builds notebook 03 compares, each checked against the reference: from the tuning log
+    (untuned while the log is empty), the untuned baseline, and the hand-written kernels.
+    Returns the fast ones (tuned, custom), the ones worth running natively."""
+    experiment = Experiment.of(experiment)
+    fast = [build_best(experiment, log_dir=log_dir, prepack=prepack, log=log)]
+    if custom:
+        fast.append(build(experiment, Custom(), log=log))
+    if untuned and fast[0].tag != "untuned":
+        build(experiment, log=log)
+    return fast

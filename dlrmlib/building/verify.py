@@ -1,0 +1,51 @@
+"""Check a build against the test data's reference outputs and time it in Python."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from dlrmlib.backends import measure, predict_all
+from dlrmlib.backends.onnxruntime import OnnxRuntimeBackend
+from dlrmlib.backends.tvm import TvmBackend
+from dlrmlib.core.errors import DlrmError
+from dlrmlib.core.experiment import Experiment
+from dlrmlib.core.metrics import accuracy
+from dlrmlib.formats.testdata import read_test_data
+
+TOLERANCE = 1e-5
+
+
+def verify_build(experiment: Experiment, manifest_path: Path, tolerance: float = TOLERANCE,
+                 repeats: int = 20, log: Callable[[str], None] = print) -> dict:
+    """Max/mean absolute error against ONNX Runtime's reference, AUC against the labels, and
+    Python-VM latency; saved as the measurement `python_vm_<tag>`."""
+    backend = TvmBackend(manifest_path)  # on every usable core, as ONNX Runtime (dlrmlib/__init__.py)
+    data = read_test_data(experiment.testdata_dir, backend.manifest["embedding"]["tables"])
+    if data.reference is None:
+        raise DlrmError(f"{experiment.testdata_dir} has no reference.npy to check the build against")
+    outputs = predict_all(backend, data.dense, data.sparse, progress=True)
+    result = {"experiment": experiment.name, "build": backend.tag, "runtime": "python-vm",
+              **accuracy(outputs, data.reference, data.labels),
+              **measure(backend, data.dense, data.sparse, warmup=1, repeats=repeats, max_seconds=10)}
+    result["within_tolerance"] = result["max_abs_error"] <= tolerance
+    peer = measure_onnxruntime(experiment, data, backend.batch_size, repeats)
+    result["ratio_to_onnxruntime"] = result["samples_per_s"] / peer["samples_per_s"]
+    experiment.save_measurement(f"python_vm_{backend.tag}", result)
+    log(f"[verify] {backend.tag}: max |TVM - ONNX Runtime| = {result['max_abs_error']:.2e} over "
+        f"{result['samples']} samples (tolerance {tolerance:g}), AUC {result['auc']:.4f} "
+        f"(reference {result['reference_auc']:.4f}), {result['samples_per_s']:.0f} samples/s at batch "
+        f"{backend.batch_size} ({result['ratio_to_onnxruntime']:.3f}x ONNX Runtime's "
+        f"{peer['samples_per_s']:.0f})")
+    if not result["within_tolerance"]:
+        raise DlrmError(f"build {backend.tag} differs from the reference by {result['max_abs_error']:.2e} "
+                        f"(> {tolerance:g}); see {experiment.measurements_dir}")
+    return result
+
+
+def measure_onnxruntime(experiment: Experiment, data, batch_size: int, repeats: int = 20) -> dict:
+    """ONNX Runtime on the same normalised model and inputs: the yardstick for every build."""
+    ort = OnnxRuntimeBackend(experiment.normalised_model, batch_size)
+    result = {"experiment": experiment.name, "build": "normalised.onnx", "runtime": "onnxruntime",
+              **measure(ort, data.dense, data.sparse, warmup=2, repeats=repeats)}
+    experiment.save_measurement("onnxruntime", result)
+    return result

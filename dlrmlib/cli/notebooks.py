@@ -1,0 +1,67 @@
+"""Run the workflow's notebooks headless with papermill, into the experiment's folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from dlrmlib.core.errors import DlrmError
+from dlrmlib.core.experiment import Experiment
+from dlrmlib.core.paths import REPO_ROOT
+from dlrmlib.reporting.report import render_report
+from dlrmlib.reporting.tables import measurements_table
+
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+WORKFLOW = ("01_setup", "02_tune", "03_build", "04_profile", "05_report")  # in workflow order
+DEMO_TRIALS = 64  # the demo's tuning budget: minutes, not hours (CI=true: fewer, dlrmlib.tuning.metaschedule.ci_trials)
+
+
+def run_notebook(name: str, experiment: str, parameters: dict | None = None,
+                 output_dir: Path | None = None, log_output: bool = False) -> Path:
+    """Execute `notebooks/<name>.ipynb` with the parameters; the executed copy lands in the
+    experiment's `notebooks/` folder (or `output_dir`). Raises DlrmError if a cell fails."""
+    import papermill
+
+    source = NOTEBOOKS_DIR / f"{name}.ipynb"
+    if not source.is_file():
+        raise DlrmError(f"notebook not found: {source}")
+    params = {"experiment": experiment, **(parameters or {})}
+    if output_dir is None:
+        exp = Experiment.open(experiment, create=True)
+        output_dir = exp.notebooks_dir
+    output_dir.mkdir(parents=True, exist_ok=True)  # papermill does not create it
+    output = output_dir / f"{name}.ipynb"
+    try:
+        papermill.execute_notebook(str(source), str(output), parameters=params, cwd=str(NOTEBOOKS_DIR),
+                                   progress_bar=True, log_output=log_output)
+    except papermill.PapermillExecutionError as e:
+        raise DlrmError(f"notebook {name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
+                        f"(executed copy: {output})") from None
+    return output
+
+
+def run_demo(experiment: str = "default", preset: str = "small", batch_size: int = 128,
+             samples: int = 1024) -> Experiment:
+    """The whole workflow on one experiment through its notebooks; prints what it measured."""
+
+    for name in WORKFLOW:
+        print(f"== {name}")
+        parameters = ({"preset": preset, "batch_size": batch_size, "samples": samples} if name == "01_setup"
+                      else {"trials": DEMO_TRIALS} if name == "02_tune" else {})
+        print(f"   executed: {run_notebook(name, experiment, parameters)}")
+    exp = Experiment.open(experiment)
+    print(f"\nMeasured in {exp.root}:")
+    print(measurements_table(exp).to_string(float_format=lambda v: f"{v:.4g}"))
+
+    print(f"\nReport: {render_report(exp)}")
+    return exp
+
+REPORT_NOTEBOOK = "05_report"
+
+
+def run_report(experiment: str, compare: list[str] | None = None, log=print) -> Path:
+    """Execute notebook 05_report into the experiment, then render the HTML report."""
+    exp = Experiment.open(experiment)
+    executed = run_notebook(REPORT_NOTEBOOK, experiment, {"compare": list(compare or [])})
+    log(f"[report] executed {executed}")
+    path = render_report(exp)
+    log(f"[report] {path}")
+    return path

@@ -1,0 +1,288 @@
+"""Charts people trust: batch size on a log2 axis, medians of repeated interleaved runs with
+their spread and their count, a roofline against the machine's measured limits, and the exact
+CPU and versions in every caption (drawn into the image, so a copied chart keeps them)."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: files, not windows (notebooks still show the figures)
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+import numpy as np  # noqa: E402
+
+from dlrmlib.core.experiment import Experiment
+from dlrmlib.core.machine import caption as provenance_caption
+from dlrmlib.formats.tuning_log import read_tasks, trials_frame, tuning_curve, tuning_log_dir
+from dlrmlib.measuring.cost_model import BUCKETS
+
+CURVE_FIGURE = "tuning_curve.png"
+
+RUNTIME_STYLE = {  # the same runtime keeps its colour and marker in every chart
+    "onnxruntime": ("tab:blue", "o"), "openvino": ("tab:purple", "s"), "pytorch-eager": ("tab:red", "^"),
+    "pytorch-compile": ("tab:orange", "v"), "python-vm": ("tab:gray", "x"),
+}
+TVM_COLOURS = ("tab:green", "tab:olive", "tab:cyan", "tab:brown", "tab:pink")
+BUCKET_COLOURS = dict(zip(BUCKETS, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:gray")))
+
+
+def style(runtime: str, tvm_order: list[str] | None = None) -> tuple[str, str]:
+    """(colour, marker) for a runtime; TVM builds take greens in build order."""
+    if runtime in RUNTIME_STYLE:
+        return RUNTIME_STYLE[runtime]
+    order = tvm_order or []
+    index = order.index(runtime) if runtime in order else 0
+    return TVM_COLOURS[index % len(TVM_COLOURS)], "D"
+
+
+def add_caption(fig, text: str) -> None:
+    """Caption under the axes, wrapped to the figure's width."""
+    width = int(fig.get_figwidth() * 16)
+    wrapped = "\n".join(textwrap.wrap(text, width))
+    fig.text(0.01, 0.01, wrapped, fontsize=7, va="bottom", ha="left", color="0.25")
+    lines = wrapped.count("\n") + 1
+    fig.subplots_adjust(bottom=min((0.6 + 0.13 * lines) / fig.get_figheight(), 0.6))
+
+
+def save(fig, folder: Path, name: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def _ok_rows(bench: dict, sweep: str) -> list[dict]:
+    return [r for r in bench["rows"] if r.get("status") == "ok" and sweep in r.get("sweeps", [])]
+
+
+def _tvm_names(rows: list[dict]) -> list[str]:
+    return sorted({r["runtime"] for r in rows if r["runtime"].startswith("tvm")})
+
+
+def _runtimes(rows: list[dict]) -> list[str]:
+    names = sorted({r["runtime"] for r in rows}, key=lambda n: (n.startswith("tvm"), n))
+    return names
+
+
+def _sweep_lines(ax, rows: list[dict], axis: str, value) -> None:
+    """One line per runtime over `axis` (a row key): value(row, stat) for the latency statistic
+    "median", with error bars between its "p10" and "p90" values; log-scale y, grid, legend."""
+    tvm = _tvm_names(rows)
+    for runtime in _runtimes(rows):
+        mine = sorted((r for r in rows if r["runtime"] == runtime), key=lambda r: r[axis])
+        med, p10, p90 = (np.array([value(r, stat) for r in mine]) for stat in ("median", "p10", "p90"))
+        low, high = np.minimum(p10, p90), np.maximum(p10, p90)
+        colour, marker = style(runtime, tvm)
+        ax.errorbar([r[axis] for r in mine], med, yerr=[med - low, high - med], color=colour, marker=marker,
+                    capsize=3, lw=1.5, label=f"{runtime} (n={mine[0]['latency_ms']['n']})")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def latency_vs_batch(bench: dict):
+    """Median latency per batch against batch size (log2), bars from the 10th to the 90th
+    percentile; a TVM build is one point, at the batch size it was built for."""
+    rows = _ok_rows(bench, "batch")
+    fig, ax = plt.subplots(figsize=(8, 5.2))
+    _sweep_lines(ax, rows, "batch_size", lambda r, stat: r["latency_ms"][stat])
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted({r["batch_size"] for r in rows}) or [1])
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_xlabel("batch size (log2 scale)")
+    ax.set_ylabel("latency per batch, ms (median; bars p10-p90)")
+    threads = rows[0]["threads"] if rows else "?"
+    ax.set_title(f"Latency against batch size ({threads} threads)")
+    add_caption(fig, f"{provenance_caption(bench)}. Runs interleaved round-robin, n per point in the legend. "
+                     f"TVM libraries are built for one batch size: TVM points exist only there "
+                     f"({_build_batches(bench)}).")
+    return fig
+
+
+def _build_batches(bench: dict) -> str:
+    builds = bench.get("tvm_builds") or {}
+    return ", ".join(f"tvm-{tag} at {b}" for tag, b in builds.items()) or "no TVM builds"
+
+
+def throughput_vs_threads(bench: dict):
+    """Samples per second against thread count at the experiment's batch size; bars from the
+    latency's 90th (low) to 10th (high) percentile."""
+    rows = _ok_rows(bench, "threads")
+    fig, ax = plt.subplots(figsize=(8, 5.2))
+    _sweep_lines(ax, rows, "threads", lambda r, stat: r["batch_size"] / r["latency_ms"][stat] * 1e3)
+    ax.set_xticks(sorted({r["threads"] for r in rows}) or [1])
+    ax.set_xlabel("threads")
+    ax.set_ylabel("samples / s (median; bars p10-p90)")
+    batch_size = rows[0]["batch_size"] if rows else "?"
+    ax.set_title(f"Throughput against threads (batch {batch_size})")
+    add_caption(fig, f"{provenance_caption(bench)}. Runs interleaved round-robin.")
+    return fig
+
+
+def operator_breakdown(profile: dict):
+    """Each build's and runtime's kernel time per bucket as a share of its end-to-end time, so
+    a 2-second untuned build and a 20 ms runtime compare on one axis; the bar's end is the
+    check (kernels add up to 100% of end to end, within the dashed margin)."""
+    runs = profile["runs"]
+    fig, ax = plt.subplots(figsize=(8, 1.9 + 0.7 * len(runs)))
+    labels = [r["label"] for r in runs]
+    left = np.zeros(len(runs))
+    for bucket in BUCKETS:
+        widths = np.array([r["buckets_ms"].get(bucket, 0.0) / r["end_to_end_ms"]["median"] for r in runs])
+        ax.barh(labels, widths * 100, left=left * 100, color=BUCKET_COLOURS[bucket], label=bucket)
+        left += widths
+    margin = runs[0]["margin"]
+    ax.axvline(100, color="black", lw=1.5)
+    for edge in (100 * (1 - margin), 100 * (1 + margin)):
+        ax.axvline(edge, color="black", lw=0.8, ls="--")
+    for i, r in enumerate(runs):
+        ms = r["end_to_end_ms"]["median"]
+        ax.text(max(left[i] * 100, 100 * (1 + margin)) + 2, i, f"{ms:,.0f} ms" if ms >= 100 else f"{ms:.3g} ms",
+                va="center", fontsize=8)
+    ax.set_xlim(0, max(130, left.max() * 100 + 25))
+    ax.set_xlabel("share of the end-to-end time, % (medians over runs; solid line: 100%, dashed: the margin)")
+    ax.invert_yaxis()
+    ax.set_title(f"Where the time goes, per build and runtime (batch {runs[0]['batch_size']})")
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="center right")
+    fig.subplots_adjust(left=0.17, right=0.78, top=0.9)
+    add_caption(fig, f"{provenance_caption(profile)}. Per bucket: median over {runs[0]['end_to_end_ms']['n']} "
+                     f"profiled runs of its kernels' sum; end to end: median of as many plain runs, "
+                     f"interleaved (the number at each bar). Kernels must add up to it within {margin:.0%}.")
+    return fig
+
+
+def roofline(profile: dict):
+    """Each kernel that computes (FLOPs > 0) at its arithmetic intensity and achieved rate,
+    under the machine's measured compute peak and memory bandwidth."""
+    peaks = profile["peaks"]
+    peak, bandwidth = peaks["peak_gflops"], peaks["bandwidth_gbs"]
+    fig, ax = plt.subplots(figsize=(8, 5.6))
+    runs = profile["runs"]
+    labels = [r["label"] for r in runs]
+    points = []
+    for r in runs:
+        colour, marker = style(r["label"], [x for x in labels if x.startswith("tvm")])
+        ks = [k for k in r["kernels"] if k["kind"] == "kernel" and k["flops"] and k["gflops_per_s"]]
+        if not ks:
+            continue
+        x = np.array([k["intensity"] for k in ks])
+        y = np.array([k["gflops_per_s"] for k in ks])
+        size = 20 + 200 * np.array([k["ms"] for k in ks]) / max(r["end_to_end_ms"]["median"], 1e-9)
+        ax.scatter(x, y, s=size, color=colour, marker=marker, alpha=0.6, label=r["label"], edgecolors="black",
+                   linewidths=0.3)
+        points += list(zip(x, y))
+    xs = np.logspace(-2, 3, 200)
+    ax.plot(xs, np.minimum(peak, bandwidth * xs), color="black", lw=1.5)
+    ax.axhline(peak, color="black", lw=0.5, ls=":")
+    ax.text(xs[-1], peak * 1.08, f"measured sgemm {peak:.0f} GFLOP/s", ha="right", fontsize=8)
+    ax.text(0.012, bandwidth * 0.012 * 1.25, f"memcpy {bandwidth:.1f} GB/s", rotation=0, fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    if points:
+        ys = [p[1] for p in points]
+        ax.set_ylim(min(min(ys) / 3, bandwidth * 0.01), peak * 3)
+    ax.set_xlabel("arithmetic intensity, FLOP/byte")
+    ax.set_ylabel("achieved GFLOP/s")
+    ax.set_title("Roofline of the kernels that compute (marker area: share of end-to-end time)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    add_caption(fig, f"{provenance_caption(profile)}. Peak: {peaks['gemm']} ({peaks.get('numpy_blas', '')}); "
+                     f"bandwidth: {peaks['copy']}. Bytes are compulsory traffic (each argument once; "
+                     f"gathers count the rows read). Data-movement kernels (0 FLOPs) are in the tables.")
+    return fig
+
+
+def experiments_comparison(table):
+    """Throughput ratio to ONNX Runtime for every build/runtime of every experiment compared
+    (`table` from `report.compare_experiments`)."""
+    fig, ax = plt.subplots(figsize=(8, 1.6 + 0.35 * max(len(table), 1)))
+    if len(table):
+        labels = [f"{e} / {r}" for e, r in zip(table["experiment"], table["runtime"])]
+        tvm = sorted({r for r in table["runtime"] if r.startswith("tvm")})
+        colours = [style(r, tvm)[0] for r in table["runtime"]]
+        ax.barh(labels, table["ratio to onnxruntime"], color=colours)
+        for i, v in enumerate(table["ratio to onnxruntime"]):
+            ax.text(v * 1.05, i, f"{v:.3g}x", va="center", fontsize=8)
+        ax.set_xscale("log")
+        ax.axvline(1.0, color="black", lw=0.8)
+        ax.set_xlim(right=max(table["ratio to onnxruntime"]) * 4)
+    ax.invert_yaxis()
+    fig.subplots_adjust(left=0.32, right=0.97)
+    ax.set_xlabel("throughput / ONNX Runtime's, same experiment and batch (log scale)")
+    ax.set_title("Across experiments: each build and runtime against ONNX Runtime")
+    ax.grid(True, axis="x", which="both", alpha=0.3)
+    cpus = sorted(set(table["cpu"])) if len(table) else []
+    add_caption(fig, f"CPU: {'; '.join(cpus) or 'n/a'}. Each bar: median samples/s at the experiment's "
+                     "batch size and the most threads, divided by ONNX Runtime's in the same interleaved run.")
+    return fig
+
+
+def perf_vs_peers(rows: list[dict], caption: str = ""):
+    """benchmarks/bench_perf.py's rows: per batch size, every runtime's share of the machine's
+    measured sgemm peak, TVM's bar labelled with its ratio to the best peer; one panel per way
+    of using the cores (one request at a time on all of them; parallel single-thread requests)."""
+    modes = [m for m in ("latency", "parallel") if any(r.get("mode", "latency") == m for r in rows)]
+    fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 4.6), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        mine = [r for r in rows if r.get("mode", "latency") == mode]
+        batches = sorted({r["batch"] for r in mine})
+        names = _runtimes(mine)
+        width = 0.8 / len(names)
+        for k, name in enumerate(names):
+            base = name.split(" x")[0]
+            colour = style(base)[0] if not base.startswith("tvm") else TVM_COLOURS[0]
+            by_batch = {r["batch"]: r for r in mine if r["runtime"] == name}
+            xs = [i + (k - (len(names) - 1) / 2) * width for i, b in enumerate(batches) if b in by_batch]
+            ys = [100 * by_batch[b]["fraction_of_peak"] for b in batches if b in by_batch]
+            ax.bar(xs, ys, width, color=colour, label=name)
+            if name.startswith("tvm"):
+                for x, b in zip(xs, [b for b in batches if b in by_batch]):
+                    r = by_batch[b]
+                    ax.annotate(f"{r['ratio_to_best_peer']:.2f}x", (x, 100 * r["fraction_of_peak"]),
+                                ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(batches)), [str(b) for b in batches])
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("% of this machine's sgemm peak (same run)")
+        title = ("one request at a time, all cores" if mode == "latency"
+                 else f"{mine[0].get('streams', 2)} requests in flight, 1 thread each")
+        ax.set_title(f"{title}\n(label: TVM samples/s / best peer's)", fontsize=10)
+        ax.legend(fontsize=7, loc="upper left")
+        ax.grid(axis="y", alpha=0.3)
+    if caption:
+        add_caption(fig, caption)
+    return fig
+
+
+def plot_tuning_curve(experiment: Experiment | str, log_dir: str | Path | None = None, prepack: bool = False):
+    """The tuning curve against trials and against tuning time, saved to the experiment's
+    figures folder (`tuning_curve.png`, or `tuning_curve_prepack.png`). The caption names the
+    machine the log was measured on (tasks.json), which need not be this one."""
+    experiment = Experiment.of(experiment)
+    folder = Path(log_dir) if log_dir else tuning_log_dir(experiment, prepack)
+    curve = tuning_curve(folder)
+    tasks = read_tasks(folder) or {}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, x, label in ((axes[0], "trial", "trials"), (axes[1], "t", "tuning time (s)")):
+        if not curve.empty:
+            ax.step(curve[x], curve["estimated_latency_s"] * 1e3, where="post")
+        ax.set_xlabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("estimated latency per batch (ms)")
+    axes[0].set_yscale("log")
+    target = tasks.get("target", {})
+    fig.suptitle(f"MetaSchedule tuning of {experiment.name}: batch {tasks.get('batch_size', '?')}"
+                 f"{', prepacked weights' if tasks.get('prepack') else ''}, {len(tasks.get('tasks', []))} kernels, "
+                 f"{len(trials_frame(folder))} trials. Estimate: sum over kernels of calls x the faster of best "
+                 f"trial so far and untuned kernel (each timed alone, cache flushed)\n{tasks.get('cpu', 'CPU not recorded')} "
+                 f"({target.get('mcpu', '?')}, {target.get('num-cores', '?')} cores), TVM "
+                 f"{tasks.get('tvm_version', '?')}", fontsize=8)
+    fig.tight_layout()
+    name = CURVE_FIGURE.replace(".png", "_prepack.png") if tasks.get("prepack") else CURVE_FIGURE
+    out = experiment.figures_dir / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)  # a notebook shows the returned figure once, not twice
+    return fig

@@ -1,0 +1,257 @@
+"""`dlrm tune --schedule custom`: measure every knob setting of every hand-written kernel the
+model uses, on this machine, into the experiment's kernel log (dlrmlib.schedules.knobs).
+
+Each kernel is compiled alone for each candidate and timed on data of its real shapes: the
+dense layers on random activations and weights, the interaction on the experiment's own
+embedding tables (memory-mapped, never copied) and test-data ids, rotating over several id
+batches so that the rows come from memory as they do in a run. Records are appended one by one
+under the experiment's tuning lock; a rerun measures only what the log does not hold yet.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from dlrmlib.backends import batch_inputs
+from dlrmlib.backends.tvm import weight_tensor
+from dlrmlib.core.errors import DlrmError
+from dlrmlib.core.experiment import Experiment
+from dlrmlib.core.machine import utc_now
+from dlrmlib.core.target import cpu_description, host_target
+from dlrmlib.formats.model import INDICES_INPUT
+from dlrmlib.formats.normalise import load_graph
+from dlrmlib.formats.testdata import read_test_data
+from dlrmlib.formats.weights import extract_weights, map_weights
+from dlrmlib.frontend.relax import NUM_INPUTS, import_relax
+from dlrmlib.schedules import custom_module
+from dlrmlib.schedules.dense import PANEL, DenseConfig, DenseShape, dense_func, pack_func, pack_name, row_block
+from dlrmlib.schedules.interaction import PREFETCH_LOCALITY, PREFETCH_SAMPLES, interaction_func
+from dlrmlib.schedules.knobs import (
+    KNOBS_VERSION,
+    LOG_FILE,
+    append_record,
+    config_key,
+    current,
+    dense_candidates,
+    interaction_candidates,
+    kernel_log_dir,
+    read_log,
+)
+from dlrmlib.schedules.rewrite import vector_lanes
+from dlrmlib.tuning.metaschedule import tuning_lock
+
+MIN_SECONDS = 0.5  # timed work per candidate and pass
+PASSES = 2  # every candidate is measured once per pass, passes apart: a burst of load hits one, not both
+REPEATS = 5  # rounds; the fastest counts (another process's burst only ever slows a round down)
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One hand-written kernel of the model: its name (as in the library), kind and shape; an
+    interaction kernel also knows which weights are its tables."""
+
+    name: str
+    kind: str  # "dense", "narrow" or "interaction"
+    shape: object
+    table_params: tuple[int, ...] = ()
+
+
+def model_kernels(experiment: Experiment) -> list[Kernel]:
+    """The kernels `dlrm build --schedule custom` makes for this experiment's model, in order."""
+
+    mod = import_relax(load_graph(experiment.normalised_model))
+    params = list(mod["main"].params)
+    seen: dict = {}
+    custom_module(mod, host_target(), NUM_INPUTS, seen=seen)
+    kernels = []
+    for name, (kind, shape, tables) in seen.items():
+        index = tuple(next(i - NUM_INPUTS for i, p in enumerate(params) if p.same_as(t)) for t in tables or ())
+        kernels.append(Kernel(name, kind, shape, index))
+    return kernels
+
+
+def candidates(kernel: Kernel, vector_lanes: int) -> list[dict]:
+
+    if kernel.kind == "dense":
+        return dense_candidates(kernel.shape, vector_lanes)
+    if kernel.kind == "interaction":
+        return interaction_candidates(kernel.shape.id_rows is not None)
+    return []  # the narrow last layer has no knobs
+
+
+# -- measuring one candidate -------------------------------------------------------------------
+
+def _compile(func, name: str, target):
+    import tvm
+
+    return tvm.compile(tvm.IRModule({name: func}), target=target)[name]
+
+
+def _seconds_per_call(call: Callable[[int], None], min_seconds: float = MIN_SECONDS) -> float:
+    """The fastest of REPEATS rounds of at least min_seconds / REPEATS each, per call; call(k)
+    is the k-th call."""
+    call(0)
+    rounds, k = [], 1
+    for _ in range(REPEATS):
+        start, n = time.perf_counter(), 0
+        while time.perf_counter() - start < min_seconds / REPEATS or n < 2:
+            call(k)
+            k, n = k + 1, n + 1
+        rounds.append((time.perf_counter() - start) / n)
+    return min(rounds)
+
+
+def _dense_timer(kernel: Kernel, config: dict, target, lanes: int):
+    import tvm
+
+
+    shape, cfg = kernel.shape, DenseConfig(**config)
+    rng = np.random.default_rng(0)
+    weights = tvm.runtime.tensor(rng.standard_normal((shape.n, shape.k), dtype=np.float32))
+    packed = tvm.runtime.empty((shape.n // cfg.bn, shape.k, cfg.bn), "float32", tvm.cpu())
+    _compile(pack_func(shape.n, shape.k, cfg.bn), pack_name(shape.n, shape.k, cfg.bn), target)(weights, packed)
+    fn = _compile(dense_func(shape, lanes, cfg), shape.name, target)
+    args = [tvm.runtime.tensor(rng.standard_normal((shape.m, shape.k), dtype=np.float32)), packed,
+            tvm.runtime.tensor(rng.standard_normal(shape.n, dtype=np.float32)),
+            tvm.runtime.empty((shape.m, shape.n), "float32", tvm.cpu())]
+    return lambda k: fn(*args)
+
+
+def _interaction_timer(kernel: Kernel, config: dict, target, tables: list, id_batches: list):
+    import tvm
+
+
+    shape = kernel.shape
+    fn = _compile(interaction_func(shape, config["prefetch"], config["locality"]), shape.name, target)
+    rng = np.random.default_rng(0)
+    x = tvm.runtime.tensor(rng.standard_normal((shape.batch, shape.dim), dtype=np.float32))
+    out = tvm.runtime.empty((shape.batch, shape.width), "float32", tvm.cpu())
+    return lambda k: fn(x, id_batches[k % len(id_batches)], *tables, out)
+
+
+class _InteractionData:
+    """The experiment's tables (mapped once) and a few batches of its test-data ids."""
+
+    def __init__(self, experiment: Experiment, batch: int):
+        self.experiment, self.batch = experiment, batch
+        self._weights = None
+        self._ids = None
+
+    def tables(self, kernel: Kernel) -> list:
+        import tvm
+
+
+        if self._weights is None:
+            folder, params, _ = extract_weights(self.experiment)
+            self._weights = map_weights(folder, params)
+        return [weight_tensor(self._weights[i], tvm.cpu()) for i in kernel.table_params]
+
+    def ids(self, count: int = 8) -> list:
+        import tvm
+
+
+        if self._ids is None:
+            data = read_test_data(self.experiment.testdata_dir)
+            self._ids = [tvm.runtime.tensor(inputs[INDICES_INPUT])
+                         for inputs in batch_inputs(data.dense, data.sparse, self.batch, count)]
+        return self._ids
+
+
+def measure(kernel: Kernel, config: dict, target, lanes: int, data: _InteractionData,
+            min_seconds: float = MIN_SECONDS) -> float:
+    """Seconds per call of one kernel with one knob setting."""
+    if kernel.kind == "dense":
+        return _seconds_per_call(_dense_timer(kernel, config, target, lanes), min_seconds)
+    if kernel.kind == "interaction":
+        timer = _interaction_timer(kernel, config, target, data.tables(kernel), data.ids())
+        return _seconds_per_call(timer, min_seconds)
+    raise DlrmError(f"kernel {kernel.name} ({kernel.kind}) has no knobs to measure")
+
+
+# -- the tuning run ----------------------------------------------------------------------------
+
+def tune_kernels(experiment: Experiment | str, log_dir: Path | None = None, log=print,
+                 progress: bool = True, min_seconds: float = MIN_SECONDS, passes: int = PASSES) -> Path:
+    """Measure every candidate `passes` times, minus what the log (by default the experiment's
+    tune/custom/) already holds; returns the log folder."""
+    from collections import Counter
+
+    import tvm
+    from tqdm.auto import tqdm
+
+
+    exp = Experiment.of(experiment)
+    folder = Path(log_dir) if log_dir else kernel_log_dir(exp)
+    target = host_target()
+    tvm_target = tvm.target.Target(target)
+    lanes = vector_lanes(tvm_target)
+    with tuning_lock(exp):
+        done = Counter((r["kernel"], config_key(r["config"])) for r in current(read_log(folder)))
+        kernels = model_kernels(exp)
+        every = [(k, c) for k in kernels for c in candidates(k, lanes)]
+        todo = [(k, c) for p in range(passes) for k, c in every if done[(k.name, config_key(c))] <= p]
+        log(f"[tune-kernels] {len(kernels)} kernels, {len(every)} candidates x {passes} passes: {len(todo)} "
+            f"measurements to make ({sum(done.values())} already in {folder})")
+        data = _InteractionData(exp, exp.batch_size)
+        for kernel, config in tqdm(todo, desc="kernel candidates", unit="measurement", disable=not progress):
+            try:
+                seconds, error = measure(kernel, config, tvm_target, lanes, data, min_seconds), None
+            except Exception as e:  # a candidate that does not compile is recorded, not fatal
+                seconds, error = None, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            append_record(folder, {
+                "kernel": kernel.name, "kind": kernel.kind, "shape": asdict(kernel.shape), "config": config,
+                "knobs_version": KNOBS_VERSION, "seconds": seconds, "error": error, "mcpu": target["mcpu"],
+                "vector_lanes": lanes, "cpu": cpu_description(),
+                "time": utc_now()})
+    return folder
+
+
+def save_kernel_log(experiment: Experiment, dest: Path) -> Path:
+    """Copy the experiment's kernel log to `dest` (e.g. logs/<machine>/<preset>/b<batch>/)."""
+
+    source = kernel_log_dir(experiment) / LOG_FILE
+    if not source.is_file():
+        raise DlrmError(f"{experiment.name} has no kernel log to save; run `dlrm tune --schedule custom` first")
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, dest / LOG_FILE)
+    return dest / LOG_FILE
+
+
+def _is_default(record: dict) -> bool:
+    """Whether a record measured the knobs a build uses without a log."""
+
+    config = record["config"]
+    if record.get("kind") == "interaction":
+        return config.get("prefetch") == PREFETCH_SAMPLES and config.get("locality") == PREFETCH_LOCALITY
+    shape = DenseShape(**record["shape"])
+    lanes = record.get("vector_lanes", 16)  # the shipped logs were measured with AVX-512
+    return (config.get("bn") == PANEL and config.get("mr") == row_block(shape.m, lanes)
+            and config.get("parallel") in (None, shape.parallel))
+
+
+def knob_table(log_dir: Path):
+    """Per kernel: measurements made, the fastest knobs and their time, the default knobs' time
+    (the fastest of each candidate's measurements counts)."""
+    import pandas as pd
+
+
+    rows: dict[str, dict] = {}
+    for r in current(read_log(log_dir)):
+        if r.get("seconds") is None:
+            continue
+        row = rows.setdefault(r["kernel"], {"kernel": r["kernel"], "measurements": 0, "best_us": float("inf"),
+                                            "default_us": float("inf"), "best knobs": None})
+        row["measurements"] += 1
+        if r["seconds"] * 1e6 < row["best_us"]:
+            row["best_us"], row["best knobs"] = r["seconds"] * 1e6, r["config"]
+        if _is_default(r):
+            row["default_us"] = min(row["default_us"], r["seconds"] * 1e6)
+    table = pd.DataFrame(list(rows.values()))
+    if not table.empty:
+        table["default / best"] = table["default_us"] / table["best_us"]
+    return table

@@ -1,0 +1,368 @@
+"""Tune: MetaSchedule tuning of an experiment's model, resumable, and builds from its log.
+
+Untuned TVM runs the DLRM hundreds of times slower than ONNX Runtime on CPU: the wheel has no
+CPU matmul schedule. MetaSchedule finds one per kernel by measuring candidates ("trials").
+
+The tuning log is the experiment's record of that search, in `tune/` (`tune/prepack/` for the
+weight-prepacked build, whose kernels are different functions):
+- `database_workload.json`, `database_tuning_record.json`: MetaSchedule's JSON database; a
+  record line is appended as soon as its batch of trials is measured,
+- `tasks.json`: the kernels tuned, their weights and FLOPs, the target and batch size,
+- `untuned.json`, `untuned/`: each kernel's latency before tuning (the curve starts there),
+  and the untuned kernels as records, so that a build takes a tuned kernel only if faster,
+- `trials.jsonl`: one line per measured trial (time, task, latency): the tuning curve,
+- `logs/`: MetaSchedule's own per-task logs.
+Killing a run loses at most the batch being measured; a torn last line is cut off before the
+next run opens the log, and that run tunes only what is left of the budget, its search
+starting from the best records already there. A lock keeps two runs off one experiment.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from dlrmlib.core.errors import DlrmError
+from dlrmlib.core.experiment import Experiment
+from dlrmlib.core.files import write_json
+from dlrmlib.core.target import cpu_description, host_target
+from dlrmlib.formats.tuning_log import (
+    RECORDS_FILE,
+    TASKS_FILE,
+    TRIALS_FILE,
+    UNTUNED_DB,
+    UNTUNED_FILE,
+    WORKLOADS_FILE,
+    count_records,
+    read_tasks,
+    read_trials,
+    read_untuned,
+    repair_log,
+    tuning_curve,
+    tuning_log_dir,
+)
+from dlrmlib.frontend.relax import fused_module, per_batch_kernels
+from dlrmlib.tuning import DEFAULT_TRIALS
+from dlrmlib.tuning import session as ts
+from dlrmlib.tuning.rpc import RpcMeasurement
+
+CI_TRIALS = 16  # under CI=true, as TVM's tutorials skip their expensive tuning there
+TRIALS_PER_BATCH = 64  # MetaSchedule's default; smaller budgets use smaller batches
+MIN_TRIALS_PER_BATCH = 8
+
+
+@dataclass
+class TuneResult:
+    log_dir: Path
+    trials: int  # records in the log now
+    new_trials: int  # measured by this run
+    seconds: float  # this run, start-up included
+    estimated_latency_s: float | None  # sum over tasks of weight x best latency
+
+    @property
+    def trials_per_minute(self) -> float:
+        return 60.0 * self.new_trials / self.seconds if self.seconds else 0.0
+
+
+# -- where the log lives, and reading it safely -----------------------------------------------
+
+
+def clear_log(experiment: Experiment, prepack: bool = False) -> None:
+    """Start a log over: remove its files (the other layout's log, a subfolder, stays)."""
+    import shutil
+
+    folder = tuning_log_dir(experiment, prepack)
+    with tuning_lock(experiment):
+        for name in (WORKLOADS_FILE, RECORDS_FILE, TASKS_FILE, UNTUNED_FILE, TRIALS_FILE):
+            (folder / name).unlink(missing_ok=True)
+        for name in (UNTUNED_DB, "logs"):
+            shutil.rmtree(folder / name, ignore_errors=True)
+
+
+# -- one run at a time -------------------------------------------------------------------------
+
+def tuning_lock(experiment: Experiment):
+    """The experiment's tuning lock (`tune/tune.lock`): one tuning run (MetaSchedule or the
+    kernel knobs) at a time."""
+    return experiment.lock("tune/tune", "tuned")
+
+
+# -- the module that is tuned and built --------------------------------------------------------
+
+
+def extract_tasks(mod, target) -> list:
+    """MetaSchedule's tuning tasks: one per distinct kernel, weighted by its number of calls."""
+    from tvm.s_tir import meta_schedule as ms
+
+    tasks = ms.relax_integration.extract_tasks(mod, target)
+    return [t for t in tasks if not t.mod.attrs or not t.mod.attrs.get("tirx.is_scheduled", False)]
+
+
+def _task_flop(task) -> float:
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    try:
+        return float(estimate_tir_flops(task.dispatched[0]))
+    except Exception:  # some kernels (gathers) have no FLOP estimate
+        return 0.0
+
+
+def _log_identity(experiment: Experiment, target: dict, prepack: bool) -> dict:
+    import tvm
+
+    params = experiment.params
+    return {"batch_size": params["batch_size"], "prepack": prepack, "target": target, "tvm_version": tvm.__version__,
+            "cpu": cpu_description(),  # the machine the log was measured on, for its curve's caption
+            "model": params.get("onnx_model") or f"preset {params.get('preset')}"}
+
+
+def _check_log_identity(folder: Path, identity: dict) -> None:
+    """A log holds records for one batch size, target and weight layout; adding another's
+    trials would mix two searches into one budget and one curve."""
+    old = read_tasks(folder)
+    if not old:
+        return
+    for key, what in (("batch_size", "batch size"), ("prepack", "weight prepacking")):
+        if old.get(key) != identity[key]:
+            raise DlrmError(f"the tuning log {folder} was made with {what} {old.get(key)}, this run has "
+                            f"{identity[key]}; move that log away (or prepare another experiment)")
+    if old.get("target", {}).get("mcpu") != identity["target"]["mcpu"]:
+        raise DlrmError(f"the tuning log {folder} was tuned for CPU {old['target'].get('mcpu')!r}, this machine "
+                        f"is {identity['target']['mcpu']!r}; tune in a fresh experiment on this machine")
+
+
+# -- tuning ------------------------------------------------------------------------------------
+
+def ci_trials(trials: int) -> int:
+    """The budget to use: a tiny one when the environment says CI=true."""
+    return min(trials, CI_TRIALS) if os.environ.get("CI", "").lower() == "true" else trials
+
+
+def _check_budget(trials, max_trials_per_task, num_threads, trials_per_batch) -> None:
+    if not isinstance(trials, (int, np.integer)) or trials < 1:
+        raise DlrmError(f"trials must be a positive integer, got {trials!r}")
+    for name, value in (("max_trials_per_task", max_trials_per_task), ("num_threads", num_threads),
+                        ("trials_per_batch", trials_per_batch)):
+        if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+            raise DlrmError(f"{name} must be a positive integer (or None), got {value!r}")
+
+
+def _batch_size(remaining: int, requested: int | None) -> int:
+    """Trials per batch: MetaSchedule's 64, but a small budget is cut into at least 8 batches,
+    so that it still reaches the 8 kernels that take the most time."""
+    if requested:
+        return requested
+    return int(min(TRIALS_PER_BATCH, max(MIN_TRIALS_PER_BATCH, remaining // 8)))
+
+
+def _restore(states: list, trials: list[dict]) -> None:
+    """Each task's trials, best latency and per-batch history from the trials file, so that a
+    resumed run neither re-explores every kernel nor forgets what was found."""
+    by_name = {s.name: s for s in states}
+    batch_key = None
+    for trial in trials:
+        state = by_name.get(trial.get("task"))
+        if state is None:
+            continue
+        state.add_trial(trial.get("latency_s"))
+        key = (trial.get("task"), trial.get("t"))
+        if key != batch_key:
+            state.history.append(0.0)
+            batch_key = key
+        state.history[-1] = state.best_or_failed()
+
+
+def _untuned_latencies(tasks, states, target, builder, runner, folder: Path, log) -> None:
+    """Every kernel's untuned latency, measured once per log (`untuned.json`)."""
+
+    known = read_untuned(folder)
+    missing = [i for i, s in enumerate(states) if s.name not in known]
+    if missing:
+        log(f"[tune] timing {len(missing)} untuned kernels once (the curve's starting point)")
+        mods = [tasks[i].dispatched[0] for i in missing]
+        latencies = ts.measure_untuned(mods, target, builder, runner)
+        ts.commit_untuned(folder / UNTUNED_DB, mods, latencies, target)
+        known.update({states[i].name: latency for i, latency in zip(missing, latencies)})
+        write_json(folder / UNTUNED_FILE, known)
+    for state in states:
+        state.untuned_s = known.get(state.name)
+
+
+def _contexts(tasks: list, folder: Path, threads: int, seed: int | None) -> list:
+    from tvm.s_tir import meta_schedule as ms
+
+    contexts, _ = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        tasks, str(folder), num_threads=threads, seed=seed)
+    if len(contexts) != len(tasks):
+        raise DlrmError("MetaSchedule skipped some tasks; the session's task list no longer matches")
+    return contexts
+
+
+@contextmanager
+def _quiet_metaschedule():
+    """MetaSchedule's statistics table (after every batch) goes to tune/logs/ only, also in a
+    notebook, where MetaSchedule would display it as a new table each time; the terminal or
+    notebook shows the progress bar and warnings."""
+    import tvm_ffi
+    from tvm.s_tir.meta_schedule import utils as ms_utils
+
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    logger.setLevel(logging.WARNING)  # MetaSchedule makes it its console handler's level
+    # MetaSchedule reconfigures this logger for every run by handler name, and fails on a
+    # handler it did not make (pytest's capture handlers, say): set those aside meanwhile.
+    foreign = [h for h in logger.handlers if not (h.get_name() or "").startswith(logger.name)]
+    for handler in foreign:
+        logger.removeHandler(handler)
+    name = "s_tir.meta_schedule.using_ipython"
+    tvm_ffi.register_global_func(name, lambda: False, override=True)
+    try:
+        yield
+    finally:
+        tvm_ffi.register_global_func(name, ms_utils._using_ipython, override=True)
+        for handler in foreign:
+            logger.addHandler(handler)
+
+
+def tune(experiment: Experiment | str, trials: int = DEFAULT_TRIALS, max_trials_per_task: int | None = None,
+         num_threads: int | None = None, prepack: bool = False, trials_per_batch: int | None = None,
+         seed: int | None = None, progress: bool = True, log: Callable[[str], None] = print,
+         rpc: "RpcMeasurement | None" = None) -> TuneResult:
+    """Tune until the experiment's log holds `trials` records (a larger budget than last time
+    continues from the log; killing the run loses at most the batch being measured).
+    With `rpc` (dlrmlib.tuning.rpc.RpcMeasurement), candidates are measured on the RPC tracker's
+    servers instead of this machine.
+
+    `max_trials_per_task` caps each kernel's trials (across runs, to within one batch);
+    `num_threads` sets build workers and search threads (default: every core; measurement
+    always runs alone); `prepack` tunes the kernels of the weight-prepacked build."""
+    experiment = Experiment.of(experiment)
+    _check_budget(trials, max_trials_per_task, num_threads, trials_per_batch)
+    folder = tuning_log_dir(experiment, prepack)
+    started = time.perf_counter()
+    with tuning_lock(experiment):
+        folder.mkdir(parents=True, exist_ok=True)
+        if repair_log(folder):
+            log(f"[tune] cut a torn last line off the database in {folder} (a run was killed mid-write)")
+        done = count_records(folder)
+        if done >= trials:
+            log(f"[tune] {folder} already holds {done} trials (budget {trials}): nothing to tune")
+            return TuneResult(folder, done, 0, time.perf_counter() - started, _logged_estimate(folder))
+        return _tune_rest(experiment, folder, trials, done, max_trials_per_task, num_threads or os.cpu_count() or 1,
+                          prepack, trials_per_batch, seed, progress, log, started, rpc=rpc)
+
+
+def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batch, seed, progress, log,
+               started, rpc=None) -> TuneResult:
+    import tvm
+
+
+    ts.cpu_intrinsics_only()
+    target_dict = host_target()
+    target = tvm.target.Target(target_dict)
+    log(f"[tune] {experiment.name}: extracting kernels for {target_dict['mcpu']}, batch "
+        f"{experiment.batch_size}{', weights prepacked' if prepack else ''}")
+    tasks = extract_tasks(per_batch_kernels(fused_module(experiment, target, prepack), target, prepack), target)
+    session = _new_session(experiment, folder, tasks, target_dict, prepack, trials, done, cap)
+    batch = _batch_size(trials - done, per_batch)
+    log(f"[tune] {len(tasks)} kernels; {done} trials in the log, tuning {trials - done} more in batches of "
+        f"{batch} ({threads} build workers, measurement alone); log: {folder}")
+    with _quiet_metaschedule():
+        contexts = _contexts(tasks, folder, threads, seed)
+        builder, runner = ts.PooledBuilder(threads), ts.make_runner(rpc)
+        if rpc is not None:
+            log(f"[tune] measuring on {rpc.servers} RPC server(s) with key {rpc.key!r} via the tracker at {rpc.tracker}")
+        try:
+            _untuned_latencies(tasks, session.tasks, target, builder, runner, folder, log)
+            with _stop_after_batch_on_interrupt(session, log):
+                _run_tasks(contexts, session, folder, trials - done, cap, batch, builder, runner, seed, progress,
+                           f"tune {experiment.name}")
+        finally:
+            builder.close()
+    result = TuneResult(folder, count_records(folder), session.new_trials, time.perf_counter() - started,
+                        session.estimated_latency())
+    estimate = (f"estimated {result.estimated_latency_s * 1e3:.3f} ms per batch"
+                if result.estimated_latency_s is not None else "some kernels could not be timed")
+    log(f"[tune] {result.new_trials} trials in {result.seconds:.0f} s ({result.trials_per_minute:.1f} per minute); "
+        f"the log holds {result.trials}; {estimate}")
+    if session.stop_requested:
+        raise KeyboardInterrupt(f"tuning stopped at {result.trials} trials; run again to continue")
+    return result
+
+
+def _new_session(experiment, folder: Path, tasks: list, target: dict, prepack: bool, trials: int, done: int,
+                 cap: int | None):
+    """The run's shared state, after checking the log is for this batch size, target and
+    layout; `tasks.json` is (re)written and earlier trials are counted per kernel."""
+
+    identity = _log_identity(experiment, target, prepack)
+    _check_log_identity(folder, identity)
+    states = [ts.TaskState(t.task_name, float(t.weight), _task_flop(t)) for t in tasks]
+    write_json(folder / TASKS_FILE, {**identity, "tasks": [
+        {"name": s.name, "weight": s.weight, "flop": s.flop} for s in states]})
+    previous = read_trials(folder)
+    _restore(states, previous)
+    return ts.Session(tasks=states, budget=trials, trials=done, trials_file=folder / TRIALS_FILE,
+                      time_offset=max((t.get("t", 0.0) for t in previous), default=0.0), max_trials_per_task=cap)
+
+
+@contextmanager
+def _stop_after_batch_on_interrupt(session, log):
+    """Ctrl-C (or a notebook's interrupt) stops the run once the batch being measured is on
+    disk; a second Ctrl-C stops at once. An interrupt raised inside MetaSchedule's C++ loop
+    aborts the process instead (the log survives that too, but with a crash report)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if session.stop_requested:
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        session.stop_requested = True
+        log("\n[tune] interrupted: stopping after the batch being measured (Ctrl-C again: at once)")
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _run_tasks(contexts, session, folder: Path, remaining: int, cap, batch: int, builder, runner, seed, progress,
+               desc: str) -> None:
+    """MetaSchedule's tuning loop with this session's scheduler, callback and progress bar."""
+    from tqdm.auto import tqdm
+    from tvm.s_tir import meta_schedule as ms
+
+
+    with tqdm(total=session.budget, initial=session.trials, unit="trial", desc=desc, smoothing=0.1,
+              disable=not progress) as bar:
+        session.progress = bar
+        ms.tune_tasks(
+            tasks=contexts, task_weights=[t.weight for t in session.tasks], work_dir=str(folder),
+            max_trials_global=remaining, max_trials_per_task=cap or remaining, num_trials_per_iter=batch,
+            builder=builder, runner=runner, database=ms.database.JSONDatabase(work_dir=str(folder)),
+            measure_callbacks=[*ms.MeasureCallback.create("default"), ts.TrialRecorder(session)],
+            task_scheduler=ts.CommittingScheduler(session, seed=seed))
+
+
+def _logged_estimate(folder: Path) -> float | None:
+    curve = tuning_curve(folder)
+    return None if curve.empty else float(curve["estimated_latency_s"].iloc[-1])
+
+
+# -- building from a log -----------------------------------------------------------------------
+
+
+# -- the curve and the per-task table ----------------------------------------------------------
+
+

@@ -1,0 +1,310 @@
+"""What one tuning session hands to MetaSchedule: builder, runner, scheduler, callback.
+
+Kept apart from `tune.py` because it imports MetaSchedule at module level (the `@derived_object`
+classes need it), which `dlrmlib.tuning.metaschedule`'s plotting and log functions do not.
+
+Why each piece exists:
+- `cpu_intrinsics_only`: every `TuneContext` imports `tvm.s_tir.tensor_intrin`, about 30-40 s
+  of registering GPU intrinsics; a CPU target needs only its own architecture's.
+- `PooledBuilder`: LocalBuilder's build step with `tune_workers.build_candidate`, which skips
+  that import, over workers kept from batch to batch; one worker per core.
+- `make_runner`: LocalRunner with in-range ids for gathers (`tune_workers.alloc_in_range`).
+- `MeasureAloneRunner`: LocalRunner measures asynchronously, so the next batch's search and
+  builds ran on the same cores as the measurement. Waiting for it keeps timings clean.
+- `CommittingScheduler`: MetaSchedule's gradient-based scheduler commits nothing to the
+  database during its first round over all tasks (23 batches of 64 trials for the small DLRM);
+  a kill then lost every trial. This one is the same gradient rule but joins every finished
+  batch before choosing the next task, so each batch is on disk as soon as it is measured.
+- `TrialRecorder`: one JSON line per measured trial (tune/trials.jsonl) and the progress bar.
+- `measure_untuned`, `commit_untuned`: every kernel's untuned latency, as a starting point and
+  as a record, so that a build never takes a tuned kernel slower than the untuned one.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import platform
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tvm
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuilder
+from tvm.s_tir.meta_schedule.builder.local_builder import _serialize_params, _worker_func
+from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+from tvm.s_tir.meta_schedule.runner import PyRunner, RunnerFuture, RunnerInput
+from tvm.s_tir.meta_schedule.task_scheduler import PyTaskScheduler
+from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+
+from dlrmlib.core.files import append_jsonl
+from dlrmlib.tuning.workers import alloc_in_range, alloc_in_range_remote, build_candidate
+
+INTRINSICS_BY_MACHINE = {"x86_64": "x86", "amd64": "x86", "aarch64": "arm_cpu", "arm64": "arm_cpu",
+                         "riscv64": "riscv_cpu"}
+FAILED = 1e9  # the latency MetaSchedule's schedulers give a batch with no valid candidate
+# CPU measurement: every repeat flushes the cache and runs once, so a kernel is timed with
+# its weights cold (as when the previous layer's data displaced them), and builds never
+# overlap it (MeasureAloneRunner).
+EVALUATOR = dict(number=1, repeat=10, min_repeat_ms=0, enable_cpu_cache_flush=True)
+BUILD_TIMEOUT_S = 60.0
+RUN_TIMEOUT_S = 30.0
+
+
+def cpu_intrinsics_only() -> None:
+    """Register only this CPU's tensor intrinsics, so that the `import tvm.s_tir.tensor_intrin`
+    inside every TuneContext finds the package already imported (0.3 s instead of 30-40 s)."""
+    name = "tvm.s_tir.tensor_intrin"
+    if name in sys.modules:
+        return
+    package = importlib.util.module_from_spec(importlib.util.find_spec(name))
+    sys.modules[name] = package  # the package without its __init__, which imports all targets
+    tvm.s_tir.tensor_intrin = package
+    arch = INTRINSICS_BY_MACHINE.get(platform.machine().lower())
+    if arch:
+        importlib.import_module(f"{name}.{arch}")
+
+
+def mean_seconds(run_secs) -> float | None:
+    """A measured candidate's latency: the mean of its runs (None when it has none)."""
+    secs = [float(s) for s in run_secs or []]
+    return sum(secs) / len(secs) if secs else None
+
+
+@derived_object
+class PooledBuilder(PyBuilder):
+    """LocalBuilder's build step over one long-lived pool of workers. LocalBuilder starts new
+    workers for every batch, and each start imports TVM, which imports torch when it is
+    installed (tvm_ffi does): 4-5 s per batch. Workers are replaced after `uses` builds instead,
+    which bounds the leak that made TVM restart them."""
+
+    def __init__(self, workers: int, timeout_s: float = BUILD_TIMEOUT_S, uses: int = 256) -> None:
+        super().__init__()
+        self.timeout_s = timeout_s
+        self.pool = PopenPoolExecutor(max_workers=workers, timeout=timeout_s, maximum_process_uses=uses)
+
+    def build(self, build_inputs):
+        jobs = [(build_candidate, None, b.mod, b.target, _serialize_params(b.params)) for b in build_inputs]
+        return [self._result(r) for r in self.pool.map_with_error_catching(lambda job: _worker_func(*job), jobs)]
+
+    def _result(self, outcome) -> BuilderResult:
+        if outcome.status == StatusKind.COMPLETE:
+            return BuilderResult(outcome.value, None)
+        if outcome.status == StatusKind.TIMEOUT:
+            return BuilderResult(None, f"LocalBuilder: Timeout, killed after {self.timeout_s} seconds")
+        return BuilderResult(None, f"LocalBuilder: An exception occurred\n{outcome.value}")
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
+def make_runner(rpc=None):
+    """LocalRunner, or with `rpc` (dlrmlib.tuning.rpc.RpcMeasurement) TVM's RPCRunner on the tracker's
+    servers; either way with in-range ids and waiting for each batch's measurement."""
+    evaluator = ms.runner.EvaluatorConfig(**EVALUATOR)
+    if rpc is not None:
+        return MeasureAloneRunner(rpc.runner(evaluator, RUN_TIMEOUT_S, alloc_in_range_remote))
+    inner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=evaluator,
+                                  f_alloc_argument=alloc_in_range)
+    return MeasureAloneRunner(inner)
+
+
+@derived_object
+class MeasureAloneRunner(PyRunner):
+    """LocalRunner, but `run` returns only when the batch is measured."""
+
+    def __init__(self, inner) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def run(self, runner_inputs):
+        results = [future.result() for future in self.inner.run(runner_inputs)]
+        return [RunnerFuture(lambda: True, lambda r=r: r) for r in results]
+
+
+def measure_untuned(mods: list, target, builder, runner) -> list[float | None]:
+    """Each kernel as an untuned build compiles it (no schedule), timed like a trial: the
+    tuning curve's starting point, and what a build uses for a kernel not tuned yet."""
+    built = builder.build([BuilderInput(mod, target) for mod in mods])
+    ready = [(i, b) for i, b in enumerate(built) if b.error_msg is None]
+    inputs = [RunnerInput(b.artifact_path, "cpu", ArgInfo.from_entry_func(mods[i])) for i, b in ready]
+    latencies: list[float | None] = [None] * len(mods)
+    for (i, b), future in zip(ready, runner.run(inputs)):
+        result = future.result()
+        if result.error_msg is None:
+            latencies[i] = mean_seconds(result.run_secs)
+        shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
+    return latencies
+
+
+def commit_untuned(folder: Path, mods: list, latencies: list[float | None], target) -> None:
+    """The untuned kernels as tuning records in a database of their own, which a build adds to
+    the log's: MetaSchedule then applies, per kernel, the faster of the untuned kernel and the
+    best trial, so a few trials never make a kernel slower. The trace only looks up the root
+    block: MetaSchedule ignores records whose trace has no instruction."""
+    folder.mkdir(parents=True, exist_ok=True)
+    database = ms.database.JSONDatabase(work_dir=str(folder))
+    for mod, latency in zip(mods, latencies):
+        if latency is not None:
+            schedule = tvm.s_tir.Schedule(mod)
+            schedule.get_sblock("root")
+            database.commit_tuning_record(ms.database.TuningRecord(
+                schedule.trace, database.commit_workload(mod), [latency], target, ArgInfo.from_entry_func(mod)))
+
+
+# -- the session's state: what the scheduler, the callback and the caller share ------------------
+
+@dataclass
+class TaskState:
+    name: str
+    weight: float
+    flop: float
+    trials: int = 0  # in this log, earlier runs included
+    best_s: float | None = None
+    untuned_s: float | None = None
+    history: list[float] = field(default_factory=list)  # best after each batch, earlier runs included
+
+    def cost(self) -> float:
+        """Seconds per batch before tuning (FLOPs when the untuned kernel could not be timed)."""
+        return self.weight * (self.untuned_s if self.untuned_s is not None else self.flop * 1e-9)
+
+    def add_trial(self, latency: float | None) -> None:
+        self.trials += 1
+        if latency is not None and (self.best_s is None or latency < self.best_s):
+            self.best_s = latency
+
+    def best_or_failed(self) -> float:
+        """The history's value after a batch: the best so far, or what the schedulers score a
+        kernel with no valid candidate."""
+        return self.best_s if self.best_s is not None else FAILED
+
+
+@dataclass
+class Session:
+    """The tuning run as the caller sees it: tasks, budget, trials so far, the trials file."""
+
+    tasks: list[TaskState]
+    budget: int  # total trials the log should reach
+    trials: int  # records in the log
+    trials_file: Path
+    time_offset: float = 0.0  # tuning seconds of earlier runs, so the curve's time axis continues
+    started: float = field(default_factory=time.perf_counter)
+    max_trials_per_task: int | None = None
+    progress: object = None
+    new_trials: int = 0
+    stop_requested: bool = False  # Ctrl-C: no new batch
+
+    def elapsed(self) -> float:
+        return self.time_offset + time.perf_counter() - self.started
+
+    def estimated_latency(self) -> float | None:
+        """Sum over tasks of weight x the faster of best trial and untuned kernel: what a
+        build from the log would take, kernel by kernel."""
+        latencies = [min((x for x in (t.best_s, t.untuned_s) if x is not None), default=None) for t in self.tasks]
+        if any(latency is None for latency in latencies):
+            return None
+        return sum(t.weight * latency for t, latency in zip(self.tasks, latencies))
+
+    def record(self, task_id: int, latencies: list[float | None], errors: list[str | None]) -> None:
+        """One measured batch: update the task, append its trials to the file, move the bar."""
+        task = self.tasks[task_id]
+        now = round(self.elapsed(), 3)
+        lines = []
+        for latency, error in zip(latencies, errors):
+            self.trials += 1
+            self.new_trials += 1
+            task.add_trial(latency)
+            lines.append({"trial": self.trials, "t": now, "task": task.name, "latency_s": latency, "error": error})
+        task.history.append(task.best_or_failed())
+        append_jsonl(self.trials_file, lines)  # one write per batch
+        self._show(len(latencies))
+
+    def _show(self, n: int) -> None:
+        if self.progress is None:
+            return
+        estimate = self.estimated_latency()
+        tuned = sum(t.best_s is not None for t in self.tasks)
+        self.progress.set_postfix_str(
+            (f"est. {estimate * 1e3:.3f} ms/batch, " if estimate is not None else "")
+            + f"{tuned}/{len(self.tasks)} kernels tuned", refresh=False)
+        self.progress.total = max(self.progress.total, self.progress.n + n)  # the last batch is not cut
+        self.progress.update(n)
+
+
+def _error_kind(builder_result, runner_result) -> str | None:
+    if builder_result.error_msg:
+        return "build: " + str(builder_result.error_msg).strip().splitlines()[0][:200]
+    if runner_result.error_msg:
+        return "run: " + str(runner_result.error_msg).strip().splitlines()[0][:200]
+    return None
+
+
+@derived_object
+class TrialRecorder(PyMeasureCallback):
+    """Hands every measured batch to the session (trials file, best latencies, progress bar)."""
+
+    def __init__(self, session: Session) -> None:
+        super().__init__()
+        self.session = session
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
+        latencies, errors = [], []
+        for built, ran in zip(builder_results, runner_results):
+            error = _error_kind(built, ran)
+            latencies.append(mean_seconds(ran.run_secs) if error is None else None)
+            errors.append(error)
+        self.session.record(int(task_id), latencies, errors)
+
+
+@derived_object
+class CommittingScheduler(PyTaskScheduler):
+    """MetaSchedule's gradient-based task choice (alpha, window as in `GradientBased`), joining
+    every finished batch first so its records are committed at once; unexplored tasks go in
+    order of their untuned time per batch, so a small budget is spent where the time is."""
+
+    def __init__(self, session: Session, alpha: float = 0.2, window: int = 3, seed: int | None = None) -> None:
+        super().__init__()
+        self.session = session
+        self.alpha = alpha
+        self.window = window
+        self.random = random.Random(seed)
+
+    def next_task_id(self) -> int:
+        scheduler = self._outer()
+        records = scheduler.tasks_
+        for i in range(len(records)):
+            scheduler.touch_task(i)  # joins a measured batch: callbacks commit it
+        if self.session.trials >= self.session.budget or self.session.stop_requested:
+            return -1
+        cap = self.session.max_trials_per_task
+        for i, task in enumerate(self.session.tasks):
+            if cap and task.trials >= cap and not records[i].is_terminated:
+                scheduler.terminate_task(i)
+        alive = [i for i in range(len(records)) if not records[i].is_terminated]
+        if not alive:
+            return -1
+        scores = {i: self._score(i) for i in alive}
+        best = max(scores.values())
+        tied = [i for i in alive if scores[i] == best]
+        if best >= FAILED:  # still exploring: fewest batches first, then where the time goes
+            return min(tied, key=lambda i: (len(self.session.tasks[i].history), -self.session.tasks[i].cost(), i))
+        return tied[0] if len(tied) == 1 else self.random.choice(tied)
+
+    def _score(self, i: int) -> float:
+        """The expected latency gain per trial of tuning task i further (TVM's formula)."""
+        task = self.session.tasks[i]
+        history, w = task.history, self.window
+        if len(history) < w:
+            return FAILED
+        best = history[-1]
+        if best >= FAILED:
+            return -FAILED
+        g1 = (history[-1 - w] - best) / w if len(history) > w else (history[0] - best) / w
+        g2 = best / len(history)
+        return (self.alpha * g1 + (1 - self.alpha) * g2) * task.weight
