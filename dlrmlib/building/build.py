@@ -16,7 +16,8 @@ import numpy as np
 from onnx import helper
 
 from dlrmlib.building.recipes import Custom, FromLog, Source, Untuned, best_recipe
-from dlrmlib.building.verify import verify_build
+from dlrmlib.building.gate import MIN_AUC_RATIO, apply_gate
+from dlrmlib.building.verify import TOLERANCE, verify_build
 from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.experiment import Experiment
 from dlrmlib.core.files import atomic_path, sha256_file
@@ -61,9 +62,11 @@ def compile_library(mod, target: dict, path: Path, pipeline=None) -> Path:
 
 
 def build(experiment: Experiment | str, recipe=None, verify: bool = True,
-          log: Callable[[str], None] = print) -> BuildResult:
+          log: Callable[[str], None] = print, min_auc_ratio: float = MIN_AUC_RATIO) -> BuildResult:
     """Library + manifest + weights folder for the experiment's normalised model, lowered as
-    `recipe` says (default: `Untuned()`); checked against the reference outputs when `verify`."""
+    `recipe` says (default: `Untuned()`); checked against the reference outputs when `verify`.
+    A reduced-precision recipe is always verified and must pass the accuracy gate
+    (dlrmlib.building.gate: AUC >= `min_auc_ratio` x the fp32 reference's)."""
     import tvm  # deferred, as above
 
     experiment = Experiment.of(experiment)
@@ -74,6 +77,12 @@ def build(experiment: Experiment | str, recipe=None, verify: bool = True,
                         f"`dlrm prepare --experiment {experiment.name}` first")
     model = load_graph(experiment.normalised_model)
     tables = embedding_tables(model)
+    reduced = getattr(recipe, "precision", "fp32") != "fp32"
+    if reduced and not verify:
+        raise DlrmError(f"a {recipe.precision} build must pass the accuracy gate, which runs the test data: "
+                        "drop --no-verify")
+    if not 0 < min_auc_ratio <= 2:
+        raise DlrmError(f"--min-auc-ratio must lie in (0, 2], got {min_auc_ratio}")
     if verify:  # a bad test data folder should fail before minutes of compiling, not after
         read_test_data(experiment.testdata_dir, tables)
     log(f"[build] importing {experiment.normalised_model.name} into Relax")
@@ -91,16 +100,19 @@ def build(experiment: Experiment | str, recipe=None, verify: bool = True,
                                                   else (*source.plain_weights(), None))
     manifest_path = experiment.manifest_path(tag)
     write_manifest(manifest_path, _manifest(source, tag, library, params, layout, transform, tables,
-                                            tvm.__version__, lowering.info))
+                                            tvm.__version__, lowering.info, lowering.precision))
     result = BuildResult(tag, library, manifest_path, weights_dir, time.perf_counter() - started)
     log(f"[build] {library.name} + {manifest_path.name} in {result.seconds:.1f} s")
     if verify:
-        result.verification = verify_build(experiment, manifest_path, log=log)
+        result.verification = verify_build(experiment, manifest_path, tolerance=float("inf") if reduced else TOLERANCE,
+                                           log=log)
+    if reduced:
+        result.verification["gate"] = apply_gate(manifest_path, library, result.verification, min_auc_ratio, log)
     return result
 
 
 def _manifest(source: Source, tag: str, library: Path, params, layout: str, transform: str | None,
-              tables: list[int], tvm_version: str, info: dict) -> dict:
+              tables: list[int], tvm_version: str, info: dict, precision: dict) -> dict:
     """The contract between the library and its runners (docs/formats.md)."""
     model, batch = source.model, source.experiment.batch_size
     return {
@@ -116,6 +128,7 @@ def _manifest(source: Source, tag: str, library: Path, params, layout: str, tran
         "embedding": {"tables": tables, "dense_input": "input.1", "indices_input": "lS_i",
                       "offsets_input": "lS_o", "bags": source.experiment.params["bags"]},
         "target": source.target,
+        "precision": precision,
         "cpu": cpu_description(),
         "tvm_version": tvm_version,
         "build": {"tag": tag, "created": utc_now(), "model_id": source.model_id, **info},

@@ -21,11 +21,13 @@ from typing import Callable, Iterator
 from dlrmlib.building.from_log import add_untuned, check_log_mode, tuned_pipeline
 from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.experiment import Experiment
+from dlrmlib.core.machine import precision_isa
 from dlrmlib.core.paths import PACKAGE_DIR
 from dlrmlib.formats.tuning_log import count_records, snapshot_log, tuning_log_dir
 from dlrmlib.formats.weights import ParamSpec, extract_weights, layout_id
 from dlrmlib.frontend.relax import NUM_INPUTS
 from dlrmlib.schedules import PIPELINE_NAME, custom_module
+from dlrmlib.schedules.reduced import PRECISIONS, quantization_facts
 from dlrmlib.schedules.knobs import default_kernel_log, kernel_configs
 from dlrmlib.schedules.prepack import TRANSFORM, transformed_param_specs, write_transformed_weights
 
@@ -59,6 +61,11 @@ class Lowering:
     weights: Callable[[Path], tuple[Path, list[ParamSpec], str, str | None]] | None = None
     after: list[Callable[[], None]] = field(default_factory=list)  # log lines once compiled
     tag: str | None = None  # when only the lowering knows it (a log's record count)
+    precision: dict = field(default_factory=lambda: fp32_precision())  # the manifest's `precision`
+
+
+def fp32_precision() -> dict:
+    return {"name": "fp32", "isa": precision_isa("fp32"), "quantization": None, "accuracy": None}
 
 
 def prepacked_weights(source: Source, library: Path, plan, transform_id: str) -> Weights:
@@ -149,10 +156,12 @@ class Custom:
     """The hand-written kernels (packed GEMM + bias/ReLU, narrow last layer, fused gather +
     interaction), weights prepacked into the weights folder, with the knobs of `kernel_log`
     (a `dlrm tune --schedule custom` log folder; by default the experiment's own when it has
-    one) or the defaults."""
+    one) or the defaults. `precision` int8 or bf16: the Dense layers with reduced-precision
+    weights (dlrmlib.schedules.reduced), gated on accuracy by the build."""
 
     kernel_log: Path | None = None
     tag: str = "custom"
+    precision: str = "fp32"
 
     @contextmanager
     def lower(self, source: Source) -> Iterator[Lowering]:
@@ -161,15 +170,33 @@ class Custom:
         knobs = kernel_configs(Path(kernel_log), log) if kernel_log is not None else {}
         if kernel_log is not None:
             log(f"[build] kernel knobs from {kernel_log} ({len(knobs)} kernels tuned)")
-        mod, plan = custom_module(source.mod, source.target, NUM_INPUTS, configs=knobs)
+        precision = self.precision_facts(source.target)
+        seen: dict = {}
+        mod, plan = custom_module(source.mod, source.target, NUM_INPUTS, configs=knobs, seen=seen,
+                                  precision=self.precision)
+        if self.precision != "fp32":
+            precision["quantization"] = quantization_facts(self.precision, seen)
+            log(f"[build] {self.precision} kernels ({precision['isa']}) for "
+                f"{len(precision['quantization']['layers'])} Dense layers; the rest stays fp32")
         info = {"tuned": False, "trials": 0, "tuning_log": None, "pipeline": PIPELINE_NAME, "schedule": "custom",
                 "prepack": not plan.identity, "kernel_log": str(kernel_log) if kernel_log is not None else None,
                 "kernel_knobs": knobs}
-        lowering = Lowering(mod, None, info)
+        lowering = Lowering(mod, None, info, precision=precision)
         if not plan.identity:
-            transform_id = self.transform_id(knobs)
+            transform_id = self.transform_id({**knobs, "precision": self.precision})
             lowering.weights = lambda library: (*prepacked_weights(source, library, plan, transform_id), TRANSFORM)
         yield lowering
+
+    def precision_facts(self, target: dict) -> dict:
+        """The manifest's `precision` (its `accuracy` filled in by the build's gate); a clear
+        error when this CPU or target cannot run the precision's kernels."""
+        if self.precision not in PRECISIONS:
+            raise DlrmError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        isa = precision_isa(self.precision)
+        if isa is None or (self.precision == "int8" and not _target_has(target, "avx512vnni")):
+            raise DlrmError(f"a {self.precision} build needs AVX512-VNNI (vpdpbusd) on this CPU and in the target "
+                            f"({target['mcpu']}); this host has none: build fp32 or bf16")
+        return {**fp32_precision(), "name": self.precision, "isa": isa}
 
     @staticmethod
     def transform_id(knobs: dict) -> str:
@@ -177,6 +204,12 @@ class Custom:
         packing): a change to either never reuses a folder packed the old way."""
         code = b"".join(p.read_bytes() for p in sorted((PACKAGE_DIR / "schedules").glob("*.py")))
         return hashlib.sha256(code + json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _target_has(target: dict, feature: str) -> bool:
+    import tvm  # deferred: TVM takes ~1.5 s to import
+
+    return bool(tvm.target.codegen.target_has_features(feature, tvm.target.Target(target)))
 
 
 def best_recipe(experiment: Experiment, log_dir: Path | None = None, prepack: bool = False):

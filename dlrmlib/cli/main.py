@@ -30,20 +30,24 @@ def cmd_build(args) -> None:
     from dlrmlib.building.build import build  # deferred, as above
 
     exp = Experiment.open(args.experiment)
-    kernel_log = args.kernel_log or (args.log if args.schedule == "custom" else None)
-    tuning_log = args.tuning_log or (args.log if args.schedule == "default" else None)
-    if args.schedule == "custom":
+    schedule = args.schedule or ("custom" if args.precision != "fp32" else "default")
+    kernel_log = args.kernel_log or (args.log if schedule == "custom" else None)
+    tuning_log = args.tuning_log or (args.log if schedule == "default" else None)
+    if args.precision != "fp32" and schedule != "custom":
+        raise DlrmError(f"--precision {args.precision} uses the hand-written kernels: drop --schedule default")
+    if schedule == "custom":
         if args.prepack or args.tuning_log:
             raise DlrmError("--prepack and --tuning-log apply to MetaSchedule builds (--schedule default); custom "
                             "builds always prepack and take --kernel-log")
-        recipe = recipes.Custom(Path(kernel_log) if kernel_log else None, args.tag or "custom")
+        default_tag = "custom" if args.precision == "fp32" else f"custom_{args.precision}"
+        recipe = recipes.Custom(Path(kernel_log) if kernel_log else None, args.tag or default_tag, args.precision)
     else:
         if args.kernel_log:
             raise DlrmError("--kernel-log applies to --schedule custom")
         recipe = recipes.best_recipe(exp, Path(tuning_log) if tuning_log else None, args.prepack)
         if args.tag and isinstance(recipe, recipes.Untuned):
             recipe = recipes.Untuned(args.tag)
-    build(exp, recipe, verify=not args.no_verify)
+    build(exp, recipe, verify=not args.no_verify, min_auc_ratio=args.min_auc_ratio)
 
 
 def cmd_infer(args) -> None:
@@ -86,9 +90,14 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="build: library + manifest, checked against the reference (03_build)")
     add_experiment(p)
     p.add_argument("--no-verify", action="store_true", help="skip the check against the reference outputs")
-    p.add_argument("--schedule", default="default", choices=["default", "custom"],
+    p.add_argument("--schedule", choices=["default", "custom"],
                    help="custom: hand-written packed-GEMM and interaction kernels (dlrmlib.schedules), "
-                        "weights prepacked at build time (default: %(default)s)")
+                        "weights prepacked at build time (default: default; custom with --precision bf16/int8)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
+                   help="the Dense layers' precision: int8 (VNNI, per-channel weights, per-row u8 activations) or "
+                        "bf16 weights; gated on accuracy (docs/precision.md; default: %(default)s)")
+    p.add_argument("--min-auc-ratio", type=float, default=0.999, metavar="R",
+                   help="accuracy gate of a bf16/int8 build: AUC >= R x the fp32 reference's (default: %(default)s)")
     p.add_argument("--tag", help="tag of an untuned or custom build (default: untuned, or custom); a build from a "
                                  "tuning log is tagged with the log's record count")
     p.add_argument("--tuning-log", metavar="DIR", help="MetaSchedule tuning log to build from (default: the "

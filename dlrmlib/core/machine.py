@@ -18,12 +18,27 @@ from dlrmlib.core.target import cpu_description, cpuinfo_field
 # The packages whose versions change a number in this project's results.
 VERSIONED_PACKAGES = ("apache-tvm", "apache-tvm-ffi", "onnxruntime", "openvino", "torch", "numpy", "onnx")
 # CPU flags that matter for these kernels; the full list is kept too.
-KEY_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "f16c")
+KEY_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8",
+             "amx_bf16", "f16c")
 
 
 def cpu_flags() -> list[str]:
     """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
     return (cpuinfo_field("flags") or "").split()
+
+
+def precision_isa(precision: str, flags: list[str] | None = None) -> str | None:
+    """The instruction set a build of `precision` uses on a CPU with these flags (this one's by
+    default); None when the CPU cannot run that precision's kernels. int8 needs VNNI (vpdpbusd);
+    bf16 weights are widened to fp32 in registers, so any AVX2/AVX-512 CPU runs them. AMX
+    (amx_int8, amx_bf16) has no kernel yet: such hosts use the VNNI / AVX-512 kernels."""
+    have = set(cpu_flags() if flags is None else flags)
+    vector = "avx512f" if "avx512f" in have else "avx2" if "avx2" in have else None
+    if precision == "int8":
+        return "avx512_vnni" if {"avx512_vnni", "avx512bw"} <= have else None
+    if precision == "bf16":
+        return f"bf16 storage + {vector} fp32 FMA" if vector else None
+    return vector or "x86-64"
 
 
 def machine_info() -> dict:

@@ -20,13 +20,14 @@ PIPELINE_NAME = ("custom kernels (dlrmlib.schedules: packed GEMM + bias/ReLU, na
                  "interaction with prefetch) + relax default (cpu_generic)")
 
 
-def custom_module(mod, target: dict, num_input: int, configs: dict | None = None, seen: dict | None = None):
+def custom_module(mod, target: dict, num_input: int, configs: dict | None = None, seen: dict | None = None,
+                  precision: str = "fp32"):
     """(rewritten module, LiftPlan) for `tvm.compile` with the default pipeline. `configs`:
-    tuned knobs per kernel name (dlrmlib.schedules.knobs); `seen` collects the kernels made."""
+    tuned knobs per kernel name (dlrmlib.schedules.knobs); `seen` collects the kernels made;
+    `precision`: the Dense layers' (dlrmlib.schedules.reduced)."""
     import tvm
-
 
     tvm_target = tvm.target.Target(target)
     mod = use_interaction_kernel(configs=configs, seen=seen)(mod)
-    mod = use_dense_kernels(tvm_target, configs, seen)(mod)
+    mod = use_dense_kernels(tvm_target, configs, seen, precision)(mod)
     return lift_weight_transforms(mod, num_input)

@@ -28,6 +28,10 @@ class LiftPlan:
     untouched: tuple[int, ...]
     sources: tuple[int, ...]
     transformed_shapes: tuple[tuple[int, ...], ...]
+    transformed_dtypes: tuple[str, ...] = ()  # empty: all float32 (reduced precision adds int8, uint16, ...)
+
+    def dtype(self, index: int) -> str:
+        return self.transformed_dtypes[index] if self.transformed_dtypes else "float32"
 
     @property
     def identity(self) -> bool:
@@ -85,9 +89,11 @@ def lift_weight_transforms(mod, num_input: int):
     mod["main"] = moved
     lifted = relax.transform.LiftTransformParams()(mod)
     main = lifted["main"]
-    shapes = tuple(tuple(int(d) for d in p.ty.shape.values) for p in main.params[num_input + len(keep):])
+    outputs = main.params[num_input + len(keep):]
+    shapes = tuple(tuple(int(d) for d in p.ty.shape.values) for p in outputs)
+    dtypes = tuple(str(p.ty.dtype) for p in outputs)
     lifted["main"] = main.with_attr("num_input", num_input)
-    return lifted, LiftPlan(tuple(keep), tuple(rest), shapes)
+    return lifted, LiftPlan(tuple(keep), tuple(rest), shapes, dtypes)
 
 
 def transform_weights(executable, plan: LiftPlan, weights: list[np.ndarray]) -> list[np.ndarray]:
@@ -106,14 +112,14 @@ def transform_weights(executable, plan: LiftPlan, weights: list[np.ndarray]) -> 
     return arrays
 
 
-def transformed_param_specs(params, plan: LiftPlan, dtype: str = "float32"):
+def transformed_param_specs(params, plan: LiftPlan):
     """The lifted library's parameter list: untouched weights keep their names and files'
     content; each transform output gets a name saying where it comes from."""
 
     specs = [params[i] for i in plan.untouched]
     sources = ",".join(params[i].name for i in plan.sources)
     for k, shape in enumerate(plan.transformed_shapes):
-        specs.append(ParamSpec(name=f"{TRANSFORM}[{k}]({sources})", file="", shape=shape, dtype=dtype))
+        specs.append(ParamSpec(name=f"{TRANSFORM}[{k}]({sources})", file="", shape=shape, dtype=plan.dtype(k)))
     return [ParamSpec(name=s.name, file=param_file_name(i), shape=s.shape, dtype=s.dtype)
             for i, s in enumerate(specs)]
 

@@ -12,6 +12,17 @@ from tvm import relax
 from tvm.relax.dpl import is_op, wildcard
 
 from dlrmlib.schedules.dense import DenseConfig, DenseShape, dense_func, narrow_dense_func, pack_func, pack_name
+from dlrmlib.schedules.reduced import (
+    bf16_dense_func,
+    bf16_pack_func,
+    int8_colsum_func,
+    int8_dense_func,
+    int8_pack_func,
+    int8_scale_func,
+    int8_supported,
+    padded_k,
+    quantize_rows_func,
+)
 from dlrmlib.schedules.interaction import (
     PREFETCH_LOCALITY,
     PREFETCH_SAMPLES,
@@ -42,8 +53,10 @@ class _KernelTable:
     kernel's tuned knobs (`configs`: name -> knob values) and tells `seen` what it made (name ->
     (kind, shape, extra)), for the tuner."""
 
-    def __init__(self, builder: relax.BlockBuilder, configs: dict | None = None, seen: dict | None = None):
+    def __init__(self, builder: relax.BlockBuilder, configs: dict | None = None, seen: dict | None = None,
+                 precision: str = "fp32"):
         self.builder = builder
+        self.precision = precision
         self.known: dict[str, tvm.ir.GlobalVar] = {}
         self.configs = configs or {}
         self.seen = seen if seen is not None else {}
@@ -75,6 +88,9 @@ def _dense_rewriter(kernels: _KernelTable, relu: bool, vars_, vector_lanes: int)
             kernels.seen[shape.name] = ("narrow", shape, None)
             dense = kernels.get(shape.name, lambda: narrow_dense_func(shape))
             return relax.call_tir(dense, [x, w, b], relax.TensorType((shape.m, shape.n), "float32"))
+        if kernels.precision != "fp32":
+            reduced = _reduced_dense(kernels, shape, x, w, b, vector_lanes)
+            return expr if reduced is None else reduced
         config = DenseConfig(**kernels.config(shape.name))
         if not shape.packable(config.bn):
             return expr
@@ -96,14 +112,16 @@ def vector_lanes(target: tvm.target.Target) -> int:
     return 16 if has_avx512 else 8
 
 
-def use_dense_kernels(target: tvm.target.Target, configs: dict | None = None, seen: dict | None = None):
-    """Module pass: every float32 Dense(+bias)(+ReLU) with a packable width -> packed GEMM; one
-    narrower than a panel (the last layer) -> a dot product per output."""
+def use_dense_kernels(target: tvm.target.Target, configs: dict | None = None, seen: dict | None = None,
+                      precision: str = "fp32"):
+    """Module pass: every float32 Dense(+bias)(+ReLU) with a packable width -> packed GEMM (int8
+    or bf16 weights with `precision`); one narrower than a panel (the last layer) -> a dot
+    product per output, in fp32."""
 
     @tvm.transform.module_pass(opt_level=0, name="UseDenseKernels")
     def _pass(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
         builder = relax.BlockBuilder(mod)
-        kernels = _KernelTable(builder, configs, seen)
+        kernels = _KernelTable(builder, configs, seen, precision)
         lanes = vector_lanes(target)
         (with_relu, plain), vars_ = _dense_patterns()
         updates = {}
@@ -119,6 +137,37 @@ def use_dense_kernels(target: tvm.target.Target, configs: dict | None = None, se
         return out
 
     return _pass
+
+
+def _reduced_dense(kernels: _KernelTable, shape: DenseShape, x, w, b, lanes: int):
+    """The layer in int8 (per-row u8 quantisation, then the VNNI GEMM) or with bf16 weights; the
+    weight conversions are call_tirs on W alone, so they are lifted and run at build time.
+    None when the shape does not fit the kernel (the layer then stays fp32)."""
+    m, k, n = shape.m, shape.k, shape.n
+    out = relax.TensorType((m, n), "float32")
+    if kernels.precision == "bf16":
+        if n % 32:
+            return None
+        kernels.seen[shape.name] = ("bf16", shape, None)
+        pack = kernels.get(f"bf16_pack_n{n}_k{k}_p32", lambda: bf16_pack_func(n, k))
+        dense = kernels.get(f"bf16_{shape.name}", lambda: bf16_dense_func(shape, lanes))
+        packed = relax.call_tir(pack, [w], relax.TensorType((n // 32, k, 32), "uint16"))
+        return relax.call_tir(dense, [x, packed, b], out)
+    if not int8_supported(shape):
+        return None
+    kernels.seen[shape.name] = ("int8", shape, None)
+    kp = padded_k(k)
+    quantize = kernels.get(f"quantize_u8_m{m}_k{k}", lambda: quantize_rows_func(m, k, shape.parallel))
+    q = relax.call_tir(quantize, [x], [relax.TensorType((m, kp), "uint8"), relax.TensorType((m,), "float32"),
+                                       relax.TensorType((m,), "int32")])
+    weights = [relax.call_tir(kernels.get(f"int8_{what}_n{n}_k{k}", lambda f=make: f(n, k)), [w],
+                              relax.TensorType(s, dt))
+               for what, make, s, dt in (("pack", int8_pack_func, (n // 16, kp // 4, 64), "int8"),
+                                         ("scale", int8_scale_func, (n,), "float32"),
+                                         ("colsum", int8_colsum_func, (n,), "int32"))]
+    dense = kernels.get(f"int8_{shape.name}", lambda: int8_dense_func(shape))
+    return relax.call_tir(dense, [relax.TupleGetItem(q, 0), relax.TupleGetItem(q, 1), relax.TupleGetItem(q, 2),
+                                  *weights, b], out)
 
 
 def _const_values(const) -> list:

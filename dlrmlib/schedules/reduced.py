@@ -1,0 +1,251 @@
+"""Reduced-precision Dense kernels: int8 (u8 x s8 -> s32 with AVX512-VNNI) and bf16 weights.
+
+int8: weights per output channel, symmetric: s_w[j] = max|W[j, :]| / 127, Wq = round(W / s_w),
+packed once at build time into [N/16, Kp/4, 64] (16 outputs x 4 consecutive k: one `vpdpbusd`
+operand; K padded to a multiple of 4 with zero weights) together with s_w and the column sums of
+Wq. Activations: u8, asymmetric, one scale and zero point per row of every batch (dynamic, so no
+calibration: the rows' min/max are computed by a small kernel before each GEMM). The GEMM keeps
+an mr x (nb * 16) int32 tile in registers over K and applies, while the tile is there,
+out = (acc - z_x[i] * colsum[j]) * s_x[i] * s_w[j] + b[j], then the ReLU.
+
+`vpdpbusd` is called directly through `call_llvm_pure_intrin` with `<64 x i8>` operands, which is
+what the wheel's LLVM 22 declares (TVM's own `dot_16x4_vnni` passes int32x16 and does not compile;
+importing `tvm.s_tir.tensor_intrin` to re-register it costs ~27 s per process).
+
+bf16: weights rounded to bf16 (round to nearest even) and packed [N/bn, K, bn] as uint16 bits
+(numpy and DLPack have no bfloat16); the kernel widens them to fp32 in registers (a 16-bit
+shift) and accumulates in fp32: half the weight bytes, the same FMAs. (`vdpbf16ps` does not
+survive TVM's bf16 legalisation, see docs/precision.md.)
+"""
+from __future__ import annotations
+
+from dlrmlib.schedules.dense import DenseShape, row_block
+from dlrmlib.schedules.script import parse_prim_func as _parse
+
+
+def parse_prim_func(source: str, name: str):
+    """As dlrmlib.schedules.script's, with the body inside a root block: Relax's pattern
+    analyses (HasReshapePattern) insist on one when a call_tir's element counts match."""
+    head, body = source.split('    T.func_attr({"tirx.noalias": True})\n', 1)
+    indented = "".join(f"    {line}" if line.strip() else line for line in body.splitlines(keepends=True))
+    return _parse(f'{head}    T.func_attr({{"tirx.noalias": True}})\n    with T.sblock("root"):\n{indented}', name)
+
+PRECISIONS = ("fp32", "bf16", "int8")
+VNNI_LANES = 16  # int32 accumulators per zmm; one packed weight vector = 16 outputs x 4 k
+MAX_TILE_VECTORS = 24  # zmm accumulators of one int8 tile (32 registers: the rest load and broadcast)
+BF16_PANEL = 32
+
+
+def padded_k(k: int) -> int:
+    return (k + 3) // 4 * 4
+
+
+def int8_supported(shape: DenseShape) -> bool:
+    return shape.n % VNNI_LANES == 0 and not shape.narrow
+
+
+def int8_tile(shape: DenseShape) -> tuple[int, int]:
+    """(mr rows, nb 16-wide panels) of the register tile: the widest panel group that divides N,
+    then the most rows that divide M within the accumulator budget."""
+    panels = shape.n // VNNI_LANES
+    nb = next(b for b in (4, 2, 1) if panels % b == 0)
+    mr = next(r for r in range(min(MAX_TILE_VECTORS // nb, shape.m), 0, -1) if shape.m % r == 0)
+    return mr, nb
+
+
+# -- build-time weight transforms (lifted into main_transform_params) --------------------------
+
+def _int8_weights(n: int, k: int):
+    """TE stages: W -> (s_w, Wq padded to Kp) with Wq = clamp(round(W / s_w), -127, 127)."""
+    from tvm import te, tirx
+
+    kp = padded_k(k)
+    w = te.placeholder((n, k), "float32", name="w")
+    r = te.reduce_axis((0, k), name="r")
+    amax = te.compute((n,), lambda j: te.max(tirx.abs(w[j, r]), axis=r), name="amax")
+    scale = te.compute((n,), lambda j: tirx.Select(amax[j] > 0, amax[j] / 127.0, tirx.const(1.0, "float32")),
+                       name="scale")
+    q = te.compute((n, kp), lambda j, c: tirx.if_then_else(
+        c < k, tirx.max(tirx.min(tirx.nearbyint(w[j, tirx.min(c, k - 1)] / scale[j]), 127.0), -127.0), 0.0
+    ).astype("int8"), name="q")
+    return w, scale, q, kp
+
+
+def int8_pack_func(n: int, k: int):
+    """W[N, K] -> Wq packed [N/16, Kp/4, 64] int8 (element [j, c] at [j/16, c/4, (j%16)*4 + c%4])."""
+    from tvm import te
+
+    w, _, q, kp = _int8_weights(n, k)
+    packed = te.compute((n // VNNI_LANES, kp // 4, 64), lambda p, g, l: q[p * VNNI_LANES + l // 4, g * 4 + l % 4],
+                        name="pack")
+    return te.create_prim_func([w, packed]).with_attr("global_symbol", f"int8_pack_n{n}_k{k}")
+
+
+def int8_scale_func(n: int, k: int):
+    """W[N, K] -> s_w[N], the per-output-channel weight scale."""
+    from tvm import te
+
+    w, scale, _, _ = _int8_weights(n, k)
+    out = te.compute((n,), lambda j: scale[j], name="out")
+    return te.create_prim_func([w, out]).with_attr("global_symbol", f"int8_scale_n{n}_k{k}")
+
+
+def int8_colsum_func(n: int, k: int):
+    """W[N, K] -> sum_k Wq[j, k] (int32): the zero-point correction of the u8 activations."""
+    from tvm import te
+
+    w, _, q, kp = _int8_weights(n, k)
+    r = te.reduce_axis((0, kp), name="r")
+    out = te.compute((n,), lambda j: te.sum(q[j, r].astype("int32"), axis=r), name="colsum")
+    return te.create_prim_func([w, out]).with_attr("global_symbol", f"int8_colsum_n{n}_k{k}")
+
+
+def bf16_pack_func(n: int, k: int, bn: int = BF16_PANEL):
+    """W[N, K] -> panels [N/bn, K, bn] of bf16 bits (uint16), rounded to nearest even."""
+    from tvm import te, tirx
+
+    w = te.placeholder((n, k), "float32", name="w")
+
+    def bits(j, kk, i):
+        u = tirx.reinterpret("uint32", w[j * bn + i, kk])
+        rounded = u + tirx.const(0x7FFF, "uint32") + ((u >> tirx.const(16, "uint32")) & tirx.const(1, "uint32"))
+        return (rounded >> tirx.const(16, "uint32")).astype("uint16")
+
+    packed = te.compute((n // bn, k, bn), bits, name="pack")
+    return te.create_prim_func([w, packed]).with_attr("global_symbol", f"bf16_pack_n{n}_k{k}_p{bn}")
+
+
+# -- the kernels -------------------------------------------------------------------------------
+
+def quantize_rows_func(m: int, k: int, parallel: bool, lanes: int = 16):
+    """x[M, K] f32 -> (xq[M, Kp] u8, s_x[M], z_x[M]): per row, the range [min(x, 0), max(x, 0)]
+    mapped onto 0..255 (zero exactly representable; ReLU outputs get z = 0)."""
+    kp, main = padded_k(k), k - k % lanes
+    name = f"quantize_u8_m{m}_k{k}"
+    tail_minmax = "" if main == k else (
+        f"\n        for r in range({main}, {k}):\n"
+        f"            lo[0] = T.min(lo[0], x[i, r])\n            hi[0] = T.max(hi[0], x[i, r])")
+    fold = "\n".join(f"        for l in T.vectorized({h}):\n"
+                     f"            lo[l] = T.min(lo[l], lo[l + {h}])\n            hi[l] = T.max(hi[l], hi[l + {h}])"
+                     for h in (8, 4, 2, 1) if h < lanes)
+    quant = "T.Cast('uint8', T.max(T.min(T.nearbyint(x[i, {c}] * inv) + zf, T.float32(255)), T.float32(0)))"
+    source = f'''
+@T.prim_func(s_tir=True)
+def {name}(x: T.Buffer(({m}, {k}), "float32"), xq: T.Buffer(({m}, {kp}), "uint8"),
+           xs: T.Buffer(({m},), "float32"), xz: T.Buffer(({m},), "int32")):
+    T.func_attr({{"tirx.noalias": True}})
+    for i in {"T.parallel" if parallel else "range"}({m}):
+        lo = T.decl_buffer(({lanes},), "float32")
+        hi = T.decl_buffer(({lanes},), "float32")
+        for l in T.vectorized({lanes}):
+            lo[l] = T.float32(0)
+            hi[l] = T.float32(0)
+        for r0 in range({main // lanes}):
+            for l in T.vectorized({lanes}):
+                lo[l] = T.min(lo[l], x[i, r0 * {lanes} + l])
+                hi[l] = T.max(hi[l], x[i, r0 * {lanes} + l])
+{fold}{tail_minmax}
+        span = hi[0] - lo[0]
+        scale = T.if_then_else(span > T.float32(0), span / T.float32(255), T.float32(1))
+        inv = T.float32(1) / scale
+        zf = T.nearbyint(T.float32(0) - lo[0] * inv)
+        xs[i] = scale
+        xz[i] = T.Cast("int32", zf)
+        for r0 in range({main // lanes}):
+            for l in T.vectorized({lanes}):
+                xq[i, r0 * {lanes} + l] = {quant.format(c=f"r0 * {lanes} + l")}
+        for r in range({main}, {k}):
+            xq[i, r] = {quant.format(c="r")}
+        for r in range({k}, {kp}):
+            xq[i, r] = T.uint8(0)
+'''
+    return parse_prim_func(source, name)
+
+
+def int8_dense_func(shape: DenseShape):
+    """The VNNI GEMM with its dequantisation, bias and ReLU epilogue (module docstring)."""
+    m, k, n = shape.m, shape.k, shape.n
+    kp = padded_k(k)
+    mr, nb = int8_tile(shape)
+    row_blocks = m // mr
+    name = f"int8_{shape.name}"
+    acc = f"acc[T.ramp((ii * {nb} + jj) * 16, 1, 16)]"
+    row, col = f"t % {row_blocks} * {mr} + ii", f"(t // {row_blocks} * {nb} + jj) * 16 + l"
+    value = (f"T.Cast('float32', acc[(ii * {nb} + jj) * 16 + l] - xz[{row}] * wsum[{col}]) * (xs[{row}] * "
+             f"ws[{col}]) + b[{col}]")
+    source = f'''
+@T.prim_func(s_tir=True)
+def {name}(xq: T.Buffer(({m}, {kp}), "uint8"), xs: T.Buffer(({m},), "float32"), xz: T.Buffer(({m},), "int32"),
+           wq: T.Buffer(({n // 16}, {kp // 4}, 64), "int8"), ws: T.Buffer(({n},), "float32"),
+           wsum: T.Buffer(({n},), "int32"), b: T.Buffer(({n},), "float32"), out: T.Buffer(({m}, {n}), "float32")):
+    T.func_attr({{"tirx.noalias": True}})
+    for t in {"T.parallel" if shape.parallel else "range"}({n // 16 // nb * row_blocks}):
+        acc = T.decl_buffer(({mr * nb * 16},), "int32")
+        for ii in T.unroll({mr}):
+            for jj in T.unroll({nb}):
+                {acc} = T.broadcast(T.int32(0), 16)
+        for g in range({kp // 4}):
+            for ii in T.unroll({mr}):
+                a = T.reinterpret("uint8x64", T.broadcast(T.reinterpret("int32", xq[t % {row_blocks} * {mr} + ii,
+                                                                                   T.ramp(g * 4, 1, 4)]), 16))
+                for jj in T.unroll({nb}):
+                    {acc} = T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", {acc}, a,
+                                                    wq[t // {row_blocks} * {nb} + jj, g, T.ramp(0, 1, 64)])
+        for ii in T.unroll({mr}):
+            for jj in range({nb}):
+                for l in T.vectorized(16):
+                    out[{row}, {col}] = {f"T.max({value}, T.float32(0))" if shape.relu else value}
+'''
+    return parse_prim_func(source, name)
+
+
+def bf16_dense_func(shape: DenseShape, vector_lanes: int = 16, bn: int = BF16_PANEL):
+    """The packed fp32 GEMM of dlrmlib.schedules.dense over bf16 weights widened in registers."""
+    from tvm import s_tir, te, tirx
+
+    m, k, n = shape.m, shape.k, shape.n
+    x = te.placeholder((m, k), "float32", name="x")
+    wp = te.placeholder((n // bn, k, bn), "uint16", name="wp")
+    b = te.placeholder((n,), "float32", name="b")
+    r = te.reduce_axis((0, k), name="r")
+
+    def widen(v):
+        return tirx.reinterpret("float32", v.astype("uint32") << tirx.const(16, "uint32"))
+
+    acc = te.compute((m, n), lambda i, j: te.sum(x[i, r] * widen(wp[j // bn, r, j % bn]), axis=r), name="dense")
+    zero = tirx.const(0, "float32")
+    out = te.compute((m, n), (lambda i, j: tirx.max(acc[i, j] + b[j], zero)) if shape.relu else
+                     (lambda i, j: acc[i, j] + b[j]), name="epilogue")
+    sch = s_tir.Schedule(te.create_prim_func([x, wp, b, out]))
+    mr = row_block(m, vector_lanes)
+    dense, epilogue = sch.get_sblock("dense"), sch.get_sblock("epilogue")
+    i, j, red = sch.get_loops(dense)
+    io, ii = sch.split(i, [None, mr])
+    jo, ji = sch.split(j, [None, bn])
+    sch.reorder(jo, io, red, ii, ji)
+    sch.set_scope(dense, 0, "local")
+    sch.reverse_compute_at(epilogue, io)
+    tiles = sch.fuse(jo, io)
+    if shape.parallel:
+        sch.parallel(tiles)
+    sch.vectorize(ji)
+    sch.unroll(ii)
+    init = sch.decompose_reduction(dense, red)
+    for block in (init, epilogue):
+        sch.vectorize(sch.get_loops(block)[-1])
+    return sch.mod["main"].with_attr("global_symbol", f"bf16_{shape.name}")
+
+
+def quantization_facts(precision: str, seen: dict) -> dict:
+    """What the manifest records about a reduced-precision build's numbers: the scheme, and the
+    layers that use it (the others, e.g. the 1-wide last layer and the interaction, stay fp32)."""
+    layers = sorted(name for name, (kind, _, _) in seen.items() if kind == precision)
+    if precision == "int8":
+        return {"weights": "int8, symmetric, one scale per output channel (max|W| / 127)",
+                "weight_layout": "[N/16, ceil(K/4), 16, 4] int8, + scales [N] float32, + column sums [N] int32",
+                "activations": "uint8, asymmetric, scale and zero point per row of every batch (dynamic)",
+                "accumulation": "int32 (vpdpbusd), dequantised in the epilogue", "calibration_samples": 0,
+                "layers": layers}
+    return {"weights": "bfloat16 (round to nearest even), stored as uint16 bits",
+            "weight_layout": f"[N/{BF16_PANEL}, K, {BF16_PANEL}] uint16", "activations": "float32",
+            "accumulation": "float32", "calibration_samples": 0, "layers": layers}
