@@ -65,7 +65,7 @@ def test_formats_doc_lists_the_fields_a_build_writes(tiny_build):
     documented = _documented_manifest()
     assert set(documented) == set(written), "top-level manifest fields differ from docs/formats.md"
     assert set(documented["build"]) == set(written["build"]), "manifest `build` fields differ from docs/formats.md"
-    for key in ("library", "weights", "embedding", "target"):
+    for key in ("library", "weights", "embedding", "target", "precision"):
         assert set(documented[key]) == set(written[key]), f"manifest `{key}` fields differ from docs/formats.md"
     assert set(documented["params"][0]) == set(written["params"][0])
 

@@ -146,14 +146,18 @@ def build_best(experiment: Experiment | str, log_dir: str | Path | None = None, 
 
 
 def build_variants(experiment: Experiment | str, log_dir: str | Path | None = None, prepack: bool = False,
-                   untuned: bool = True, custom: bool = True, log: Callable[[str], None] = print) -> list:
+                   untuned: bool = True, custom: bool = True, log: Callable[[str], None] = print,
+                   precision: str = "fp32") -> list:
     """The builds notebook 03 compares, each checked against the reference: from the tuning log
-    (untuned while the log is empty), the untuned baseline, and the hand-written kernels.
-    Returns the fast ones (tuned, custom), the ones worth running natively."""
+    (untuned while the log is empty), the untuned baseline, and the hand-written kernels (also
+    in `precision` when it is bf16 or int8, accuracy-gated). Returns the fast ones (tuned,
+    custom), the ones worth running natively."""
     experiment = Experiment.of(experiment)
     fast = [build_best(experiment, log_dir=log_dir, prepack=prepack, log=log)]
     if custom:
         fast.append(build(experiment, Custom(), log=log))
+    if custom and precision != "fp32":
+        fast.append(build(experiment, Custom(tag=f"custom_{precision}", precision=precision), log=log))
     if untuned and fast[0].tag != "untuned":
         build(experiment, log=log)
     return fast

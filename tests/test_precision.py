@@ -1,0 +1,164 @@
+"""Reduced-precision builds (`dlrm build --precision bf16|int8`): the kernels against numpy, the
+manifest and weights folder they write, both runners on them, and the accuracy gate, including
+a build it refuses."""
+
+import numpy as np
+import pytest
+
+from dlrmlib.backends import predict_all
+from dlrmlib.backends.tvm import TvmBackend
+from dlrmlib.building.native import infer
+from dlrmlib.cli.main import main
+from dlrmlib.core.machine import cpu_flags, precision_isa
+from dlrmlib.formats.testdata import read_test_data
+from dlrmlib.formats.weights import manifest_weights_dir, read_manifest
+from dlrmlib.schedules.dense import DenseShape
+
+SAMPLES = 2048  # AUC over 64 samples moves by more than the 0.1 % the gate allows
+needs_vnni = pytest.mark.skipif(precision_isa("int8") is None,
+                                reason="int8 kernels need AVX512-VNNI, which this host's CPU lacks")
+
+
+@pytest.fixture(scope="session")
+def experiment(experiments_root):
+    from dlrmlib.prepare import prepare
+
+    return prepare("precision", preset="tiny", batch_size=16, samples=SAMPLES, root=experiments_root,
+                   log=lambda _: None)
+
+
+def _build(experiment, precision: str):
+    from dlrmlib.building.build import build
+    from dlrmlib.building.recipes import Custom
+
+    return build(experiment, Custom(tag=f"custom_{precision}", precision=precision), log=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def int8_build(experiment):
+    if precision_isa("int8") is None:
+        pytest.skip("int8 kernels need AVX512-VNNI, which this host's CPU lacks")
+    return _build(experiment, "int8")
+
+
+def _compile(funcs: dict):
+    import tvm
+
+    from dlrmlib.core.target import host_target
+
+    mod = tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()})
+    return tvm.compile(mod, target=tvm.target.Target(host_target()))
+
+
+@needs_vnni
+def test_int8_kernels_equal_their_numpy_emulation():
+    """Quantisation, packing and the VNNI GEMM against the same arithmetic in numpy: the int32
+    products exactly, the dequantised result to fp32 rounding; and within int8 noise of fp32."""
+    import tvm
+
+    from dlrmlib.schedules import reduced
+
+    shape = DenseShape(m=8, k=37, n=48, relu=False)  # K not a multiple of 4, N three 16-wide panels
+    kp = reduced.padded_k(shape.k)
+    lib = _compile({"q": reduced.quantize_rows_func(8, 37, False), "g": reduced.int8_dense_func(shape),
+                    "p": reduced.int8_pack_func(48, 37), "s": reduced.int8_scale_func(48, 37),
+                    "c": reduced.int8_colsum_func(48, 37)})
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((8, 37)).astype(np.float32), rng.standard_normal((48, 37)).astype(np.float32)
+    b = rng.standard_normal(48).astype(np.float32)
+    t = tvm.runtime.tensor
+    xq, xs, xz = t(np.zeros((8, kp), np.uint8)), t(np.zeros(8, np.float32)), t(np.zeros(8, np.int32))
+    wq, ws, wsum = t(np.zeros((3, kp // 4, 64), np.int8)), t(np.zeros(48, np.float32)), t(np.zeros(48, np.int32))
+    out = t(np.zeros((8, 48), np.float32))
+    lib["q"](t(x), xq, xs, xz)
+    for name, result in (("p", wq), ("s", ws), ("c", wsum)):
+        lib[name](t(w), result)
+    lib["g"](xq, xs, xz, wq, ws, wsum, t(b), out)
+
+    scale = np.abs(w).max(axis=1) / 127
+    q = np.clip(np.rint(w / scale[:, None]), -127, 127).astype(np.int64)
+    assert np.allclose(ws.numpy(), scale) and (wsum.numpy() == q.sum(axis=1)).all()
+    unpacked = wq.numpy().reshape(3, kp // 4, 16, 4).transpose(0, 2, 1, 3).reshape(48, kp)
+    assert (unpacked[:, :37] == q).all() and (unpacked[:, 37:] == 0).all()
+    xq_, xz_ = xq.numpy().astype(np.int64), xz.numpy().astype(np.int64)
+    assert np.abs((xq_[:, :37] - xz_[:, None]) * xs.numpy()[:, None] - x).max() <= xs.numpy().max() * 0.51
+    expected = ((xq_[:, :37] - xz_[:, None]) @ q.T) * (xs.numpy()[:, None] * scale[None, :]) + b
+    assert np.allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert np.abs(out.numpy() - (x @ w.T + b)).max() < 0.05 * np.abs(x @ w.T).max()
+
+
+@needs_vnni
+def test_int8_build_passes_the_gate_and_records_it(experiment, int8_build):
+    manifest = read_manifest(int8_build.manifest)
+    precision = manifest["precision"]
+    assert precision["name"] == "int8" and precision["isa"] == "avx512_vnni"
+    assert precision["quantization"]["layers"] and precision["quantization"]["calibration_samples"] == 0
+    accuracy = precision["accuracy"]
+    assert accuracy["passed"] and accuracy["auc_ratio"] >= 0.999 and accuracy["samples"] == SAMPLES
+    assert 0 < accuracy["max_abs_diff"] < 0.05
+    assert accuracy["auc_ratio"] == pytest.approx(accuracy["auc"] / accuracy["reference_auc"])
+    dtypes = {p["dtype"] for p in manifest["params"]}
+    assert {"int8", "int32", "float32"} <= dtypes
+    # Its own layout id, and the tables linked from the plain folder, not converted or copied.
+    plain = read_manifest(experiment.manifest_path("custom")) if experiment.manifest_path("custom").is_file() else None
+    folder = manifest_weights_dir(int8_build.manifest, manifest)
+    tables = [p for p in manifest["params"] if p["name"].startswith("emb")]
+    assert tables and all(p["dtype"] == "float32" for p in tables)
+    assert all((folder / p["file"]).stat().st_nlink >= 2 for p in tables)
+    assert plain is None or plain["weights"]["layout_id"] != manifest["weights"]["layout_id"]
+
+
+@needs_vnni
+def test_both_runners_run_the_int8_build(experiment, int8_build):
+    data = read_test_data(experiment.testdata_dir)
+    python = predict_all(TvmBackend(int8_build.manifest), data.dense, data.sparse)
+    assert np.abs(python - data.reference).max() == pytest.approx(
+        read_manifest(int8_build.manifest)["precision"]["accuracy"]["max_abs_diff"])
+    native = infer(experiment, int8_build.manifest, log=lambda _: None, iterations=1)
+    assert native["max_abs_error"] == pytest.approx(np.abs(python - data.reference).max(), abs=1e-6)
+    assert native["auc"] == pytest.approx(read_manifest(int8_build.manifest)["precision"]["accuracy"]["auc"])
+
+
+def test_bf16_build_passes_the_gate_and_runs_natively(experiment):
+    result = _build(experiment, "bf16")
+    manifest = read_manifest(result.manifest)
+    assert manifest["precision"]["name"] == "bf16" and manifest["precision"]["accuracy"]["passed"]
+    assert manifest["precision"]["accuracy"]["max_abs_diff"] < 1e-2
+    assert "uint16" in {p["dtype"] for p in manifest["params"]}
+    native = infer(experiment, result.manifest, log=lambda _: None, iterations=1)
+    assert native["auc"] == pytest.approx(manifest["precision"]["accuracy"]["auc"])
+
+
+@needs_vnni
+def test_a_build_below_the_gate_is_refused_with_its_figures(experiment, capsys):
+    """An absurd gate (AUC 1.5x the reference's): refused, the figures said, nothing left behind."""
+    status = main(["build", "--experiment", experiment.name, "--precision", "int8", "--tag", "refused",
+                   "--min-auc-ratio", "1.5"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "refused by the accuracy gate" in err and "x the fp32 reference's" in err and "largest score" in err
+    assert not experiment.manifest_path("refused").exists() and not experiment.library_path("refused").exists()
+
+
+def test_bad_precision_options_are_one_line_errors(experiment, capsys):
+    assert main(["build", "--experiment", experiment.name, "--precision", "bf16", "--no-verify"]) == 2
+    assert "accuracy gate" in capsys.readouterr().err
+    assert main(["build", "--experiment", experiment.name, "--precision", "int8", "--schedule", "default"]) == 2
+    assert "hand-written kernels" in capsys.readouterr().err
+    assert main(["build", "--experiment", experiment.name, "--precision", "bf16", "--min-auc-ratio", "0"]) == 2
+    assert "--min-auc-ratio" in capsys.readouterr().err
+
+
+def test_instruction_set_follows_the_cpu_flags():
+    zen3 = ["avx", "avx2", "fma"]
+    zen4 = zen3 + ["avx512f", "avx512bw", "avx512_vnni", "avx512_bf16"]
+    assert precision_isa("int8", zen3) is None and precision_isa("int8", zen4) == "avx512_vnni"
+    assert precision_isa("fp32", zen3) == "avx2" and precision_isa("fp32", zen4) == "avx512f"
+    assert precision_isa("bf16", zen3).endswith("avx2 fp32 FMA")
+    assert precision_isa("fp32") == precision_isa("fp32", cpu_flags())
+
+
+@pytest.mark.skipif("amx_int8" not in cpu_flags(), reason="AMX needs amx_int8, which this host's CPU lacks")
+def test_amx_hosts_record_the_kernels_they_really_use():
+    """No AMX kernel yet: an AMX host runs the VNNI kernels and says so (not 'amx')."""
+    assert precision_isa("int8") == "avx512_vnni"
