@@ -18,7 +18,10 @@ from dlrmlib.formats.weights import extract_weights
 
 REFERENCE = "onnxruntime"  # the independent runtime every other one is checked against
 PEERS = ("onnxruntime", "openvino", "pytorch-eager", "pytorch-compile")
-RUNTIMES = (*PEERS, "tvm")  # "tvm": a build of the experiment
+# The peers at their best precision: OpenVINO's default on avx512_bf16 CPUs, ONNX Runtime's
+# quantize_dynamic, PyTorch's CPU autocast.
+REDUCED_PEERS = ("openvino-bf16", "onnxruntime-int8", "pytorch-eager-bf16")
+RUNTIMES = (*PEERS, *REDUCED_PEERS, "tvm")  # "tvm": a build of the experiment
 
 
 class TorchModule:
@@ -49,17 +52,22 @@ def make_backend(runtime: str, *, model_path: Path | None = None, manifest: Path
     (OpenVINO with `streams` THROUGHPUT streams), or TVM on the build `manifest`."""
     if runtime == "tvm":
         return TvmBackend(manifest)
-    if runtime == "onnxruntime":
-        return OnnxRuntimeBackend(model_path, batch_size, threads)
-    if runtime == "openvino":
-        return OpenVinoBackend(model_path, batch_size, threads, streams=streams)
-    if runtime in ("pytorch-eager", "pytorch-compile"):
+    if runtime in ("onnxruntime", "onnxruntime-int8"):
+        return OnnxRuntimeBackend(model_path, batch_size, threads, precision=_precision(runtime))
+    if runtime in ("openvino", "openvino-bf16"):
+        return OpenVinoBackend(model_path, batch_size, threads, streams=streams, precision=_precision(runtime))
+    if runtime in ("pytorch-eager", "pytorch-compile", "pytorch-eager-bf16"):
         if torch_module is None:
             raise DlrmError("a PyTorch backend needs the experiment's TorchModule")
         compiled = runtime == "pytorch-compile"
         module = torch_module.compiled() if compiled else torch_module.module()
-        return PyTorchBackend(module, batch_size, threads, compiled=compiled)
+        return PyTorchBackend(module, batch_size, threads, compiled=compiled, precision=_precision(runtime))
     raise DlrmError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+
+
+def _precision(runtime: str) -> str:
+    """A peer's precision from its name (see REDUCED_PEERS)."""
+    return next((p for p in ("int8", "bf16") if runtime.endswith(f"-{p}")), "fp32")
 
 
 def experiment_backend(exp: Experiment, runtime: str = "tvm", manifest: Path | None = None,

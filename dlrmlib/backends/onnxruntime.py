@@ -1,6 +1,7 @@
 """ONNX Runtime: the independent runtime that makes the reference outputs, and a peer."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -8,15 +9,38 @@ import numpy as np
 from dlrmlib.core.errors import DlrmError
 
 
+def quantized_dynamic(model_path: Path, folder: Path) -> Path:
+    """ONNX Runtime's own int8 recipe, written into `folder`: `quantize_dynamic` of the
+    MatMul/Gemm weights (int8, per output channel), activations quantised per batch at run time
+    (u8); the Gathers (embedding tables) stay fp32."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = Path(folder) / "model.int8-dynamic.onnx"
+    quantize_dynamic(str(model_path), str(out), op_types_to_quantize=["MatMul", "Gemm"],
+                     weight_type=QuantType.QInt8, per_channel=True, use_external_data_format=True)
+    return out
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
+    precision = "fp32"
 
     def __init__(self, model_path: str | Path, batch_size: int, threads: int | None = None,
-                 profile_prefix: str | None = None):
+                 profile_prefix: str | None = None, precision: str = "fp32"):
         import onnxruntime as ort
 
         self.version = ort.__version__
         self.batch_size = batch_size
+        self.precision = precision
+        if precision == "int8":
+            self.name = "onnxruntime-int8"
+            # beside the model (its tables are large), removed once the session holds what it needs
+            with tempfile.TemporaryDirectory(prefix=".ort-int8-", dir=Path(model_path).parent) as tmp:
+                self._open(ort, quantized_dynamic(Path(model_path), Path(tmp)), threads, profile_prefix)
+            return
+        self._open(ort, model_path, threads, profile_prefix)
+
+    def _open(self, ort, model_path, threads, profile_prefix) -> None:
         options = ort.SessionOptions()
         options.log_severity_level = 3  # warnings about Loop subgraph names are noise
         if threads:

@@ -10,17 +10,22 @@ from dlrmlib.core.errors import DlrmError
 
 class OpenVinoBackend:
     name = "openvino"
+    precision = "fp32"
 
-    def __init__(self, model_path: str | Path, batch_size: int, threads: int | None = None, streams: int = 1):
+    def __init__(self, model_path: str | Path, batch_size: int, threads: int | None = None, streams: int = 1,
+                 precision: str = "fp32"):
         import openvino as ov
 
         self.version = ov.__version__.split("-")[0]
         self.batch_size = batch_size
-        # f32 so that a CPU with bf16/AMX does not silently trade accuracy for speed;
+        self.precision = precision
+        self.name = "openvino" if precision == "fp32" else f"openvino-{precision}"
+        # f32 unless asked, so that a CPU with bf16/AMX does not silently trade accuracy for speed;
+        # bf16 is OpenVINO's own default wherever avx512_bf16 exists (its "best precision");
         # LATENCY: one request at a time, as every other runtime here runs. For parallel
         # requests OpenVINO's own way is one model with THROUGHPUT streams (each on its own
         # cores); separately compiled single-thread models would all pin to the same core.
-        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        config = {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision], "PERFORMANCE_HINT": "LATENCY"}
         if streams > 1:
             config.update({"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": int(streams)})
         if threads:

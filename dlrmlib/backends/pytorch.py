@@ -93,12 +93,14 @@ class PyTorchBackend:
     """The module run eagerly, or, with `compiled=True`, a module from `compile_module` (its
     first call for a batch size compiles: warm-up pays it)."""
 
-    def __init__(self, module, batch_size: int, threads: int | None = None, compiled: bool = False):
+    def __init__(self, module, batch_size: int, threads: int | None = None, compiled: bool = False,
+                 precision: str = "fp32"):
         import torch
 
         self.version = torch.__version__
         self.batch_size = batch_size
-        self.name = "pytorch-compile" if compiled else "pytorch-eager"
+        self.precision = precision  # bf16: CPU autocast (matmuls in bf16 through oneDNN)
+        self.name = ("pytorch-compile" if compiled else "pytorch-eager") + ("" if precision == "fp32" else "-bf16")
         self.threads = threads
         self.module = module
         self._torch = torch
@@ -107,7 +109,7 @@ class PyTorchBackend:
         torch = self._torch
         if self.threads and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)  # process-wide: set before each run that needs it
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=self.precision == "bf16"):
             out = self.module(torch.from_numpy(inputs[DENSE_INPUT]), torch.from_numpy(inputs[OFFSETS_INPUT]),
                               torch.from_numpy(inputs[INDICES_INPUT]))
-        return out.numpy()
+        return out.float().numpy()

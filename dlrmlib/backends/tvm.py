@@ -66,6 +66,7 @@ class TvmBackend:
         self.batch_size = int(self.manifest["batch_size"])
         self.tag = self.manifest["build"]["tag"]
         self.name = f"tvm-{self.tag}"
+        self.precision = self.manifest.get("precision", {}).get("name", "fp32")
         library = verify_library(self.manifest_path, self.manifest)
         params = manifest_params(self.manifest)
         folder = Path(weights_dir) if weights_dir else manifest_weights_dir(self.manifest_path, self.manifest)

@@ -23,13 +23,13 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from dlrmlib.backends import batch_inputs
+from dlrmlib.backends import batch_inputs, predict_all
 from dlrmlib.backends.factory import REFERENCE, RUNTIMES, TorchModule, make_backend
 from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.experiment import Experiment
 from dlrmlib.core.files import write_json
 from dlrmlib.core.machine import ALLOWED_CPUS, provenance, tvm_pool_threads
-from dlrmlib.core.metrics import spread
+from dlrmlib.core.metrics import accuracy, spread
 from dlrmlib.core.timing import PAUSE_S, interleaved, seconds_of
 from dlrmlib.formats.normalise import load_graph, normalise_model
 from dlrmlib.formats.testdata import read_test_data
@@ -38,6 +38,7 @@ from dlrmlib.formats.weights import read_manifest
 BENCH_MEASUREMENT = "bench"
 DEFAULT_BATCH_SIZES = (1, 8, 64, 256, 1024)
 AGREEMENT = 1e-4  # max |output - ONNX Runtime's| for two runtimes to agree (scores in [0, 1])
+AUC_BUDGET_S = 20.0  # a runtime whose pass over the test data would take longer gets no AUC ratio
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,8 @@ def run_config(backends: list, batches: list[dict], repeats: int, warmup: int, l
     rows = []
     for name in names:
         backend = next(b for b in backends if b.name == name)
-        row = {"runtime": name, "version": backend.version, "batch_size": backend.batch_size}
+        row = {"runtime": name, "version": backend.version, "batch_size": backend.batch_size,
+               "precision": getattr(backend, "precision", "fp32")}
         if name in failed:
             rows.append({**row, "status": failed[name], "samples_per_s": None})
             continue
@@ -187,7 +189,7 @@ def run_config(backends: list, batches: list[dict], repeats: int, warmup: int, l
         rows.append({**row, "status": "ok", "latency_ms": latency,
                      "samples_per_s": backend.batch_size / (latency["median"] / 1e3),
                      "first_call_s": firsts[name], "max_abs_diff_vs_onnxruntime": diff,
-                     "agrees": None if diff is None else diff <= AGREEMENT})
+                     "agrees": None if diff is None or row["precision"] != "fp32" else diff <= AGREEMENT})
     ort = next((r for r in rows if r["runtime"] == REFERENCE and r["status"] == "ok"), None)
     for row in rows:
         row["ratio_to_onnxruntime"] = (row["samples_per_s"] / ort["samples_per_s"]
@@ -262,6 +264,7 @@ def bench(experiment: Experiment | str, batch_sizes: list[int] | None = None, th
         backends, notes = _make_backends(exp, list(runtimes), config, builds, torch_module, log)
         rows = (run_config(backends, _batches(data, config.batch_size), repeats, warmup, log, pause_s)
                 if backends else [])
+        _add_auc_ratios(rows, backends, data)
         for row in rows:
             row.update(threads=config.threads, sweeps=list(config.sweeps))
         result["rows"] += rows + notes
@@ -276,6 +279,19 @@ def bench(experiment: Experiment | str, batch_sizes: list[int] | None = None, th
     return result
 
 
+def _add_auc_ratios(rows: list[dict], backends: list, data) -> None:
+    """Each row's AUC over the test data against the fp32 reference's (reference.npy), and the
+    largest score difference: a reduced-precision row is only comparable with its accuracy."""
+    for row, backend in zip(rows, backends):
+        batches = -(-len(data.dense) // backend.batch_size)
+        if row.get("status") != "ok" or data.reference is None or row["first_call_s"] * batches > AUC_BUDGET_S:
+            row.update(auc_ratio=None, max_abs_diff_vs_reference=None)
+            continue
+        figures = accuracy(predict_all(backend, data.dense, data.sparse), data.reference, data.labels)
+        row.update(auc_ratio=figures["auc"] / figures["reference_auc"],
+                   max_abs_diff_vs_reference=figures["max_abs_error"])
+
+
 def _log_rows(rows: list[dict], log) -> None:
     for row in rows:
         if row.get("status") != "ok":
@@ -283,7 +299,9 @@ def _log_rows(rows: list[dict], log) -> None:
         ratio = row["ratio_to_onnxruntime"]
         ratio_text = f"{ratio:.3f}x onnxruntime" if ratio else "onnxruntime did not run"
         flag = "" if row["agrees"] in (True, None) else f"  OUTPUTS DIFFER by {row['max_abs_diff_vs_onnxruntime']:.1e}"
-        log(f"[bench]   {row['runtime']:>16}: {row['samples_per_s']:>10.0f} samples/s ({ratio_text}){flag}")
+        auc = f", AUC {row['auc_ratio']:.4f}x fp32's" if row.get("auc_ratio") else ""
+        log(f"[bench]   {row['runtime']:>18} ({row['precision']}): {row['samples_per_s']:>10.0f} samples/s "
+            f"({ratio_text}{auc}){flag}")
 
 
 def load_bench(exp: Experiment) -> dict:
@@ -300,7 +318,8 @@ def bench_table(result: dict, sweep: str | None = None):
         if sweep and sweep not in r.get("sweeps", []):
             continue
         lat = r.get("latency_ms") or {}
-        rows.append({"runtime": r["runtime"], "batch size": r["batch_size"], "threads": r["threads"],
+        rows.append({"runtime": r["runtime"], "precision": r.get("precision", "fp32"), "auc ratio": r.get("auc_ratio"),
+                     "batch size": r["batch_size"], "threads": r["threads"],
                      "samples/s": r.get("samples_per_s"), "ratio to onnxruntime": r.get("ratio_to_onnxruntime"),
                      "latency ms (median)": lat.get("median"), "p10": lat.get("p10"), "p90": lat.get("p90"),
                      "runs": lat.get("n"), "first call s": r.get("first_call_s"),

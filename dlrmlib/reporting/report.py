@@ -66,11 +66,13 @@ def compare_experiments(names: list[str] | None = None, root: Path | None = None
         if bench is None:
             raise DlrmError(f"experiment {name!r} has no benchmark to compare; run `dlrm bench --experiment {name}`")
         for r in _top_rows(exp, bench):
-            rows.append({"experiment": name, "runtime": r["runtime"], "batch size": r["batch_size"],
+            rows.append({"experiment": name, "runtime": r["runtime"], "precision": r.get("precision", "fp32"),
+                         "auc ratio": r.get("auc_ratio"), "batch size": r["batch_size"],
                          "threads": r["threads"], "samples/s": r["samples_per_s"],
                          "ratio to onnxruntime": r["ratio_to_onnxruntime"], "runs": r["latency_ms"]["n"],
                          "cpu": bench["machine"]["cpu"]})
-    return pd.DataFrame(rows, columns=["experiment", "runtime", "batch size", "threads", "samples/s",
+    return pd.DataFrame(rows, columns=["experiment", "runtime", "precision", "auc ratio", "batch size", "threads",
+                                       "samples/s",
                                        "ratio to onnxruntime", "runs", "cpu"])
 
 
@@ -138,8 +140,8 @@ def headline(exp: Experiment) -> str:
     if not bench:
         return f"Experiment `{exp.name}`: no benchmark yet."
     top = max(bench["threads"])
-    parts = [f"{r['runtime']} {r['ratio_to_onnxruntime']:.3g}x" for r in _top_rows(exp, bench)
-             if r["runtime"] != "onnxruntime"]
+    parts = [f"{r['runtime']} ({r.get('precision', 'fp32')}) {r['ratio_to_onnxruntime']:.3g}x"
+             for r in _top_rows(exp, bench) if r["runtime"] != "onnxruntime"]
     return (f"Experiment `{exp.name}`, batch {exp.batch_size}, {top} threads; throughput against "
             f"ONNX Runtime: {', '.join(parts)}. Machine: {caption(bench)}.")
 
