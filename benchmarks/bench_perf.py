@@ -13,6 +13,12 @@ Two ways to use the cores, two tables:
   (`dlrm_infer --instances S --threads 1`). No barrier between cores, so this is the
   throughput a server gets.
 
+Reduced precision (`--precisions fp32,int8,bf16`): TVM builds `custom_int8` / `custom_bf16` beside
+`custom`, the peers at their best precision (OpenVINO bf16, ONNX Runtime int8 quantize_dynamic,
+PyTorch bf16 autocast) beside their fp32 runs; every row has its precision and its AUC over the
+test data against the fp32 reference's, and TVM's fastest build is compared with the fastest
+peer that passes the same 99.9 % gate.
+
     python benchmarks/bench_perf.py --preset small --batches 1,128,256,2048
 """
 from __future__ import annotations
@@ -29,7 +35,9 @@ from pathlib import Path
 import numpy as np
 
 PEERS = ("onnxruntime", "openvino", "pytorch-eager")
+REDUCED_PEERS = ("onnxruntime-int8", "openvino-bf16", "pytorch-eager-bf16")
 WORK_S = 0.2  # timed work per runtime per repetition
+GATE = 0.999  # AUC ratio a row must reach to count as a peer (MLPerf's high-accuracy target)
 
 
 REPO_LOGS = Path(__file__).resolve().parent.parent / "logs"
@@ -44,7 +52,8 @@ def shipped_kernel_log(logs: Path | None, preset: str, batch: int) -> Path | Non
     return folder if folder and (folder / LOG_FILE).is_file() else None
 
 
-def ensure_experiment(name: str, preset: str, batch: int, tag: str, log, source=None, kernel_log=None):
+def ensure_experiment(name: str, preset: str, batch: int, tag: str, log, source=None, kernel_log=None,
+                      precisions: tuple[str, ...] = ("fp32",)):
     """The experiment for one batch size with a custom-schedule build from `kernel_log` (or
     the default knobs), made once and remade when the log's choices changed; `source` (an
     earlier experiment's model) avoids generating the same weights again."""
@@ -63,11 +72,32 @@ def ensure_experiment(name: str, preset: str, batch: int, tag: str, log, source=
                 samples=max(1024, 2 * batch), log=log)
         exp = Experiment.open(name)
     knobs = kernel_configs(kernel_log, log) if kernel_log else {}
-    manifest = exp.manifest_path(tag)
-    if not manifest.exists() or read_manifest(manifest)["build"].get("kernel_knobs") != knobs:
-        build(exp, Custom(kernel_log, tag), log=log)
+    for precision in precisions:
+        manifest = exp.manifest_path(precision_tag(tag, precision))
+        if not manifest.exists() or read_manifest(manifest)["build"].get("kernel_knobs") != knobs:
+            try:
+                build(exp, Custom(kernel_log, precision_tag(tag, precision), precision), log=log)
+            except DlrmError as e:  # e.g. refused by the accuracy gate: said, and left out
+                log(f"[perf] batch {batch}: no {precision} build: {e}")
     log(f"[perf] batch {batch}: kernels {'from ' + str(kernel_log) if kernel_log else 'with default knobs'}")
     return exp
+
+
+def precision_tag(tag: str, precision: str) -> str:
+    return tag if precision == "fp32" else f"{tag}_{precision}"
+
+
+def auc_ratios(exp, backends: list) -> dict:
+    """name -> (AUC over the test data / the fp32 reference's, largest score difference)."""
+    from dlrmlib.backends import predict_all
+    from dlrmlib.core.metrics import accuracy
+    from dlrmlib.formats.testdata import read_test_data
+
+    data, found = read_test_data(exp.testdata_dir), {}
+    for b in backends:
+        figures = accuracy(predict_all(b, data.dense, data.sparse), data.reference, data.labels)
+        found[b.name] = (figures["auc"] / figures["reference_auc"], figures["max_abs_error"])
+    return found
 
 
 def make_peers(exp, batch: int, names: list[str], threads: int, log) -> list:
@@ -183,13 +213,20 @@ def measure_parallel(exp, batch: int, names: list[str], tag: str, streams: int, 
     return interleaved_with_peaks(measures, repeats)
 
 
-def rows_for_batch(batch: int, runs: dict, peaks: list[float], flops: float, tvm_name: str) -> list[dict]:
+def rows_for_batch(batch: int, runs: dict, peaks: list[float], flops: float, tvm_name: str,
+                   accuracy: dict | None = None, precisions: dict | None = None) -> list[dict]:
+    """One row per runtime; the best peer is the fastest non-TVM runtime whose AUC ratio passes
+    the gate (every peer when the accuracy was not measured)."""
     peak = statistics.median(peaks)
     medians = {name: statistics.median(t) for name, t in runs.items()}
-    best_peer = min((n for n in medians if n != tvm_name), key=medians.get)
+    accuracy, precisions = accuracy or {}, precisions or {}
+    passing = [n for n in medians if not n.startswith("tvm") and accuracy.get(n, (1.0,))[0] >= GATE]
+    best_peer = min(passing or [n for n in medians if not n.startswith("tvm")], key=medians.get)
     rows = []
     for name, sec in medians.items():
-        rows.append({"batch": batch, "runtime": name, "ms_per_batch": sec * 1e3, "samples_per_s": batch / sec,
+        ratio, diff = accuracy.get(name, (None, None))
+        rows.append({"batch": batch, "runtime": name, "precision": precisions.get(name, "fp32"), "auc_ratio": ratio,
+                     "max_abs_diff_vs_reference": diff, "ms_per_batch": sec * 1e3, "samples_per_s": batch / sec,
                      "gflops": batch * flops / sec / 1e9, "fraction_of_peak": batch * flops / sec / 1e9 / peak,
                      "ratio_to_best_peer": medians[best_peer] / sec, "best_peer": best_peer,
                      "spread_ms": [min(runs[name]) * 1e3, max(runs[name]) * 1e3], "repeats": len(runs[name]),
@@ -198,19 +235,22 @@ def rows_for_batch(batch: int, runs: dict, peaks: list[float], flops: float, tvm
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'batch':>5}  {'runtime':<24} {'ms/batch':>9} {'samples/s':>10} {'GFLOP/s':>8} {'% peak':>7} "
-          f"{'x best peer':>11}  sgemm peak")
+    print(f"{'batch':>5}  {'runtime':<26} {'prec':<5} {'AUC ratio':>9} {'ms/batch':>9} {'samples/s':>10} "
+          f"{'GFLOP/s':>8} {'% peak':>7} {'x best peer':>11}  sgemm peak")
     for r in rows:
-        print(f"{r['batch']:>5}  {r['runtime']:<24} {r['ms_per_batch']:>9.3f} {r['samples_per_s']:>10.0f} "
-              f"{r['gflops']:>8.1f} {100 * r['fraction_of_peak']:>6.1f}% {r['ratio_to_best_peer']:>10.2f}x  "
-              f"{r['sgemm_peak_gflops']:.0f} GFLOP/s")
+        auc = f"{r['auc_ratio']:.4f}" if r.get("auc_ratio") is not None else "-"
+        print(f"{r['batch']:>5}  {r['runtime']:<26} {r.get('precision', 'fp32'):<5} {auc:>9} {r['ms_per_batch']:>9.3f} "
+              f"{r['samples_per_s']:>10.0f} {r['gflops']:>8.1f} {100 * r['fraction_of_peak']:>6.1f}% "
+              f"{r['ratio_to_best_peer']:>10.2f}x  {r['sgemm_peak_gflops']:.0f} GFLOP/s")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="small")
     p.add_argument("--batches", default="1,128,256,2048")
-    p.add_argument("--peers", default=",".join(PEERS))
+    p.add_argument("--peers", default=",".join(PEERS + REDUCED_PEERS))
+    p.add_argument("--precisions", default="fp32",
+                   help="TVM builds to compare: fp32 (tag), int8 / bf16 (tag_int8, tag_bf16), comma-separated")
     p.add_argument("--repeats", type=int, default=11, help="interleaved repetitions; medians are reported")
     p.add_argument("--threads", type=int, default=0, help="threads per runtime (0: every usable core)")
     p.add_argument("--tag", default="custom", help="TVM build tag to compare (built if missing)")
@@ -225,6 +265,7 @@ def main(argv=None) -> int:
     cores = os.sched_getaffinity(0)
     threads = args.threads or len(cores)
     streams = args.streams or len(cores)
+    precisions = tuple(p for p in args.precisions.split(",") if p)
     os.environ["TVM_NUM_THREADS"] = str(threads)  # TVM sizes its pool once, at start: before any import
 
     from dlrmlib.backends.factory import make_backend
@@ -235,15 +276,20 @@ def main(argv=None) -> int:
     rows, source = [], None
     for batch in [int(b) for b in args.batches.split(",")]:
         kernel_log = shipped_kernel_log(Path(args.kernel_logs) if args.kernel_logs else None, args.preset, batch)
-        exp = ensure_experiment(f"perf-{args.preset}-b{batch}", args.preset, batch, args.tag, log, source, kernel_log)
+        exp = ensure_experiment(f"perf-{args.preset}-b{batch}", args.preset, batch, args.tag, log, source, kernel_log,
+                                precisions)
         source = source or exp.source_model
-        tvm_backend = make_backend("tvm", manifest=exp.manifest_path(args.tag))
-        backends = make_peers(exp, batch, args.peers.split(","), threads, log) + [tvm_backend]
+        tvm_backends = [make_backend("tvm", manifest=exp.manifest_path(precision_tag(args.tag, p)))
+                        for p in precisions if exp.manifest_path(precision_tag(args.tag, p)).exists()]
+        tvm_backend = tvm_backends[0]
+        backends = make_peers(exp, batch, args.peers.split(","), threads, log) + tvm_backends
+        accuracy = auc_ratios(exp, backends)
         runs, peaks = measure(backends, input_batches(exp, batch), args.repeats, log)
-        latency_rows = rows_for_batch(batch, runs, peaks, flops, tvm_backend.name)
+        latency_rows = rows_for_batch(batch, runs, peaks, flops, tvm_backend.name, accuracy,
+                                      {b.name: getattr(b, "precision", "fp32") for b in backends})
         rows += [{**r, "mode": "latency", "streams": 1} for r in latency_rows]
         print_table(latency_rows)
-        del backends, tvm_backend
+        del backends, tvm_backend, tvm_backends
         if streams > 1:
             guess = next(r["samples_per_s"] for r in latency_rows if r["runtime"].startswith("tvm"))
             runs, peaks = measure_parallel(exp, batch, args.peers.split(","), args.tag, streams, args.repeats,
@@ -261,7 +307,7 @@ def main(argv=None) -> int:
         from dlrmlib.core.machine import caption, provenance
         from dlrmlib.reporting.plots import perf_vs_peers, save
 
-        text = f"{args.preset} preset, fp32, {threads} threads per runtime; {caption(provenance())}"
+        text = f"{args.preset} preset, {'/'.join(precisions)}, {threads} threads per runtime; {caption(provenance())}"
         print(f"chart: {save(perf_vs_peers(rows, text), args.figure, 'perf_vs_peers')}")
     return 0
 

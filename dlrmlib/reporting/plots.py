@@ -23,6 +23,8 @@ CURVE_FIGURE = "tuning_curve.png"
 RUNTIME_STYLE = {  # the same runtime keeps its colour and marker in every chart
     "onnxruntime": ("tab:blue", "o"), "openvino": ("tab:purple", "s"), "pytorch-eager": ("tab:red", "^"),
     "pytorch-compile": ("tab:orange", "v"), "python-vm": ("tab:gray", "x"),
+    # a peer at its reduced precision: its fp32 colour, another marker (hatched bars)
+    "onnxruntime-int8": ("tab:blue", "P"), "openvino-bf16": ("tab:purple", "P"), "pytorch-eager-bf16": ("tab:red", "P"),
 }
 TVM_COLOURS = ("tab:green", "tab:olive", "tab:cyan", "tab:brown", "tab:pink")
 BUCKET_COLOURS = dict(zip(BUCKETS, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:gray")))
@@ -230,14 +232,19 @@ def perf_vs_peers(rows: list[dict], caption: str = ""):
         mine = [r for r in rows if r.get("mode", "latency") == mode]
         batches = sorted({r["batch"] for r in mine})
         names = _runtimes(mine)
+        tvm_names = [n for n in names if n.startswith("tvm")]
         width = 0.8 / len(names)
         for k, name in enumerate(names):
             base = name.split(" x")[0]
-            colour = style(base)[0] if not base.startswith("tvm") else TVM_COLOURS[0]
+            colour = style(base)[0] if not base.startswith("tvm") else style(name, tvm_names)[0]
             by_batch = {r["batch"]: r for r in mine if r["runtime"] == name}
+            first = next(iter(by_batch.values()))
+            auc = f", AUC {first['auc_ratio']:.4f}x" if first.get("auc_ratio") is not None else ""
+            label = f"{name} ({first.get('precision', 'fp32')}{auc})"
             xs = [i + (k - (len(names) - 1) / 2) * width for i, b in enumerate(batches) if b in by_batch]
             ys = [100 * by_batch[b]["fraction_of_peak"] for b in batches if b in by_batch]
-            ax.bar(xs, ys, width, color=colour, label=name)
+            ax.bar(xs, ys, width, color=colour, label=label,
+                   hatch="//" if first.get("precision", "fp32") != "fp32" else None)
             if name.startswith("tvm"):
                 for x, b in zip(xs, [b for b in batches if b in by_batch]):
                     r = by_batch[b]
