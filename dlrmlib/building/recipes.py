@@ -27,6 +27,7 @@ from dlrmlib.formats.tuning_log import count_records, snapshot_log, tuning_log_d
 from dlrmlib.formats.weights import ParamSpec, extract_weights, layout_id
 from dlrmlib.frontend.relax import NUM_INPUTS
 from dlrmlib.schedules import PIPELINE_NAME, custom_module
+from dlrmlib.schedules.amx import MATTR
 from dlrmlib.schedules.reduced import PRECISIONS, quantization_facts
 from dlrmlib.schedules.knobs import default_kernel_log, kernel_configs
 from dlrmlib.schedules.prepack import TRANSFORM, transformed_param_specs, write_transformed_weights
@@ -162,6 +163,7 @@ class Custom:
     kernel_log: Path | None = None
     tag: str = "custom"
     precision: str = "fp32"
+    isa: str | None = None  # int8: "avx512_vnni" or "amx_int8"; None: the best this host has
 
     @contextmanager
     def lower(self, source: Source) -> Iterator[Lowering]:
@@ -171,11 +173,14 @@ class Custom:
         if kernel_log is not None:
             log(f"[build] kernel knobs from {kernel_log} ({len(knobs)} kernels tuned)")
         precision = self.precision_facts(source.target)
+        amx = precision["isa"] == "amx_int8"
+        if amx:  # LLVM's mcpu for the host may not list AMX (a VM's CPUID): the manifest says what was used
+            source.target = {**source.target, "mattr": MATTR}
         seen: dict = {}
         mod, plan = custom_module(source.mod, source.target, NUM_INPUTS, configs=knobs, seen=seen,
-                                  precision=self.precision)
+                                  precision=self.precision, amx=amx)
         if self.precision != "fp32":
-            precision["quantization"] = quantization_facts(self.precision, seen)
+            precision["quantization"] = quantization_facts(self.precision, seen, precision["isa"])
             log(f"[build] {self.precision} kernels ({precision['isa']}) for "
                 f"{len(precision['quantization']['layers'])} Dense layers; the rest stays fp32")
         info = {"tuned": False, "trials": 0, "tuning_log": None, "pipeline": PIPELINE_NAME, "schedule": "custom",
@@ -183,7 +188,7 @@ class Custom:
                 "kernel_knobs": knobs}
         lowering = Lowering(mod, None, info, precision=precision)
         if not plan.identity:
-            transform_id = self.transform_id({**knobs, "precision": self.precision})
+            transform_id = self.transform_id({**knobs, "precision": self.precision, "isa": precision["isa"]})
             lowering.weights = lambda library: (*prepacked_weights(source, library, plan, transform_id), TRANSFORM)
         yield lowering
 
@@ -193,7 +198,11 @@ class Custom:
         if self.precision not in PRECISIONS:
             raise DlrmError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         isa = precision_isa(self.precision)
-        if isa is None or (self.precision == "int8" and not _target_has(target, "avx512vnni")):
+        if self.precision == "int8" and isa is not None and self.isa not in (None, isa):
+            if self.isa != "avx512_vnni":  # an AMX host can run the VNNI kernels, not the other way round
+                raise DlrmError(f"int8 kernels for {self.isa!r} cannot run here (this host: {isa})")
+            isa = self.isa
+        if isa is None or (isa == "avx512_vnni" and not _target_has(target, "avx512vnni")):
             raise DlrmError(f"a {self.precision} build needs AVX512-VNNI (vpdpbusd) on this CPU and in the target "
                             f"({target['mcpu']}); this host has none: build fp32 or bf16")
         return {**fp32_precision(), "name": self.precision, "isa": isa}

@@ -29,16 +29,29 @@ def cpu_flags() -> list[str]:
 
 def precision_isa(precision: str, flags: list[str] | None = None) -> str | None:
     """The instruction set a build of `precision` uses on a CPU with these flags (this one's by
-    default); None when the CPU cannot run that precision's kernels. int8 needs VNNI (vpdpbusd);
-    bf16 weights are widened to fp32 in registers, so any AVX2/AVX-512 CPU runs them. AMX
-    (amx_int8, amx_bf16) has no kernel yet: such hosts use the VNNI / AVX-512 kernels."""
+    default); None when the CPU cannot run that precision's kernels. int8: AMX tiles (tdpbusd)
+    where the CPU has amx_int8 and Linux grants the tile state, else VNNI (vpdpbusd); bf16
+    weights are widened to fp32 in registers, so any AVX2/AVX-512 CPU runs them."""
     have = set(cpu_flags() if flags is None else flags)
     vector = "avx512f" if "avx512f" in have else "avx2" if "avx2" in have else None
     if precision == "int8":
+        if {"amx_tile", "amx_int8", "avx512bw"} <= have and (flags is not None or amx_permitted()):
+            return "amx_int8"
         return "avx512_vnni" if {"avx512_vnni", "avx512bw"} <= have else None
     if precision == "bf16":
         return f"bf16 storage + {vector} fp32 FMA" if vector else None
     return vector or "x86-64"
+
+
+def amx_permitted() -> bool:
+    """Whether Linux gives this process the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM for
+    XFEATURE_XTILEDATA; kernels before 5.16 cannot): without it a tile instruction is SIGILL."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).syscall(158, 0x1023, 18) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def machine_info() -> dict:

@@ -21,13 +21,14 @@ PIPELINE_NAME = ("custom kernels (dlrmlib.schedules: packed GEMM + bias/ReLU, na
 
 
 def custom_module(mod, target: dict, num_input: int, configs: dict | None = None, seen: dict | None = None,
-                  precision: str = "fp32"):
+                  precision: str = "fp32", amx: bool = False):
     """(rewritten module, LiftPlan) for `tvm.compile` with the default pipeline. `configs`:
     tuned knobs per kernel name (dlrmlib.schedules.knobs); `seen` collects the kernels made;
-    `precision`: the Dense layers' (dlrmlib.schedules.reduced)."""
+    `precision`: the Dense layers' (dlrmlib.schedules.reduced); `amx`: int8 on AMX tiles
+    (dlrmlib.schedules.amx; the target needs amx.MATTR)."""
     import tvm
 
     tvm_target = tvm.target.Target(target)
     mod = use_interaction_kernel(configs=configs, seen=seen)(mod)
-    mod = use_dense_kernels(tvm_target, configs, seen, precision)(mod)
+    mod = use_dense_kernels(tvm_target, configs, seen, precision, amx)(mod)
     return lift_weight_transforms(mod, num_input)

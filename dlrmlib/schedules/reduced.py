@@ -36,8 +36,9 @@ MAX_TILE_VECTORS = 24  # zmm accumulators of one int8 tile (32 registers: the re
 BF16_PANEL = 32
 
 
-def padded_k(k: int) -> int:
-    return (k + 3) // 4 * 4
+def padded_k(k: int, multiple: int = 4) -> int:
+    """K rounded up: to 4 for a `vpdpbusd` operand, to 64 for an AMX tile row."""
+    return (k + multiple - 1) // multiple * multiple
 
 
 def int8_supported(shape: DenseShape) -> bool:
@@ -55,11 +56,10 @@ def int8_tile(shape: DenseShape) -> tuple[int, int]:
 
 # -- build-time weight transforms (lifted into main_transform_params) --------------------------
 
-def _int8_weights(n: int, k: int):
+def _int8_weights(n: int, k: int, kp: int):
     """TE stages: W -> (s_w, Wq padded to Kp) with Wq = clamp(round(W / s_w), -127, 127)."""
     from tvm import te, tirx
 
-    kp = padded_k(k)
     w = te.placeholder((n, k), "float32", name="w")
     r = te.reduce_axis((0, k), name="r")
     amax = te.compute((n,), lambda j: te.max(tirx.abs(w[j, r]), axis=r), name="amax")
@@ -71,33 +71,34 @@ def _int8_weights(n: int, k: int):
     return w, scale, q, kp
 
 
-def int8_pack_func(n: int, k: int):
-    """W[N, K] -> Wq packed [N/16, Kp/4, 64] int8 (element [j, c] at [j/16, c/4, (j%16)*4 + c%4])."""
+def int8_pack_func(n: int, k: int, kp: int):
+    """W[N, K] -> Wq packed [N/16, Kp/4, 64] int8 (element [j, c] at [j/16, c/4, (j%16)*4 + c%4]);
+    the same layout is a sequence of AMX B tiles (16 rows of 4-byte groups x 16 columns)."""
     from tvm import te
 
-    w, _, q, kp = _int8_weights(n, k)
+    w, _, q, kp = _int8_weights(n, k, kp)
     packed = te.compute((n // VNNI_LANES, kp // 4, 64), lambda p, g, l: q[p * VNNI_LANES + l // 4, g * 4 + l % 4],
                         name="pack")
-    return te.create_prim_func([w, packed]).with_attr("global_symbol", f"int8_pack_n{n}_k{k}")
+    return te.create_prim_func([w, packed]).with_attr("global_symbol", f"int8_pack_n{n}_k{k}_kp{kp}")
 
 
-def int8_scale_func(n: int, k: int):
+def int8_scale_func(n: int, k: int, kp: int):
     """W[N, K] -> s_w[N], the per-output-channel weight scale."""
     from tvm import te
 
-    w, scale, _, _ = _int8_weights(n, k)
+    w, scale, _, _ = _int8_weights(n, k, kp)
     out = te.compute((n,), lambda j: scale[j], name="out")
-    return te.create_prim_func([w, out]).with_attr("global_symbol", f"int8_scale_n{n}_k{k}")
+    return te.create_prim_func([w, out]).with_attr("global_symbol", f"int8_scale_n{n}_k{k}_kp{kp}")
 
 
-def int8_colsum_func(n: int, k: int):
+def int8_colsum_func(n: int, k: int, kp: int):
     """W[N, K] -> sum_k Wq[j, k] (int32): the zero-point correction of the u8 activations."""
     from tvm import te
 
-    w, _, q, kp = _int8_weights(n, k)
+    w, _, q, kp = _int8_weights(n, k, kp)
     r = te.reduce_axis((0, kp), name="r")
     out = te.compute((n,), lambda j: te.sum(q[j, r].astype("int32"), axis=r), name="colsum")
-    return te.create_prim_func([w, out]).with_attr("global_symbol", f"int8_colsum_n{n}_k{k}")
+    return te.create_prim_func([w, out]).with_attr("global_symbol", f"int8_colsum_n{n}_k{k}_kp{kp}")
 
 
 def bf16_pack_func(n: int, k: int, bn: int = BF16_PANEL):
@@ -117,11 +118,11 @@ def bf16_pack_func(n: int, k: int, bn: int = BF16_PANEL):
 
 # -- the kernels -------------------------------------------------------------------------------
 
-def quantize_rows_func(m: int, k: int, parallel: bool, lanes: int = 16):
+def quantize_rows_func(m: int, k: int, kp: int, parallel: bool, lanes: int = 16):
     """x[M, K] f32 -> (xq[M, Kp] u8, s_x[M], z_x[M]): per row, the range [min(x, 0), max(x, 0)]
     mapped onto 0..255 (zero exactly representable; ReLU outputs get z = 0)."""
-    kp, main = padded_k(k), k - k % lanes
-    name = f"quantize_u8_m{m}_k{k}"
+    main = k - k % lanes
+    name = f"quantize_u8_m{m}_k{k}_kp{kp}"
     tail_minmax = "" if main == k else (
         f"\n        for r in range({main}, {k}):\n"
         f"            lo[0] = T.min(lo[0], x[i, r])\n            hi[0] = T.max(hi[0], x[i, r])")
@@ -236,15 +237,17 @@ def bf16_dense_func(shape: DenseShape, vector_lanes: int = 16, bn: int = BF16_PA
     return sch.mod["main"].with_attr("global_symbol", f"bf16_{shape.name}")
 
 
-def quantization_facts(precision: str, seen: dict) -> dict:
+def quantization_facts(precision: str, seen: dict, isa: str = "avx512_vnni") -> dict:
     """What the manifest records about a reduced-precision build's numbers: the scheme, and the
     layers that use it (the others, e.g. the 1-wide last layer and the interaction, stay fp32)."""
     layers = sorted(name for name, (kind, _, _) in seen.items() if kind == precision)
     if precision == "int8":
         return {"weights": "int8, symmetric, one scale per output channel (max|W| / 127)",
-                "weight_layout": "[N/16, ceil(K/4), 16, 4] int8, + scales [N] float32, + column sums [N] int32",
+                "weight_layout": f"[N/16, {'16 ceil(K/64)' if isa == 'amx_int8' else 'ceil(K/4)'}, 16, 4] int8, "
+                                 "+ scales [N] float32, + column sums [N] int32",
                 "activations": "uint8, asymmetric, scale and zero point per row of every batch (dynamic)",
-                "accumulation": "int32 (vpdpbusd), dequantised in the epilogue", "calibration_samples": 0,
+                "accumulation": f"int32 ({'AMX tdpbusd' if isa == 'amx_int8' else 'vpdpbusd'}), dequantised in "
+                                "the epilogue", "calibration_samples": 0,
                 "layers": layers}
     return {"weights": "bfloat16 (round to nearest even), stored as uint16 bits",
             "weight_layout": f"[N/{BF16_PANEL}, K, {BF16_PANEL}] uint16", "activations": "float32",

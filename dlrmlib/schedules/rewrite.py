@@ -12,6 +12,7 @@ from tvm import relax
 from tvm.relax.dpl import is_op, wildcard
 
 from dlrmlib.schedules.dense import DenseConfig, DenseShape, dense_func, narrow_dense_func, pack_func, pack_name
+from dlrmlib.schedules.amx import K_STEP, amx_int8_dense_func, amx_supported
 from dlrmlib.schedules.reduced import (
     bf16_dense_func,
     bf16_pack_func,
@@ -54,9 +55,10 @@ class _KernelTable:
     (kind, shape, extra)), for the tuner."""
 
     def __init__(self, builder: relax.BlockBuilder, configs: dict | None = None, seen: dict | None = None,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", amx: bool = False):
         self.builder = builder
         self.precision = precision
+        self.amx = amx
         self.known: dict[str, tvm.ir.GlobalVar] = {}
         self.configs = configs or {}
         self.seen = seen if seen is not None else {}
@@ -113,15 +115,15 @@ def vector_lanes(target: tvm.target.Target) -> int:
 
 
 def use_dense_kernels(target: tvm.target.Target, configs: dict | None = None, seen: dict | None = None,
-                      precision: str = "fp32"):
+                      precision: str = "fp32", amx: bool = False):
     """Module pass: every float32 Dense(+bias)(+ReLU) with a packable width -> packed GEMM (int8
-    or bf16 weights with `precision`); one narrower than a panel (the last layer) -> a dot
-    product per output, in fp32."""
+    or bf16 weights with `precision`; int8 on AMX tiles with `amx`); one narrower than a panel
+    (the last layer) -> a dot product per output, in fp32."""
 
     @tvm.transform.module_pass(opt_level=0, name="UseDenseKernels")
     def _pass(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
         builder = relax.BlockBuilder(mod)
-        kernels = _KernelTable(builder, configs, seen, precision)
+        kernels = _KernelTable(builder, configs, seen, precision, amx)
         lanes = vector_lanes(target)
         (with_relu, plain), vars_ = _dense_patterns()
         updates = {}
@@ -156,16 +158,18 @@ def _reduced_dense(kernels: _KernelTable, shape: DenseShape, x, w, b, lanes: int
     if not int8_supported(shape):
         return None
     kernels.seen[shape.name] = ("int8", shape, None)
-    kp = padded_k(k)
-    quantize = kernels.get(f"quantize_u8_m{m}_k{k}", lambda: quantize_rows_func(m, k, shape.parallel))
+    amx = kernels.amx and amx_supported(shape)
+    kp = padded_k(k, K_STEP if amx else 4)
+    quantize = kernels.get(f"quantize_u8_m{m}_k{k}_kp{kp}", lambda: quantize_rows_func(m, k, kp, shape.parallel))
     q = relax.call_tir(quantize, [x], [relax.TensorType((m, kp), "uint8"), relax.TensorType((m,), "float32"),
                                        relax.TensorType((m,), "int32")])
-    weights = [relax.call_tir(kernels.get(f"int8_{what}_n{n}_k{k}", lambda f=make: f(n, k)), [w],
+    weights = [relax.call_tir(kernels.get(f"int8_{what}_n{n}_k{k}_kp{kp}", lambda f=make: f(n, k, kp)), [w],
                               relax.TensorType(s, dt))
                for what, make, s, dt in (("pack", int8_pack_func, (n // 16, kp // 4, 64), "int8"),
                                          ("scale", int8_scale_func, (n,), "float32"),
                                          ("colsum", int8_colsum_func, (n,), "int32"))]
-    dense = kernels.get(f"int8_{shape.name}", lambda: int8_dense_func(shape))
+    dense = (kernels.get(f"amx_int8_{shape.name}", lambda: amx_int8_dense_func(shape)) if amx else
+             kernels.get(f"int8_{shape.name}", lambda: int8_dense_func(shape)))
     return relax.call_tir(dense, [relax.TupleGetItem(q, 0), relax.TupleGetItem(q, 1), relax.TupleGetItem(q, 2),
                                   *weights, b], out)
 
