@@ -41,35 +41,42 @@ def int8_build(experiment):
     return _build(experiment, "int8")
 
 
-def _compile(funcs: dict):
+def _compile(funcs: dict, target: dict):
+    import tvm
+
+    mod = tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()})
+    return tvm.compile(mod, target=tvm.target.Target(target))
+
+
+AMX = "amx_int8" in cpu_flags() and precision_isa("int8") == "amx_int8"
+
+
+@pytest.mark.parametrize("isa", ["avx512_vnni", pytest.param("amx_int8", marks=pytest.mark.skipif(
+    not AMX, reason="the AMX kernel needs amx_int8 (and Linux's tile state), which this host lacks"))])
+@needs_vnni
+def test_int8_kernels_equal_their_numpy_emulation(isa):
+    """Quantisation, packing and the VNNI or AMX GEMM against the same arithmetic in numpy: the
+    int32 products exactly, the dequantised result to fp32 rounding; and within int8 noise of fp32."""
     import tvm
 
     from dlrmlib.core.target import host_target
+    from dlrmlib.schedules import amx, reduced
 
-    mod = tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()})
-    return tvm.compile(mod, target=tvm.target.Target(host_target()))
-
-
-@needs_vnni
-def test_int8_kernels_equal_their_numpy_emulation():
-    """Quantisation, packing and the VNNI GEMM against the same arithmetic in numpy: the int32
-    products exactly, the dequantised result to fp32 rounding; and within int8 noise of fp32."""
-    import tvm
-
-    from dlrmlib.schedules import reduced
-
-    shape = DenseShape(m=8, k=37, n=48, relu=False)  # K not a multiple of 4, N three 16-wide panels
-    kp = reduced.padded_k(shape.k)
-    lib = _compile({"q": reduced.quantize_rows_func(8, 37, False), "g": reduced.int8_dense_func(shape),
-                    "p": reduced.int8_pack_func(48, 37), "s": reduced.int8_scale_func(48, 37),
-                    "c": reduced.int8_colsum_func(48, 37)})
+    m = 8 if isa == "avx512_vnni" else 32  # AMX: whole 16-row tiles
+    shape = DenseShape(m=m, k=37, n=48, relu=False)  # K not a multiple of 4, N three 16-wide panels
+    kp = reduced.padded_k(shape.k, amx.K_STEP if isa == "amx_int8" else 4)
+    gemm = amx.amx_int8_dense_func(shape) if isa == "amx_int8" else reduced.int8_dense_func(shape)
+    target = {**host_target(), **({"mattr": amx.MATTR} if isa == "amx_int8" else {})}
+    lib = _compile({"q": reduced.quantize_rows_func(m, 37, kp, False), "g": gemm,
+                    "p": reduced.int8_pack_func(48, 37, kp), "s": reduced.int8_scale_func(48, 37, kp),
+                    "c": reduced.int8_colsum_func(48, 37, kp)}, target)
     rng = np.random.default_rng(1)
-    x, w = rng.standard_normal((8, 37)).astype(np.float32), rng.standard_normal((48, 37)).astype(np.float32)
+    x, w = rng.standard_normal((m, 37)).astype(np.float32), rng.standard_normal((48, 37)).astype(np.float32)
     b = rng.standard_normal(48).astype(np.float32)
     t = tvm.runtime.tensor
-    xq, xs, xz = t(np.zeros((8, kp), np.uint8)), t(np.zeros(8, np.float32)), t(np.zeros(8, np.int32))
+    xq, xs, xz = t(np.zeros((m, kp), np.uint8)), t(np.zeros(m, np.float32)), t(np.zeros(m, np.int32))
     wq, ws, wsum = t(np.zeros((3, kp // 4, 64), np.int8)), t(np.zeros(48, np.float32)), t(np.zeros(48, np.int32))
-    out = t(np.zeros((8, 48), np.float32))
+    out = t(np.zeros((m, 48), np.float32))
     lib["q"](t(x), xq, xs, xz)
     for name, result in (("p", wq), ("s", ws), ("c", wsum)):
         lib[name](t(w), result)
@@ -82,6 +89,7 @@ def test_int8_kernels_equal_their_numpy_emulation():
     assert (unpacked[:, :37] == q).all() and (unpacked[:, 37:] == 0).all()
     xq_, xz_ = xq.numpy().astype(np.int64), xz.numpy().astype(np.int64)
     assert np.abs((xq_[:, :37] - xz_[:, None]) * xs.numpy()[:, None] - x).max() <= xs.numpy().max() * 0.51
+    assert (xq_[:, 37:] == 0).all()
     expected = ((xq_[:, :37] - xz_[:, None]) @ q.T) * (xs.numpy()[:, None] * scale[None, :]) + b
     assert np.allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
     assert np.abs(out.numpy() - (x @ w.T + b)).max() < 0.05 * np.abs(x @ w.T).max()
@@ -91,7 +99,7 @@ def test_int8_kernels_equal_their_numpy_emulation():
 def test_int8_build_passes_the_gate_and_records_it(experiment, int8_build):
     manifest = read_manifest(int8_build.manifest)
     precision = manifest["precision"]
-    assert precision["name"] == "int8" and precision["isa"] == "avx512_vnni"
+    assert precision["name"] == "int8" and precision["isa"] == precision_isa("int8")
     assert precision["quantization"]["layers"] and precision["quantization"]["calibration_samples"] == 0
     accuracy = precision["accuracy"]
     assert accuracy["passed"] and accuracy["auc_ratio"] >= 0.999 and accuracy["samples"] == SAMPLES
@@ -152,13 +160,25 @@ def test_bad_precision_options_are_one_line_errors(experiment, capsys):
 def test_instruction_set_follows_the_cpu_flags():
     zen3 = ["avx", "avx2", "fma"]
     zen4 = zen3 + ["avx512f", "avx512bw", "avx512_vnni", "avx512_bf16"]
+    emerald_rapids = zen4 + ["amx_tile", "amx_int8", "amx_bf16"]
     assert precision_isa("int8", zen3) is None and precision_isa("int8", zen4) == "avx512_vnni"
+    assert precision_isa("int8", emerald_rapids) == "amx_int8"
     assert precision_isa("fp32", zen3) == "avx2" and precision_isa("fp32", zen4) == "avx512f"
     assert precision_isa("bf16", zen3).endswith("avx2 fp32 FMA")
     assert precision_isa("fp32") == precision_isa("fp32", cpu_flags())
 
 
-@pytest.mark.skipif("amx_int8" not in cpu_flags(), reason="AMX needs amx_int8, which this host's CPU lacks")
-def test_amx_hosts_record_the_kernels_they_really_use():
-    """No AMX kernel yet: an AMX host runs the VNNI kernels and says so (not 'amx')."""
-    assert precision_isa("int8") == "avx512_vnni"
+@pytest.mark.skipif(not AMX, reason="AMX needs amx_int8 and Linux's tile state, which this host lacks")
+def test_amx_and_vnni_builds_compute_the_same_integers(experiment, int8_build):
+    """On an AMX host the default int8 build uses the tiles (target with AMX features), and a
+    build forced onto the VNNI kernels gives the very same scores (integer sums are exact)."""
+    from dlrmlib.building.build import build
+    from dlrmlib.building.recipes import Custom
+
+    manifest = read_manifest(int8_build.manifest)
+    assert manifest["precision"]["isa"] == "amx_int8" and "+amx-int8" in manifest["target"]["mattr"]
+    vnni = build(experiment, Custom(tag="custom_int8_vnni", precision="int8", isa="avx512_vnni"), log=lambda _: None)
+    assert read_manifest(vnni.manifest)["precision"]["isa"] == "avx512_vnni"
+    data = read_test_data(experiment.testdata_dir)
+    assert (predict_all(TvmBackend(vnni.manifest), data.dense, data.sparse)
+            == predict_all(TvmBackend(int8_build.manifest), data.dense, data.sparse)).all()

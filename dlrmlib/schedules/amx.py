@@ -60,7 +60,7 @@ def amx_int8_dense_func(shape: DenseShape):
     name = f"amx_int8_{shape.name}"
     nl = "\n"
     source = f'''
-@T.prim_func(s_tir=True)
+@T.prim_func
 def {name}(xq: T.Buffer(({m}, {kp}), "uint8"), xs: T.Buffer(({m},), "float32"), xz: T.Buffer(({m},), "int32"),
            wq: T.Buffer(({n // 16}, {kp // 4}, 64), "int8"), ws: T.Buffer(({n},), "float32"),
            wsum: T.Buffer(({n},), "int32"), b: T.Buffer(({n},), "float32"), out: T.Buffer(({m}, {n}), "float32")):

@@ -23,9 +23,11 @@ from dlrmlib.schedules.dense import DenseShape, row_block
 from dlrmlib.schedules.script import parse_prim_func as _parse
 
 
-def parse_prim_func(source: str, name: str):
-    """As dlrmlib.schedules.script's, with the body inside a root block: Relax's pattern
-    analyses (HasReshapePattern) insist on one when a call_tir's element counts match."""
+def parse_prim_func(source: str, name: str, root_block: bool = False):
+    """As dlrmlib.schedules.script's; with `root_block`, the body inside a root block (s_tir):
+    Relax's HasReshapePattern, run on the quantisation kernel (several outputs), insists on one."""
+    if not root_block:
+        return _parse(source.replace("@T.prim_func(s_tir=True)", "@T.prim_func"), name)
     head, body = source.split('    T.func_attr({"tirx.noalias": True})\n', 1)
     indented = "".join(f"    {line}" if line.strip() else line for line in body.splitlines(keepends=True))
     return _parse(f'{head}    T.func_attr({{"tirx.noalias": True}})\n    with T.sblock("root"):\n{indented}', name)
@@ -118,49 +120,54 @@ def bf16_pack_func(n: int, k: int, bn: int = BF16_PANEL):
 
 # -- the kernels -------------------------------------------------------------------------------
 
+QUANTIZE_ROWS = 8  # rows per task: a buffer declared inside a parallel loop costs a workspace allocation
+
+
 def quantize_rows_func(m: int, k: int, kp: int, parallel: bool, lanes: int = 16):
     """x[M, K] f32 -> (xq[M, Kp] u8, s_x[M], z_x[M]): per row, the range [min(x, 0), max(x, 0)]
-    mapped onto 0..255 (zero exactly representable; ReLU outputs get z = 0)."""
+    mapped onto 0..255 (zero exactly representable; ReLU outputs get z = 0). No scalar
+    temporaries: TVMScript makes each a buffer, which inside a parallel loop is a heap allocation."""
     main = k - k % lanes
+    rows = next(r for r in (QUANTIZE_ROWS, 4, 2, 1) if m % r == 0)
     name = f"quantize_u8_m{m}_k{k}_kp{kp}"
+    i = f"t * {rows} + ii"
     tail_minmax = "" if main == k else (
-        f"\n        for r in range({main}, {k}):\n"
-        f"            lo[0] = T.min(lo[0], x[i, r])\n            hi[0] = T.max(hi[0], x[i, r])")
-    fold = "\n".join(f"        for l in T.vectorized({h}):\n"
-                     f"            lo[l] = T.min(lo[l], lo[l + {h}])\n            hi[l] = T.max(hi[l], hi[l + {h}])"
+        f"\n            for r in range({main}, {k}):\n"
+        f"                lo[0] = T.min(lo[0], x[{i}, r])\n                hi[0] = T.max(hi[0], x[{i}, r])")
+    fold = "\n".join(f"            for l in T.vectorized({h}):\n"
+                     f"                lo[l] = T.min(lo[l], lo[l + {h}])\n                hi[l] = T.max(hi[l], hi[l + {h}])"
                      for h in (8, 4, 2, 1) if h < lanes)
-    quant = "T.Cast('uint8', T.max(T.min(T.nearbyint(x[i, {c}] * inv) + zf, T.float32(255)), T.float32(0)))"
+    # floor(v + 0.5), not nearbyint: TVM's vectoriser leaves a loop with nearbyint scalar
+    quant = (f"T.Cast('uint8', T.max(T.min(T.floor(x[{i}, {{c}}] * (T.float32(1) / xs[{i}]) + T.float32(0.5)) + "
+             f"T.Cast('float32', xz[{i}]), T.float32(255)), T.float32(0)))")
     source = f'''
 @T.prim_func(s_tir=True)
 def {name}(x: T.Buffer(({m}, {k}), "float32"), xq: T.Buffer(({m}, {kp}), "uint8"),
            xs: T.Buffer(({m},), "float32"), xz: T.Buffer(({m},), "int32")):
     T.func_attr({{"tirx.noalias": True}})
-    for i in {"T.parallel" if parallel else "range"}({m}):
+    for t in {"T.parallel" if parallel else "range"}({m // rows}):
         lo = T.decl_buffer(({lanes},), "float32")
         hi = T.decl_buffer(({lanes},), "float32")
-        for l in T.vectorized({lanes}):
-            lo[l] = T.float32(0)
-            hi[l] = T.float32(0)
-        for r0 in range({main // lanes}):
+        for ii in range({rows}):
             for l in T.vectorized({lanes}):
-                lo[l] = T.min(lo[l], x[i, r0 * {lanes} + l])
-                hi[l] = T.max(hi[l], x[i, r0 * {lanes} + l])
+                lo[l] = T.float32(0)
+                hi[l] = T.float32(0)
+            for r0 in range({main // lanes}):
+                for l in T.vectorized({lanes}):
+                    lo[l] = T.min(lo[l], x[{i}, r0 * {lanes} + l])
+                    hi[l] = T.max(hi[l], x[{i}, r0 * {lanes} + l])
 {fold}{tail_minmax}
-        span = hi[0] - lo[0]
-        scale = T.if_then_else(span > T.float32(0), span / T.float32(255), T.float32(1))
-        inv = T.float32(1) / scale
-        zf = T.nearbyint(T.float32(0) - lo[0] * inv)
-        xs[i] = scale
-        xz[i] = T.Cast("int32", zf)
-        for r0 in range({main // lanes}):
-            for l in T.vectorized({lanes}):
-                xq[i, r0 * {lanes} + l] = {quant.format(c=f"r0 * {lanes} + l")}
-        for r in range({main}, {k}):
-            xq[i, r] = {quant.format(c="r")}
-        for r in range({k}, {kp}):
-            xq[i, r] = T.uint8(0)
+            xs[{i}] = T.if_then_else(hi[0] > lo[0], (hi[0] - lo[0]) / T.float32(255), T.float32(1))
+            xz[{i}] = T.Cast("int32", T.nearbyint(T.float32(0) - lo[0] / xs[{i}]))
+            for r0 in range({main // lanes}):
+                for l in T.vectorized({lanes}):
+                    xq[{i}, r0 * {lanes} + l] = {quant.format(c=f"r0 * {lanes} + l")}
+            for r in range({main}, {k}):
+                xq[{i}, r] = {quant.format(c="r")}
+            for r in range({k}, {kp}):
+                xq[{i}, r] = T.uint8(0)
 '''
-    return parse_prim_func(source, name)
+    return parse_prim_func(source, name, root_block=True)
 
 
 def int8_dense_func(shape: DenseShape):
@@ -171,6 +178,9 @@ def int8_dense_func(shape: DenseShape):
     row_blocks = m // mr
     name = f"int8_{shape.name}"
     acc = f"acc[T.ramp((ii * {nb} + jj) * 16, 1, 16)]"
+    # the row's 4 u8 broadcast to 64 lanes, inline: a named temporary would be a buffer per use
+    a = (f'T.reinterpret("uint8x64", T.broadcast(T.reinterpret("int32", xq[t % {row_blocks} * {mr} + ii, '
+         f'T.ramp(g * 4, 1, 4)]), 16))')
     row, col = f"t % {row_blocks} * {mr} + ii", f"(t // {row_blocks} * {nb} + jj) * 16 + l"
     value = (f"T.Cast('float32', acc[(ii * {nb} + jj) * 16 + l] - xz[{row}] * wsum[{col}]) * (xs[{row}] * "
              f"ws[{col}]) + b[{col}]")
@@ -187,10 +197,8 @@ def {name}(xq: T.Buffer(({m}, {kp}), "uint8"), xs: T.Buffer(({m},), "float32"), 
                 {acc} = T.broadcast(T.int32(0), 16)
         for g in range({kp // 4}):
             for ii in T.unroll({mr}):
-                a = T.reinterpret("uint8x64", T.broadcast(T.reinterpret("int32", xq[t % {row_blocks} * {mr} + ii,
-                                                                                   T.ramp(g * 4, 1, 4)]), 16))
                 for jj in T.unroll({nb}):
-                    {acc} = T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", {acc}, a,
+                    {acc} = T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", {acc}, {a},
                                                     wq[t // {row_blocks} * {nb} + jj, g, T.ramp(0, 1, 64)])
         for ii in T.unroll({mr}):
             for jj in range({nb}):
