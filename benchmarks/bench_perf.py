@@ -78,7 +78,7 @@ def ensure_experiment(name: str, preset: str, batch: int, tag: str, log, source=
             try:
                 name, _, isa = precision.partition("_")  # int8_vnni: the VNNI kernels on an AMX host
                 build(exp, Custom(kernel_log, precision_tag(tag, precision), name,
-                                  {"vnni": "avx512_vnni"}.get(isa)), log=log)
+                                  {"vnni": "avx512_vnni", "storage": "storage"}.get(isa)), log=log)
             except DlrmError as e:  # e.g. refused by the accuracy gate: said, and left out
                 log(f"[perf] batch {batch}: no {precision} build: {e}")
     log(f"[perf] batch {batch}: kernels {'from ' + str(kernel_log) if kernel_log else 'with default knobs'}")
@@ -252,8 +252,8 @@ def main(argv=None) -> int:
     p.add_argument("--batches", default="1,128,256,2048")
     p.add_argument("--peers", default=",".join(PEERS + REDUCED_PEERS))
     p.add_argument("--precisions", default="fp32",
-                   help="TVM builds to compare: fp32 (tag), int8 / bf16 (tag_int8, tag_bf16), int8_vnni (the "
-                        "VNNI kernels where the host also has AMX), comma-separated")
+                   help="TVM builds to compare: fp32 (tag), int8 / bf16 (tag_int8, tag_bf16), int8_vnni / bf16_storage "
+                        "(the AVX-512 kernels where the host also has AMX), comma-separated")
     p.add_argument("--repeats", type=int, default=11, help="interleaved repetitions; medians are reported")
     p.add_argument("--threads", type=int, default=0, help="threads per runtime (0: every usable core)")
     p.add_argument("--tag", default="custom", help="TVM build tag to compare (built if missing)")

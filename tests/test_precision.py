@@ -131,6 +131,7 @@ def test_bf16_build_passes_the_gate_and_runs_natively(experiment):
     result = _build(experiment, "bf16")
     manifest = read_manifest(result.manifest)
     assert manifest["precision"]["name"] == "bf16" and manifest["precision"]["accuracy"]["passed"]
+    assert manifest["precision"]["isa"] == precision_isa("bf16")  # amx_bf16 where the host has it
     assert manifest["precision"]["accuracy"]["max_abs_diff"] < 1e-2
     assert "uint16" in {p["dtype"] for p in manifest["params"]}
     native = infer(experiment, result.manifest, log=lambda _: None, iterations=1)

@@ -13,8 +13,18 @@ def quantized_dynamic(model_path: Path, folder: Path) -> Path:
     """ONNX Runtime's own int8 recipe, written into `folder`: `quantize_dynamic` of the
     MatMul/Gemm weights (int8, per output channel), activations quantised per batch at run time
     (u8); the Gathers (embedding tables) stay fp32."""
+    import shutil
+
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    # A private copy of the model and its external data: ONNX's loader refuses external data
+    # files with several hard links (the weights folders link them).
+    model_path, source = Path(folder) / "model.onnx", Path(model_path)
+    shutil.copyfile(source, model_path)
+    graph = onnx.load(str(source), load_external_data=False).graph
+    for location in {e.value for t in graph.initializer for e in t.external_data if e.key == "location"}:
+        shutil.copyfile(source.parent / location, Path(folder) / location)
     out = Path(folder) / "model.int8-dynamic.onnx"
     quantize_dynamic(str(model_path), str(out), op_types_to_quantize=["MatMul", "Gemm"],
                      weight_type=QuantType.QInt8, per_channel=True, use_external_data_format=True)

@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 from dlrmlib.building.from_log import add_untuned, check_log_mode, tuned_pipeline
 from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.experiment import Experiment
-from dlrmlib.core.machine import precision_isa
+from dlrmlib.core.machine import cpu_flags, precision_isa
 from dlrmlib.core.paths import PACKAGE_DIR
 from dlrmlib.formats.tuning_log import count_records, snapshot_log, tuning_log_dir
 from dlrmlib.formats.weights import ParamSpec, extract_weights, layout_id
@@ -163,7 +163,7 @@ class Custom:
     kernel_log: Path | None = None
     tag: str = "custom"
     precision: str = "fp32"
-    isa: str | None = None  # int8: "avx512_vnni" or "amx_int8"; None: the best this host has
+    isa: str | None = None  # None: the best this host has; "avx512_vnni" (int8) or "storage" (bf16): not AMX
 
     @contextmanager
     def lower(self, source: Source) -> Iterator[Lowering]:
@@ -173,7 +173,7 @@ class Custom:
         if kernel_log is not None:
             log(f"[build] kernel knobs from {kernel_log} ({len(knobs)} kernels tuned)")
         precision = self.precision_facts(source.target)
-        amx = precision["isa"] == "amx_int8"
+        amx = precision["isa"] in ("amx_int8", "amx_bf16")
         if amx:  # LLVM's mcpu for the host may not list AMX (a VM's CPUID): the manifest says what was used
             source.target = {**source.target, "mattr": MATTR}
         seen: dict = {}
@@ -198,10 +198,12 @@ class Custom:
         if self.precision not in PRECISIONS:
             raise DlrmError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         isa = precision_isa(self.precision)
-        if self.precision == "int8" and isa is not None and self.isa not in (None, isa):
-            if self.isa != "avx512_vnni":  # an AMX host can run the VNNI kernels, not the other way round
-                raise DlrmError(f"int8 kernels for {self.isa!r} cannot run here (this host: {isa})")
-            isa = self.isa
+        if isa is not None and self.isa not in (None, isa):
+            # an AMX host can also run the AVX-512 kernels, not the other way round
+            without_amx = precision_isa(self.precision, [f for f in cpu_flags() if not f.startswith("amx")])
+            if (self.precision, self.isa) not in (("int8", "avx512_vnni"), ("bf16", "storage")) or without_amx is None:
+                raise DlrmError(f"{self.precision} kernels for {self.isa!r} cannot run here (this host: {isa})")
+            isa = without_amx
         if isa is None or (isa == "avx512_vnni" and not _target_has(target, "avx512vnni")):
             raise DlrmError(f"a {self.precision} build needs AVX512-VNNI (vpdpbusd) on this CPU and in the target "
                             f"({target['mcpu']}); this host has none: build fp32 or bf16")

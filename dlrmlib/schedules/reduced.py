@@ -109,13 +109,54 @@ def bf16_pack_func(n: int, k: int, bn: int = BF16_PANEL):
 
     w = te.placeholder((n, k), "float32", name="w")
 
-    def bits(j, kk, i):
-        u = tirx.reinterpret("uint32", w[j * bn + i, kk])
-        rounded = u + tirx.const(0x7FFF, "uint32") + ((u >> tirx.const(16, "uint32")) & tirx.const(1, "uint32"))
-        return (rounded >> tirx.const(16, "uint32")).astype("uint16")
-
-    packed = te.compute((n // bn, k, bn), bits, name="pack")
+    packed = te.compute((n // bn, k, bn), lambda j, kk, i: _bf16_bits(w[j * bn + i, kk]), name="pack")
     return te.create_prim_func([w, packed]).with_attr("global_symbol", f"bf16_pack_n{n}_k{k}_p{bn}")
+
+
+def bf16_pair_pack_func(n: int, k: int, kp: int):
+    """W[N, K] -> bf16 bits [N/16, Kp/2, 32] (element [j, c] at [j/16, c/2, (j%16)*2 + c%2]; K
+    padded with zeros): AMX B tiles for tdpbf16ps."""
+    from tvm import te, tirx
+
+    w = te.placeholder((n, k), "float32", name="w")
+
+    def bits(p, g, l):
+        j, c = p * 16 + l // 2, g * 2 + l % 2
+        return tirx.if_then_else(c < k, _bf16_bits(w[j, tirx.min(c, k - 1)]), tirx.const(0, "uint16"))
+
+    packed = te.compute((n // 16, kp // 2, 32), bits, name="pack")
+    return te.create_prim_func([w, packed]).with_attr("global_symbol", f"bf16_pairs_n{n}_k{k}_kp{kp}")
+
+
+def _bf16_bits(value):
+    """fp32 -> bf16 bits, round to nearest even (uint16)."""
+    from tvm import tirx
+
+    u = tirx.reinterpret("uint32", value)
+    rounded = u + tirx.const(0x7FFF, "uint32") + ((u >> tirx.const(16, "uint32")) & tirx.const(1, "uint32"))
+    return (rounded >> tirx.const(16, "uint32")).astype("uint16")
+
+
+def bf16_rows_func(m: int, k: int, kp: int, parallel: bool):
+    """x[M, K] f32 -> bf16 bits [M, Kp] (round to nearest even, K padded with zeros): the AMX
+    bf16 kernel's activations, converted per batch."""
+    name = f"to_bf16_m{m}_k{k}_kp{kp}"
+    bits = ("T.Cast('uint16', (T.reinterpret('uint32', x[i, r]) + T.uint32(32767) + "
+            "((T.reinterpret('uint32', x[i, r]) >> T.uint32(16)) & T.uint32(1))) >> T.uint32(16))")
+    source = f'''
+@T.prim_func(s_tir=True)
+def {name}(x: T.Buffer(({m}, {k}), "float32"), xb: T.Buffer(({m}, {kp}), "uint16")):
+    T.func_attr({{"tirx.noalias": True}})
+    for i in {"T.parallel" if parallel else "range"}({m}):
+        for r0 in range({k // 16}):
+            for l in T.vectorized(16):
+                xb[i, r0 * 16 + l] = {bits.replace("x[i, r]", "x[i, r0 * 16 + l]")}
+        for r in range({k - k % 16}, {k}):
+            xb[i, r] = {bits}
+        for r in range({k}, {kp}):
+            xb[i, r] = T.uint16(0)
+'''
+    return parse_prim_func(source, name, root_block=True)
 
 
 # -- the kernels -------------------------------------------------------------------------------
@@ -256,6 +297,11 @@ def quantization_facts(precision: str, seen: dict, isa: str = "avx512_vnni") -> 
                 "activations": "uint8, asymmetric, scale and zero point per row of every batch (dynamic)",
                 "accumulation": f"int32 ({'AMX tdpbusd' if isa == 'amx_int8' else 'vpdpbusd'}), dequantised in "
                                 "the epilogue", "calibration_samples": 0,
+                "layers": layers}
+    if isa == "amx_bf16":
+        return {"weights": "bfloat16 (round to nearest even), stored as uint16 bits",
+                "weight_layout": "[N/16, ceil(K/32) 16, 16, 2] uint16", "activations": "bfloat16 (round to nearest "
+                "even, converted per batch)", "accumulation": "float32 (AMX tdpbf16ps)", "calibration_samples": 0,
                 "layers": layers}
     return {"weights": "bfloat16 (round to nearest even), stored as uint16 bits",
             "weight_layout": f"[N/{BF16_PANEL}, K, {BF16_PANEL}] uint16", "activations": "float32",

@@ -12,10 +12,12 @@ from tvm import relax
 from tvm.relax.dpl import is_op, wildcard
 
 from dlrmlib.schedules.dense import DenseConfig, DenseShape, dense_func, narrow_dense_func, pack_func, pack_name
-from dlrmlib.schedules.amx import K_STEP, amx_int8_dense_func, amx_supported
+from dlrmlib.schedules.amx import K_STEP, amx_bf16_dense_func, amx_int8_dense_func, amx_supported
 from dlrmlib.schedules.reduced import (
     bf16_dense_func,
     bf16_pack_func,
+    bf16_pair_pack_func,
+    bf16_rows_func,
     int8_colsum_func,
     int8_dense_func,
     int8_pack_func,
@@ -147,6 +149,15 @@ def _reduced_dense(kernels: _KernelTable, shape: DenseShape, x, w, b, lanes: int
     None when the shape does not fit the kernel (the layer then stays fp32)."""
     m, k, n = shape.m, shape.k, shape.n
     out = relax.TensorType((m, n), "float32")
+    if kernels.precision == "bf16" and kernels.amx and amx_supported(shape):
+        kernels.seen[shape.name] = ("bf16", shape, None)
+        kp = padded_k(k, K_STEP // 2)
+        convert = kernels.get(f"to_bf16_m{m}_k{k}_kp{kp}", lambda: bf16_rows_func(m, k, kp, shape.parallel))
+        pack = kernels.get(f"bf16_pairs_n{n}_k{k}_kp{kp}", lambda: bf16_pair_pack_func(n, k, kp))
+        dense = kernels.get(f"amx_bf16_{shape.name}", lambda: amx_bf16_dense_func(shape))
+        xb = relax.call_tir(convert, [x], relax.TensorType((m, kp), "uint16"))
+        packed = relax.call_tir(pack, [w], relax.TensorType((n // 16, kp // 2, 32), "uint16"))
+        return relax.call_tir(dense, [xb, packed, b], out)
     if kernels.precision == "bf16":
         if n % 32:
             return None
