@@ -105,10 +105,9 @@ def int8_colsum_func(n: int, k: int, kp: int):
 
 def bf16_pack_func(n: int, k: int, bn: int = BF16_PANEL):
     """W[N, K] -> panels [N/bn, K, bn] of bf16 bits (uint16), rounded to nearest even."""
-    from tvm import te, tirx
+    from tvm import te
 
     w = te.placeholder((n, k), "float32", name="w")
-
     packed = te.compute((n // bn, k, bn), lambda j, kk, i: _bf16_bits(w[j * bn + i, kk]), name="pack")
     return te.create_prim_func([w, packed]).with_attr("global_symbol", f"bf16_pack_n{n}_k{k}_p{bn}")
 
