@@ -183,3 +183,19 @@ def test_amx_and_vnni_builds_compute_the_same_integers(experiment, int8_build):
     data = read_test_data(experiment.testdata_dir)
     assert (predict_all(TvmBackend(vnni.manifest), data.dense, data.sparse)
             == predict_all(TvmBackend(int8_build.manifest), data.dense, data.sparse)).all()
+
+
+def test_bench_rows_carry_precision_and_auc_ratio(experiment):
+    """`dlrm bench` with the peers at their reduced precision: every row says its precision and
+    its AUC against the fp32 reference's; reduced rows are not flagged as disagreeing."""
+    from dlrmlib.measuring.bench import bench
+
+    result = bench(experiment, batch_sizes=[16], threads=[2], runtimes=["onnxruntime", "onnxruntime-int8",
+                                                                         "openvino-bf16"],
+                   repeats=1, warmup=1, log=lambda _: None)
+    rows = {r["runtime"]: r for r in result["rows"] if r.get("status") == "ok"}
+    assert rows["onnxruntime"]["precision"] == "fp32" and rows["onnxruntime"]["auc_ratio"] == pytest.approx(1.0)
+    assert rows["onnxruntime-int8"]["precision"] == "int8" and rows["openvino-bf16"]["precision"] == "bf16"
+    for name in ("onnxruntime-int8", "openvino-bf16"):
+        assert 0.9 < rows[name]["auc_ratio"] < 1.1 and rows[name]["agrees"] is None
+        assert 0 < rows[name]["max_abs_diff_vs_reference"] < 0.05
