@@ -101,6 +101,7 @@ def test_int8_build_passes_the_gate_and_records_it(experiment, int8_build):
     precision = manifest["precision"]
     assert precision["name"] == "int8" and precision["isa"] == precision_isa("int8")
     assert precision["quantization"]["layers"] and precision["quantization"]["calibration_samples"] == 0
+    assert set(precision["quantization"]["layers"].values()) == {precision["isa"]}  # batch 16: whole AMX tiles
     accuracy = precision["accuracy"]
     assert accuracy["passed"] and accuracy["auc_ratio"] >= 0.999 and accuracy["samples"] == SAMPLES
     assert 0 < accuracy["max_abs_diff"] < 0.05

@@ -288,19 +288,22 @@ def bf16_dense_func(shape: DenseShape, vector_lanes: int = 16, bn: int = BF16_PA
 def quantization_facts(precision: str, seen: dict, isa: str = "avx512_vnni") -> dict:
     """What the manifest records about a reduced-precision build's numbers: the scheme, and the
     layers that use it (the others, e.g. the 1-wide last layer and the interaction, stay fp32)."""
-    layers = sorted(name for name, (kind, _, _) in seen.items() if kind == precision)
+    # per layer, the kernel it got: on an AMX host a batch that is not a multiple of 16 rows uses VNNI
+    layers = {name: kernel for name, (kind, _, kernel) in sorted(seen.items()) if kind == precision}
     if precision == "int8":
         return {"weights": "int8, symmetric, one scale per output channel (max|W| / 127)",
-                "weight_layout": f"[N/16, {'16 ceil(K/64)' if isa == 'amx_int8' else 'ceil(K/4)'}, 16, 4] int8, "
-                                 "+ scales [N] float32, + column sums [N] int32",
+                "weight_layout": "[N/16, Kp/4, 16, 4] int8 (Kp: K padded to 64 for AMX layers, to 4 for VNNI "
+                                 "ones), + scales [N] float32, + column sums [N] int32",
                 "activations": "uint8, asymmetric, scale and zero point per row of every batch (dynamic)",
-                "accumulation": f"int32 ({'AMX tdpbusd' if isa == 'amx_int8' else 'vpdpbusd'}), dequantised in "
-                                "the epilogue", "calibration_samples": 0,
+                "accumulation": "int32 (AMX tdpbusd or vpdpbusd, per layer), dequantised in the epilogue",
+                "calibration_samples": 0,
                 "layers": layers}
     if isa == "amx_bf16":
         return {"weights": "bfloat16 (round to nearest even), stored as uint16 bits",
-                "weight_layout": "[N/16, ceil(K/32) 16, 16, 2] uint16", "activations": "bfloat16 (round to nearest "
-                "even, converted per batch)", "accumulation": "float32 (AMX tdpbf16ps)", "calibration_samples": 0,
+                "weight_layout": f"[N/16, Kp/2, 16, 2] uint16 (Kp: K padded to 32) for AMX layers, [N/{BF16_PANEL}, "
+                                 f"K, {BF16_PANEL}] for the others", "activations": "bfloat16 (round to nearest even, "
+                "converted per batch) for AMX layers, else float32", "accumulation": "float32 (AMX tdpbf16ps or FMA)",
+                "calibration_samples": 0,
                 "layers": layers}
     return {"weights": "bfloat16 (round to nearest even), stored as uint16 bits",
             "weight_layout": f"[N/{BF16_PANEL}, K, {BF16_PANEL}] uint16", "activations": "float32",

@@ -150,7 +150,7 @@ def _reduced_dense(kernels: _KernelTable, shape: DenseShape, x, w, b, lanes: int
     m, k, n = shape.m, shape.k, shape.n
     out = relax.TensorType((m, n), "float32")
     if kernels.precision == "bf16" and kernels.amx and amx_supported(shape):
-        kernels.seen[shape.name] = ("bf16", shape, None)
+        kernels.seen[shape.name] = ("bf16", shape, "amx_bf16")
         kp = padded_k(k, K_STEP // 2)
         convert = kernels.get(f"to_bf16_m{m}_k{k}_kp{kp}", lambda: bf16_rows_func(m, k, kp, shape.parallel))
         pack = kernels.get(f"bf16_pairs_n{n}_k{k}_kp{kp}", lambda: bf16_pair_pack_func(n, k, kp))
@@ -161,15 +161,15 @@ def _reduced_dense(kernels: _KernelTable, shape: DenseShape, x, w, b, lanes: int
     if kernels.precision == "bf16":
         if n % 32:
             return None
-        kernels.seen[shape.name] = ("bf16", shape, None)
+        kernels.seen[shape.name] = ("bf16", shape, "storage")
         pack = kernels.get(f"bf16_pack_n{n}_k{k}_p32", lambda: bf16_pack_func(n, k))
         dense = kernels.get(f"bf16_{shape.name}", lambda: bf16_dense_func(shape, lanes))
         packed = relax.call_tir(pack, [w], relax.TensorType((n // 32, k, 32), "uint16"))
         return relax.call_tir(dense, [x, packed, b], out)
     if not int8_supported(shape):
         return None
-    kernels.seen[shape.name] = ("int8", shape, None)
     amx = kernels.amx and amx_supported(shape)
+    kernels.seen[shape.name] = ("int8", shape, "amx_int8" if amx else "avx512_vnni")
     kp = padded_k(k, K_STEP if amx else 4)
     quantize = kernels.get(f"quantize_u8_m{m}_k{k}_kp{kp}", lambda: quantize_rows_func(m, k, kp, shape.parallel))
     q = relax.call_tir(quantize, [x], [relax.TensorType((m, kp), "uint8"), relax.TensorType((m,), "float32"),
