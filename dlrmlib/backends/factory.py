@@ -22,6 +22,9 @@ PEERS = ("onnxruntime", "openvino", "pytorch-eager", "pytorch-compile")
 # quantize_dynamic, PyTorch's CPU autocast.
 REDUCED_PEERS = ("openvino-bf16", "onnxruntime-int8", "pytorch-eager-bf16")
 RUNTIMES = (*PEERS, *REDUCED_PEERS, "tvm")  # "tvm": a build of the experiment
+# What `dlrm bench` runs unless told: all but onnxruntime-int8, whose quantize_dynamic rewrites a
+# copy of the whole model (tables included) for every batch size of the sweep: ask for it by name.
+DEFAULT_RUNTIMES = tuple(r for r in RUNTIMES if r != "onnxruntime-int8")
 
 
 class TorchModule:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dlrmlib.cli.args import add_experiment, ints, names
-from dlrmlib.measuring.bench import RUNTIMES
+from dlrmlib.measuring.bench import DEFAULT_RUNTIMES, RUNTIMES
 
 
 def cmd_profile(args) -> None:
@@ -38,8 +38,9 @@ def add_subcommands(sub) -> None:
     add_experiment(p)
     p.add_argument("--batch-sizes", type=ints, help="comma-separated (default: 1,8,64,256,1024 + the builds')")
     p.add_argument("--threads", type=ints, help="comma-separated (default: 1,2,4,... up to the usable cores)")
-    p.add_argument("--runtimes", type=names, default=list(RUNTIMES),
-                   help=f"comma-separated, from {','.join(RUNTIMES)} (default: all; tvm = every build)")
+    p.add_argument("--runtimes", type=names, default=list(DEFAULT_RUNTIMES),
+                   help=f"comma-separated, from {','.join(RUNTIMES)} (default: all but onnxruntime-int8; tvm = "
+                        "every build)")
     p.add_argument("--repeats", type=int, default=15,
                    help="interleaved rounds per configuration (default: %(default)s)")
     p.add_argument("--json", help="also write the result to this file")

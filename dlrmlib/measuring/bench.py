@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from dlrmlib.backends import batch_inputs, predict_all
-from dlrmlib.backends.factory import REFERENCE, RUNTIMES, TorchModule, make_backend
+from dlrmlib.backends.factory import DEFAULT_RUNTIMES, REFERENCE, RUNTIMES, TorchModule, make_backend
 from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.experiment import Experiment
 from dlrmlib.core.files import write_json
@@ -232,11 +232,11 @@ def bench(experiment: Experiment | str, batch_sizes: list[int] | None = None, th
           runtimes: list[str] | tuple[str, ...] | None = None, repeats: int = 15, warmup: int = 3,
           pause_s: float = PAUSE_S, json_path: str | Path | None = None,
           log: Callable[[str], None] = print) -> dict:
-    """Every runtime (default: all of RUNTIMES) at every configuration of the sweeps; saved as
+    """Every runtime (default: DEFAULT_RUNTIMES) at every configuration of the sweeps; saved as
     the measurement `bench` (and to `json_path`). Default sweeps: batch sizes 1..1024 plus the
     experiment's and its builds', threads 1, 2, 4, ... up to the usable cores."""
     exp = Experiment.of(experiment)
-    runtimes = list(runtimes or RUNTIMES)
+    runtimes = list(runtimes or DEFAULT_RUNTIMES)
     unknown = [r for r in runtimes if r not in RUNTIMES]
     if unknown:
         raise DlrmError(f"unknown runtime(s) {unknown}; choose from {', '.join(RUNTIMES)}")
