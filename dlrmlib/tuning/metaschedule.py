@@ -52,7 +52,7 @@ from dlrmlib.formats.tuning_log import (
     tuning_log_dir,
 )
 from dlrmlib.frontend.relax import fused_module, per_batch_kernels
-from dlrmlib.tuning import DEFAULT_TRIALS
+from dlrmlib.tuning import DEFAULT_TRIALS, MAX_TRIALS, MAX_TRIALS_WHY
 from dlrmlib.tuning import session as ts
 from dlrmlib.tuning.rpc import RpcMeasurement
 
@@ -155,6 +155,10 @@ def _check_budget(trials, max_trials_per_task, num_threads, trials_per_batch) ->
                         ("trials_per_batch", trials_per_batch)):
         if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
             raise DlrmError(f"{name} must be a positive integer (or None), got {value!r}")
+    for name, value in (("trials", trials), ("max_trials_per_task", max_trials_per_task),
+                        ("trials_per_batch", trials_per_batch)):
+        if value is not None and value > MAX_TRIALS:
+            raise DlrmError(f"{name} is too large: at most {MAX_TRIALS:,}{MAX_TRIALS_WHY}, got {value}")
 
 
 def _batch_size(remaining: int, requested: int | None) -> int:
