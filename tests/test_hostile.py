@@ -92,12 +92,18 @@ def test_absurd_numbers_are_refused_in_one_line(capsys, args, words):
     clear_error(SimpleNamespace(returncode=code, stderr=capsys.readouterr().err), *words)
 
 
-@pytest.mark.parametrize("target", [1e-9, 1e6])
-def test_loadgen_target_far_from_the_calibrated_capacity_is_refused(copy, experiments_root, target):
-    done = dlrm("loadgen", "--experiment", copy.name, "--scenario", "Server", "--target-qps", target,
+def test_loadgen_target_far_from_the_calibrated_capacity_is_refused(copy, experiments_root):
+    from dlrmlib.measuring.loadgen import check_target
+
+    done = dlrm("loadgen", "--experiment", copy.name, "--scenario", "Server", "--target-qps", 1e-9,
                 "--min-duration", 1, "--query-samples", 4, root=experiments_root)
     clear_error(done, "out of range", "calibrated")
     assert copy.measurement("loadgen_Server") is None
+    check_target(50.0, 10.0, 600)
+    for target, duration, words in ((101.0, 60, "out of range"), (1e-3, 60, "out of range"),
+                                    (90.0, 86400, "at most 2,000,000"), (float("nan"), 60, "finite")):
+        with pytest.raises(DlrmError, match=words):
+            check_target(target, 10.0, duration)
 
 
 def test_labels_must_be_clicks(tmp_path):
@@ -114,15 +120,24 @@ def test_labels_must_be_clicks(tmp_path):
 
 # -- names and paths ----------------------------------------------------------------------------
 
-def test_names_and_paths_say_what_is_wrong(tmp_path, experiments_root):
+def test_names_and_paths_say_what_is_wrong(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from dlrmlib.cli.main import main
+
+    def refused(*args, root, words):
+        monkeypatch.setenv("DLRM_EXPERIMENTS_DIR", str(root))
+        code = main(list(args))
+        clear_error(SimpleNamespace(returncode=code, stderr=capsys.readouterr().err), *words)
+
     with pytest.raises(DlrmError, match="at most 128 characters"):
         check_name("x" * 129)
     assert check_name("x" * 128)
-    clear_error(dlrm("prepare", "--onnx-model", tmp_path, root=experiments_root), "is a folder")
-    clear_error(dlrm("build", root=""), "set but empty")
+    refused("prepare", "--onnx-model", str(tmp_path), root=tmp_path, words=["is a folder"])
+    refused("infer", root="", words=["set but empty"])
     (tmp_path / "a-file").write_text("")
-    clear_error(dlrm("build", root=tmp_path / "a-file"), "a file, not a folder")
-    clear_error(dlrm("prepare", *TINY, root=tmp_path / "a-file" / "below"), "not a folder")
+    refused("infer", root=tmp_path / "a-file", words=["a file, not a folder"])
+    refused("prepare", *TINY, root=tmp_path / "a-file" / "below", words=["not a folder"])
 
 
 def test_an_experiment_made_from_anothers_model_can_be_loaded_by_onnx(tmp_path, experiments_root):
