@@ -28,7 +28,8 @@ def add_subcommands(sub) -> None:
     """Register the three subcommands on the `dlrm` parser's subparsers."""
     p = sub.add_parser("profile", help="per-operator profile of every build and ONNX Runtime (04_profile)")
     add_experiment(p)
-    p.add_argument("--repeats", type=integer(1, 10**5), default=10, help="profiled runs per build/runtime (default: %(default)s)")
+    p.add_argument("--repeats", type=integer(1, 10**5), default=10,
+                   help="profiled runs per build/runtime (default: %(default)s)")
     p.add_argument("--min-seconds", type=number(0, 86400, " (a day)", low_open=False), default=3.0,
                    help="and profile each build/runtime at least this long (default: %(default)s)")
     p.add_argument("--builds", type=names, help="build tags to profile, comma-separated (default: every build)")

@@ -55,5 +55,6 @@ def add_subcommand(sub) -> None:
                           help="minimum query count, for Offline samples (default: %(default)s; MLPerf: 100, "
                                "Offline 24576)")
     research.add_argument("--max-duration", type=number(0, DAY, " (a day)"), help="seconds; stop a run after this long")
-    research.add_argument("--server-latency-ms", type=number(0, 1e6), help="Server latency bound (MLPerf: 60 ms at p99)")
+    research.add_argument("--server-latency-ms", type=number(0, 1e6),
+                          help="Server latency bound (MLPerf: 60 ms at p99)")
     p.set_defaults(func=cmd_loadgen)

@@ -141,10 +141,12 @@ def make_parser() -> argparse.ArgumentParser:
     add_experiment(p)
     p.add_argument("--build", help="build tag (untuned, custom, or a tuning log's record count); default: the "
                                    "latest build")
-    p.add_argument("--warmup", type=integer(0, 10**6), default=5, help="untimed batches per instance (default: %(default)s)")
+    p.add_argument("--warmup", type=integer(0, 10**6), default=5,
+                   help="untimed batches per instance (default: %(default)s)")
     p.add_argument("--iterations", type=integer(0, 10**6), default=0,
                    help="measured passes over the test data; 0: enough for 100 batches (default)")
-    p.add_argument("--threads", type=integer(0, THREADS_MAX), default=0, help="threads per instance; 0: cores / instances")
+    p.add_argument("--threads", type=integer(0, THREADS_MAX), default=0,
+                   help="threads per instance; 0: cores / instances")
     p.add_argument("--instances", type=threads, default=1,
                    help="runner instances sharing the mapped weights, each on its own cores (default: 1)")
     p.add_argument("--ids", default="reject", choices=["reject", "modulo"],

@@ -278,8 +278,8 @@ def bench(experiment: Experiment | str, batch_sizes: list[int] | None = None, th
     if wrong:
         worst = max(wrong, key=lambda r: r["max_abs_diff_vs_onnxruntime"])
         raise DlrmError(f"{len(wrong)} run(s) differ from ONNX Runtime's outputs by more than {AGREEMENT:g} (worst: "
-                        f"{worst['runtime']} at batch {worst['batch_size']}, {worst['max_abs_diff_vs_onnxruntime']:.2e}); "
-                        f"recorded as failed in {path}")
+                        f"{worst['runtime']} at batch {worst['batch_size']}, "
+                        f"{worst['max_abs_diff_vs_onnxruntime']:.2e}); recorded as failed in {path}")
     return result
 
 
