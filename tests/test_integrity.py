@@ -79,7 +79,9 @@ def test_a_sound_build_is_verified_by_both_runners(exp, tmp_path):
     done = run_native(exp, "--json", tmp_path / "r.json")
     assert done.returncode == 0, done.stderr
     assert "weight files match the manifest's SHA-256" in done.stdout
-    assert json.loads((tmp_path / "r.json").read_text())["weights_verified"] is True
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["weights_verified"] is True and result["weights_verify_ms"] > 0
+    assert str(paths(exp)["manifest"]) in (tmp_path / "r.json").read_text()  # paths written as paths
     assert TvmBackend(paths(exp)["manifest"]).weights_verified
 
 
