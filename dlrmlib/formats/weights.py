@@ -220,11 +220,21 @@ def write_manifest(path: Path, manifest: dict) -> Path:
     without that member, so both runners refuse a manifest edited after the build. (`manifest`
     may be one read back: its own format fields and seal are replaced.)"""
     fields = {k: v for k, v in manifest.items() if k not in ("format", "format_version", SEAL_KEY)}
-    body = json.dumps({"format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, **fields}, indent=2) + "\n"
+    body = json.dumps({"format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, **fields}, indent=2,
+                      default=_plain) + "\n"
     sealed = f'{body[:-3]},\n  "{SEAL_KEY}": "{hashlib.sha256(body.encode()).hexdigest()}"\n}}\n'
     with atomic_path(path) as tmp:
         tmp.write_text(sealed)
     return Path(path)
+
+
+def _plain(obj):
+    """numpy scalars and paths as JSON values (as core.files.write_json writes them)."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 
 def check_seal(path: Path, text: bytes) -> None:
