@@ -85,7 +85,7 @@ def test_a_sound_build_is_verified_by_both_runners(exp, tmp_path):
     assert TvmBackend(paths(exp)["manifest"]).weights_verified
 
 
-def test_one_flipped_byte_is_refused_everywhere_unless_skipped(exp, tmp_path, capsys):
+def test_one_flipped_byte_is_refused_everywhere_unless_skipped(exp, tmp_path, capsys, monkeypatch):
     victim = paths(exp)["weights"] / "p000.bin"
     data = bytearray(victim.read_bytes())
     data[5] ^= 0x01
@@ -104,11 +104,8 @@ def test_one_flipped_byte_is_refused_everywhere_unless_skipped(exp, tmp_path, ca
         assert done.returncode == 0, done.stderr
         assert "checksums   NOT verified" in done.stdout
         assert json.loads((tmp_path / "r.json").read_text())["weights_verified"] is False
-    os.environ["DLRM_VERIFY_WEIGHTS"] = "0"
-    try:
-        assert not TvmBackend(paths(exp)["manifest"]).weights_verified
-    finally:
-        del os.environ["DLRM_VERIFY_WEIGHTS"]
+    monkeypatch.setenv("DLRM_VERIFY_WEIGHTS", "0")
+    assert not TvmBackend(paths(exp)["manifest"]).weights_verified
     assert "weight checksums NOT verified" in capsys.readouterr().err
 
 
