@@ -15,6 +15,7 @@ from dlrmlib.building.native import native_binary
 from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.experiment import Experiment
 from dlrmlib.core.files import sha256_file
+from dlrmlib.formats import weights as weights_module
 from dlrmlib.formats.weights import extract_weights, write_manifest
 
 
@@ -33,8 +34,8 @@ def paths(exp):
             "weights": exp.weights_root / m["weights"]["layout_id"], "testdata": exp.testdata_dir}
 
 
-def run_native(exp, *extra, env=None):
-    p = paths(exp)
+def run_native(exp, *extra, env=None, p=None):
+    p = p or paths(exp)
     command = [str(native_binary()), str(p["so"]), str(p["manifest"]), str(p["weights"]), str(p["testdata"]),
                "--iterations", "1", "--warmup", "0", *map(str, extra)]
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
@@ -87,6 +88,8 @@ def test_a_sound_build_is_verified_by_both_runners(exp, tmp_path):
 
 def test_one_flipped_byte_is_refused_everywhere_unless_skipped(exp, tmp_path, capsys, monkeypatch):
     victim = paths(exp)["weights"] / "p000.bin"
+    monkeypatch.setattr(weights_module, "RACY_NS", 0)  # remember every checksum: a change must still be seen
+    assert TvmBackend(paths(exp)["manifest"]).weights_verified
     data = bytearray(victim.read_bytes())
     data[5] ^= 0x01
     victim.write_bytes(bytes(data))
@@ -155,6 +158,12 @@ def test_a_manifest_without_build_or_target_is_refused(exp, key):
     edit_manifest(exp, lambda m: m.pop(key))
     native_refuses(run_native(exp), f"missing key '{key}'")
     python_refuses(exp, f"no '{key}' section")
+
+
+def test_a_manifest_nested_too_deep_is_refused_not_a_stack_overflow(exp):
+    p = paths(exp)
+    p["manifest"].write_text("[" * 100000)  # tvm-ffi's parser recurses once per bracket
+    native_refuses(run_native(exp, p=p), "nesting too deep")
 
 
 def test_a_manifest_of_the_old_format_is_refused(exp):

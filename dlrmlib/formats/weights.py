@@ -11,6 +11,7 @@ import json
 import os
 import re
 import struct
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -163,11 +164,25 @@ def layout_checksums(folder: Path) -> list[str]:
     return [p["sha256"] for p in entries]
 
 
+RACY_NS = 2_000_000_000
+_HASHED: dict[tuple, str] = {}  # (path, inode, size, mtime, ctime) -> SHA-256, for this process
+
+
 def sha256_files(paths: list[Path]) -> list[str]:
-    """Each file's SHA-256, files hashed in parallel (hashlib releases the GIL while hashing)."""
-    workers = max(1, min(len(paths), len(os.sched_getaffinity(0))))
+    """Each file's SHA-256, files hashed in parallel (hashlib releases the GIL while hashing).
+    A file hashed before by this process and unchanged since (same inode, size, mtime and
+    ctime: any write moves ctime) is not read again: bench, LoadGen and profile open several
+    runners on one weights folder."""
+    keys = [(str(p), (s := os.stat(p)).st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns) for p in paths]
+    todo = [p for p, key in zip(paths, keys) if key not in _HASHED]
+    workers = max(1, min(len(todo), len(os.sched_getaffinity(0))))
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(sha256_file, paths))
+        fresh = dict(zip(map(str, todo), pool.map(sha256_file, todo)))
+    now = time.time_ns()
+    for key in keys:  # as git does: a file changed in the last seconds may change again unseen
+        if key[0] in fresh and now - key[4] > RACY_NS:  # (timestamps tick only every few ms)
+            _HASHED[key] = fresh[key[0]]
+    return [_HASHED.get(key) or fresh[key[0]] for key in keys]
 
 
 def verify_weights_folder(folder: Path, layout: str, params: list[ParamSpec], checksums: list[str] | None = None,
