@@ -65,7 +65,7 @@ def _make_model(params: dict, experiment: Experiment, log) -> None:
         generate_model(config, experiment.source_model, seed=params["seed"], style=params["style"])
 
 
-def _normalise_source(source: Path, params: dict) -> onnx.ModelProto:
+def normalise_source(source: Path, params: dict) -> onnx.ModelProto:
     """The model at `source` normalised (graph only; its weights are never read)."""
     model = load_graph(source)
     check_external_data(model, source.parent)
@@ -76,7 +76,7 @@ def _normalise(params: dict, experiment: Experiment, log, normalised: onnx.Model
                ) -> onnx.ModelProto:
     log(f"[prepare] normalising for batch {params['batch_size']} ({params['bags']} bags)")
     if normalised is None:
-        normalised = _normalise_source(experiment.source_model, params)
+        normalised = normalise_source(experiment.source_model, params)
     # Saved beside the source model, so the external data locations still resolve.
     with atomic_path(experiment.normalised_model) as tmp:
         tmp.write_bytes(normalised.SerializeToString())
@@ -114,7 +114,7 @@ def prepare(experiment: str = DEFAULT_EXPERIMENT, preset: str = "small", onnx_mo
                                 mlperf_data, ids)
     # A user's model is normalised before anything is written: a form dlrmlib cannot read
     # leaves no experiment behind.
-    checked = _normalise_source(Path(params["onnx_model"]), params) if params["onnx_model"] else None
+    checked = normalise_source(Path(params["onnx_model"]), params) if params["onnx_model"] else None
     exp = Experiment.open(experiment, root, create=True)
     old = exp.params if exp.params_path.is_file() else {}
     same_model = all(old.get(k) == params[k] for k in MODEL_KEYS) and exp.source_model.is_file()

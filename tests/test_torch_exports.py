@@ -54,7 +54,7 @@ FORMS = {
         ExportForm("loop", "loop", 11, dynamic=True), _variant(D16, mode="mean", include_last_offset=True)),
     "dynamo-opset18-static-d16-mean-last": (
         ExportForm("dynamo", "dynamo", 18), _variant(D16, mode="mean", include_last_offset=True)),
-    "dynamo-opset18-dynamic-d64-sum-external": (ExportForm("dynamo", "dynamo", 18, dynamic=True, external=True), D64),
+    "dynamo-opset18-dynamic-d16-sum-external": (ExportForm("dynamo", "dynamo", 18, dynamic=True, external=True), D16),
 }
 SCHEDULES = ("untuned", "custom")
 

@@ -25,6 +25,7 @@ from dlrmlib.formats.embedding_bag import MODES, EmbeddingBag, embedding_bag_ref
 INDICES_INPUT, OFFSETS_INPUT = "lS_i", "lS_o"  # the MLPerf interface (dlrmlib.formats.model)
 SEQUENCE_STACKERS = ("ConcatFromSequence",)
 PROBE_ROWS = 37  # at least this many rows in the probe table (never the real one)
+PROBE_BAGS = 8  # bags per probe when the model's batch is symbolic
 TOLERANCE = 1e-5
 
 
@@ -81,10 +82,10 @@ def _gathered(nodes) -> set[str]:
 
 def _candidate_output(node: onnx.NodeProto, consumers: dict) -> str | None:
     """The float tensor a Loop's bag ends in: its one output, or the stack of its sequence."""
-    used = [o for o in node.output if consumers.get(o)]
+    used = [o for o in node.output if o in consumers]
     if len(used) != 1:
         return None
-    stackers = [c for c in consumers[used[0]] if c.op_type in SEQUENCE_STACKERS]
+    stackers = [c for c in consumers[used[0]] if c is not None and c.op_type in SEQUENCE_STACKERS]
     return stackers[0].output[0] if stackers else used[0]
 
 
@@ -95,9 +96,10 @@ class _Probe:
         rng = np.random.default_rng(12345)
         self.rank = rank
         self.tables = 1 if rank == 1 else 26
-        # Distinct ids within a table (so no two modes agree on a bag) and across tables.
-        self.rows = max(PROBE_ROWS, num_indices)
-        self.indices = np.stack([rng.permutation(self.rows)[:num_indices] for _ in range(self.tables)])
+        # Distinct ids within a table (so no two modes agree on a bag) and across tables (so
+        # no two table rows do).
+        self.rows = max(PROBE_ROWS, self.tables * num_indices)
+        self.indices = rng.permutation(self.rows)[:self.tables * num_indices].reshape(self.tables, num_indices)
         # Ends at num_indices (so it also reads as include_last_offset), one empty bag first,
         # bags of different sizes (so sum and mean differ).
         offsets = np.round(np.linspace(0, num_indices, offsets_len)).astype(np.int64)
@@ -181,6 +183,8 @@ def probed_bag(model: onnx.ModelProto, node: onnx.NodeProto, producers: dict, co
         raise DlrmError(f"{node.op_type} node {node.name!r} is not {expected}: ONNX Runtime cannot run it "
                         f"on probe inputs ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from None
     found = _matches(np.asarray(out), probe, probe_weight)
+    if len({(t, last) for t, _, last in found}) == 1 and probe.indices.shape[1] <= 1:
+        found = found[:1]  # with at most one id there is no bag of two: every mode computes the same
     if len(found) != 1:
         raise DlrmError(f"{node.op_type} node {node.name!r} is not {expected}: on probe inputs its output "
                         f"{list(np.shape(out))} matches {len(found)} embedding_bag forms (table row, mode, "
@@ -206,8 +210,8 @@ def _probe_for(graph, inputs: dict, batch_size: int, num_indices: int) -> _Probe
         return shape
 
     offsets, indices = dims(OFFSETS_INPUT, batch_size), dims(INDICES_INPUT, num_indices)
-    rank = len(indices)
-    return _Probe(offsets[-1] or batch_size, indices[-1] or num_indices, rank)
+    # A symbolic size is probed at a size that tells the forms apart, whatever the batch.
+    return _Probe(offsets[-1] or PROBE_BAGS, indices[-1] or 2 * PROBE_BAGS, len(indices))
 
 
 def find_embedding_bags(model: onnx.ModelProto, batch_size: int, num_indices: int) -> dict[int, EmbeddingBag]:
@@ -215,7 +219,7 @@ def find_embedding_bags(model: onnx.ModelProto, batch_size: int, num_indices: in
     Loop forms by what they compute)."""
     graph = model.graph
     producers = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list] = {}
+    consumers: dict[str, list] = {o.name: [None] for o in graph.output}  # None: the graph's output
     for n in graph.node:
         for i in node_inputs(n):
             consumers.setdefault(i, []).append(n)
