@@ -201,13 +201,12 @@ def _row(name: str, table: int, rank: int) -> str:
 
 
 def _probe_for(graph, inputs: dict, batch_size: int, num_indices: int) -> _Probe:
-    """Probe shapes from the model's declared input shapes, symbolic dims taken as the batch."""
+    """Probe shapes: the model's declared input shapes where they are fixed."""
     def dims(name, fallback):
         value = inputs.get(name) or next((i for i in graph.input if i.name == name), None)
         if value is None:
             return [fallback]
-        shape = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
-        return shape
+        return [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
 
     offsets, indices = dims(OFFSETS_INPUT, batch_size), dims(INDICES_INPUT, num_indices)
     # A symbolic size is probed at a size that tells the forms apart, whatever the batch.
@@ -235,6 +234,8 @@ def find_embedding_bags(model: onnx.ModelProto, batch_size: int, num_indices: in
 
 
 def unknown_nodes(graph: onnx.GraphProto) -> Counter:
+    """Op type -> count of the nodes TVM's importer cannot take that a bag rewrite should have
+    removed (control flow, sequences, ATen)."""
     return Counter(n.op_type for n in graph.node
                    if n.op_type in ("ATen", "Loop", "If", "Scan") or n.op_type.startswith("Sequence")
                    or n.op_type in SEQUENCE_STACKERS)
