@@ -78,7 +78,7 @@ class Inputs:
     indices: np.ndarray  # int64 [26, B * hot]
 
     def torch(self):
-        return (torch.from_numpy(self.dense), torch.from_numpy(self.offsets), torch.from_numpy(self.indices))
+        return tuple(torch.from_numpy(np.array(a)) for a in (self.dense, self.offsets, self.indices))
 
 
 def make_inputs(config: TorchDlrmConfig, batch: int, hot: int = 1, seed: int = 1) -> Inputs:
