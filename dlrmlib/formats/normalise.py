@@ -127,14 +127,13 @@ def rewrite_embedding_bags(model: onnx.ModelProto, num_indices: int, num_bags: i
 
 
 def _with_rows(bag: EmbeddingBag, maker: NodeMaker) -> EmbeddingBag:
-    """A probed bag names its table's rows of lS_i/lS_o as `lS_i[t]`: gather them here."""
+    """A probed bag reads row `bag.row` of lS_i/lS_o: gather that row here."""
+    if bag.row is None:
+        return bag
     def row(name: str) -> str:
-        if not name.endswith("]") or "[" not in name:
-            return name
-        source, table = name[:-1].split("[")
-        return maker.op("Gather", [source, maker.const(int(table))], axis=0)
+        return maker.op("Gather", [name, maker.const(bag.row)], axis=0)
 
-    return replace(bag, indices=row(bag.indices), offsets=row(bag.offsets))
+    return replace(bag, indices=row(bag.indices), offsets=row(bag.offsets), row=None)
 
 
 def _check_interface(graph: onnx.GraphProto, batch_size: int | None = None) -> None:

@@ -190,14 +190,8 @@ def probed_bag(model: onnx.ModelProto, node: onnx.NodeProto, producers: dict, co
                         f"{list(np.shape(out))} matches {len(found)} embedding_bag forms (table row, mode, "
                         f"include_last_offset) instead of one")
     t, mode, last = found[0]
-    return EmbeddingBag(weight=weight.name, indices=_row(INDICES_INPUT, t, probe.rank),
-                        offsets=_row(OFFSETS_INPUT, t, probe.rank), output=output, mode=mode,
-                        include_last_offset=last)
-
-
-def _row(name: str, table: int, rank: int) -> str:
-    """`name` itself for a 1-D input, else a marker the rewrite turns into Gather(name, table)."""
-    return name if rank == 1 else f"{name}[{table}]"
+    return EmbeddingBag(weight=weight.name, indices=INDICES_INPUT, offsets=OFFSETS_INPUT, output=output,
+                        mode=mode, include_last_offset=last, row=None if probe.rank == 1 else t)
 
 
 def _probe_for(graph, inputs: dict, batch_size: int, num_indices: int) -> _Probe:
