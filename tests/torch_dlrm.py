@@ -8,7 +8,7 @@ presets: embedding dims 16 and 64, MLP widths that are not multiples of 32, tabl
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -139,7 +139,6 @@ class ExportForm:
     opset: int = 17
     dynamic: bool = False
     external: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def export(model: DlrmNet, form: ExportForm, example: Inputs, path: Path) -> Path:
