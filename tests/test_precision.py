@@ -140,23 +140,23 @@ def test_bf16_build_passes_the_gate_and_runs_natively(experiment):
 
 
 @needs_vnni
-def test_a_build_below_the_gate_is_refused_with_its_figures(experiment, capsys):
+def test_a_build_below_the_gate_is_refused_with_its_figures(experiment, capfd):
     """An absurd gate (AUC 1.5x the reference's): refused, the figures said, nothing left behind."""
     status = main(["build", "--experiment", experiment.name, "--precision", "int8", "--tag", "refused",
                    "--min-auc-ratio", "1.5"])
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert status == 2
     assert "refused by the accuracy gate" in err and "x the fp32 reference's" in err and "largest score" in err
     assert not experiment.manifest_path("refused").exists() and not experiment.library_path("refused").exists()
 
 
-def test_bad_precision_options_are_one_line_errors(experiment, capsys):
+def test_bad_precision_options_are_one_line_errors(experiment, capfd):
     assert main(["build", "--experiment", experiment.name, "--precision", "bf16", "--no-verify"]) == 2
-    assert "accuracy gate" in capsys.readouterr().err
+    assert "accuracy gate" in capfd.readouterr().err
     assert main(["build", "--experiment", experiment.name, "--precision", "int8", "--schedule", "default"]) == 2
-    assert "hand-written kernels" in capsys.readouterr().err
+    assert "hand-written kernels" in capfd.readouterr().err
     assert main(["build", "--experiment", experiment.name, "--precision", "bf16", "--min-auc-ratio", "0"]) == 2
-    assert "--min-auc-ratio" in capsys.readouterr().err
+    assert "--min-auc-ratio" in capfd.readouterr().err
 
 
 def test_instruction_set_follows_the_cpu_flags():

@@ -117,7 +117,7 @@ class FromLog:
             records, database = 0, None
             if self.require_records or count_records(folder):
                 check_log_mode(folder, self.prepack)
-                records = snapshot_log(folder, Path(tmp))
+                records = snapshot_log(folder, Path(tmp), log)
                 if records == 0:
                     raise DlrmError(f"the tuning log {folder} has no records yet; run `dlrm tune --experiment "
                                     f"{experiment.name}{' --prepack' if self.prepack else ''}` first")
@@ -177,15 +177,18 @@ class Custom:
         if amx:  # LLVM's mcpu for the host may not list AMX (a VM's CPUID): the manifest says what was used
             source.target = {**source.target, "mattr": MATTR}
         seen: dict = {}
-        mod, plan = custom_module(source.mod, source.target, NUM_INPUTS, configs=knobs, seen=seen,
+        fallbacks: dict = {}
+        mod, plan = custom_module(source.mod, source.target, NUM_INPUTS, configs=knobs, seen=seen, fallbacks=fallbacks,
                                   precision=self.precision, amx=amx)
+        for layer, why in fallbacks.items():
+            log(f"[build] {layer}: default lowering, no hand-written kernel ({why})")
         if self.precision != "fp32":
             precision["quantization"] = quantization_facts(self.precision, seen, precision["isa"])
             log(f"[build] {self.precision} kernels ({precision['isa']}) for "
                 f"{len(precision['quantization']['layers'])} Dense layers; the rest stays fp32")
         info = {"tuned": False, "trials": 0, "tuning_log": None, "pipeline": PIPELINE_NAME, "schedule": "custom",
                 "prepack": not plan.identity, "kernel_log": str(kernel_log) if kernel_log is not None else None,
-                "kernel_knobs": knobs}
+                "kernel_knobs": knobs, "kernel_fallbacks": fallbacks}
         lowering = Lowering(mod, None, info, precision=precision)
         if not plan.identity:
             transform_id = self.transform_id({**knobs, "precision": self.precision, "isa": precision["isa"]})

@@ -57,13 +57,14 @@ class _KernelTable:
     (kind, shape, extra)), for the tuner."""
 
     def __init__(self, builder: relax.BlockBuilder, configs: dict | None = None, seen: dict | None = None,
-                 precision: str = "fp32", amx: bool = False):
+                 fallbacks: dict | None = None, precision: str = "fp32", amx: bool = False):
         self.builder = builder
         self.precision = precision
         self.amx = amx
         self.known: dict[str, tvm.ir.GlobalVar] = {}
         self.configs = configs or {}
         self.seen = seen if seen is not None else {}
+        self.fallbacks = fallbacks if fallbacks is not None else {}  # layer -> why the default lowering
 
     def config(self, name: str) -> dict:
         return dict(self.configs.get(name, {}))
@@ -94,9 +95,11 @@ def _dense_rewriter(kernels: _KernelTable, relu: bool, vars_, vector_lanes: int)
             return relax.call_tir(dense, [x, w, b], relax.TensorType((shape.m, shape.n), "float32"))
         if kernels.precision != "fp32":
             reduced = _reduced_dense(kernels, shape, x, w, b, vector_lanes)
-            return expr if reduced is None else reduced
+            if reduced is not None:
+                return reduced  # else the fp32 kernel below, or the default lowering
         config = DenseConfig(**kernels.config(shape.name))
         if not shape.packable(config.bn):
+            kernels.fallbacks[shape.name] = f"width {shape.n} is not a multiple of the panel width {config.bn}"
             return expr
         kernels.seen[shape.name] = ("dense", shape, None)
         bn = config.bn
@@ -117,15 +120,16 @@ def vector_lanes(target: tvm.target.Target) -> int:
 
 
 def use_dense_kernels(target: tvm.target.Target, configs: dict | None = None, seen: dict | None = None,
-                      precision: str = "fp32", amx: bool = False):
+                      fallbacks: dict | None = None, precision: str = "fp32", amx: bool = False):
     """Module pass: every float32 Dense(+bias)(+ReLU) with a packable width -> packed GEMM (int8
-    or bf16 weights with `precision`; int8 on AMX tiles with `amx`); one narrower than a panel
-    (the last layer) -> a dot product per output, in fp32."""
+    or bf16 weights with `precision`, on AMX tiles with `amx`); one narrower than a panel (the
+    last layer) -> a dot product per output, in fp32. A width that is neither keeps the default
+    lowering, and `fallbacks` says so (layer name -> why)."""
 
     @tvm.transform.module_pass(opt_level=0, name="UseDenseKernels")
     def _pass(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
         builder = relax.BlockBuilder(mod)
-        kernels = _KernelTable(builder, configs, seen, precision, amx)
+        kernels = _KernelTable(builder, configs, seen, fallbacks, precision, amx)
         lanes = vector_lanes(target)
         (with_relu, plain), vars_ = _dense_patterns()
         updates = {}
