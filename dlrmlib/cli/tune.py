@@ -1,6 +1,7 @@
 """`dlrm tune` (notebook 02_tune): MetaSchedule trials, or the hand-written kernels' knobs."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from dlrmlib.cli.args import add_experiment, positive
@@ -32,8 +33,10 @@ def add_subcommands(sub) -> None:
     p.add_argument("--max-trials-per-task", type=positive, help="cap on each kernel's trials (default: none)")
     p.add_argument("--num-threads", type=positive,
                    help="build workers and search threads (default: every core; measurement always runs alone)")
-    p.add_argument("--prepack", action="store_true",
-                   help="tune the kernels of the weight-prepacked build (their own log, tune/prepack/)")
+    p.add_argument("--prepack", action=argparse.BooleanOptionalAction, default=None,
+                   help="weight layout of the build tuned for: prepacked (the default; log tune/prepack/) or, with "
+                        "--no-prepack, plain (per-batch weight transposes; log tune/), for the study. Default: "
+                        "prepacked, unless the experiment's only log is an older plain one, which goes on")
     p.add_argument("--seed", type=int, help="search seed (default: random)")
     p.add_argument("--schedule", default="default", choices=["default", "custom"],
                    help="custom: measure the knobs of the hand-written kernels into tune/custom/kernels.jsonl "

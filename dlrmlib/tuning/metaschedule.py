@@ -46,6 +46,7 @@ from dlrmlib.formats.tuning_log import (
     read_trials,
     read_untuned,
     repair_log,
+    resolve_prepack,
     tuning_curve,
     tuning_log_dir,
 )
@@ -75,11 +76,11 @@ class TuneResult:
 # -- where the log lives, and reading it safely -----------------------------------------------
 
 
-def clear_log(experiment: Experiment, prepack: bool = False) -> None:
+def clear_log(experiment: Experiment, prepack: bool | None = None) -> None:
     """Start a log over: remove its files (the other layout's log, a subfolder, stays)."""
     import shutil
 
-    folder = tuning_log_dir(experiment, prepack)
+    folder = tuning_log_dir(experiment, resolve_prepack(experiment, prepack))
     with tuning_lock(experiment):
         for name in (WORKLOADS_FILE, RECORDS_FILE, TASKS_FILE, UNTUNED_FILE, TRIALS_FILE):
             (folder / name).unlink(missing_ok=True)
@@ -232,7 +233,7 @@ def _quiet_metaschedule():
 
 
 def tune(experiment: Experiment | str, trials: int = DEFAULT_TRIALS, max_trials_per_task: int | None = None,
-         num_threads: int | None = None, prepack: bool = False, trials_per_batch: int | None = None,
+         num_threads: int | None = None, prepack: bool | None = None, trials_per_batch: int | None = None,
          seed: int | None = None, progress: bool = True, log: Callable[[str], None] = print,
          rpc: "RpcMeasurement | None" = None) -> TuneResult:
     """Tune until the experiment's log holds `trials` records (a larger budget than last time
@@ -242,9 +243,12 @@ def tune(experiment: Experiment | str, trials: int = DEFAULT_TRIALS, max_trials_
 
     `max_trials_per_task` caps each kernel's trials (across runs, to within one batch);
     `num_threads` sets build workers and search threads (default: every core; measurement
-    always runs alone); `prepack` tunes the kernels of the weight-prepacked build."""
+    always runs alone); `prepack` tunes the kernels of the weight-prepacked build (None: the
+    default, prepacked, unless the experiment's only log is an older plain one, which goes on;
+    False: the plain build, for the study)."""
     experiment = Experiment.of(experiment)
     _check_budget(trials, max_trials_per_task, num_threads, trials_per_batch)
+    prepack = resolve_prepack(experiment, prepack)
     folder = tuning_log_dir(experiment, prepack)
     started = time.perf_counter()
     with tuning_lock(experiment):
@@ -268,7 +272,7 @@ def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batc
     target_dict = host_target()
     target = tvm.target.Target(target_dict)
     log(f"[tune] {experiment.name}: extracting kernels for {target_dict['mcpu']}, batch "
-        f"{experiment.batch_size}{', weights prepacked' if prepack else ''}")
+        f"{experiment.batch_size}, {'weights prepacked' if prepack else 'plain weights (per-batch transposes)'}")
     tasks = extract_tasks(per_batch_kernels(fused_module(experiment, target, prepack), target, prepack), target)
     session = _new_session(experiment, folder, tasks, target_dict, prepack, trials, done, cap)
     batch = _batch_size(trials - done, per_batch)
