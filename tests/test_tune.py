@@ -175,6 +175,8 @@ def test_default_layout_is_prepacked_unless_only_an_older_plain_log_exists(tmp_p
 
 
 def test_curve_draws_its_peers_and_where_it_crosses_them(experiment, plain_log):
+    from dlrmlib.building.verify import measure_onnxruntime
+    from dlrmlib.formats.testdata import read_test_data
     from dlrmlib.reporting.plots import plot_tuning_curve, reference_latencies
 
     curve = tuning_curve(plain_log)
@@ -183,7 +185,8 @@ def test_curve_draws_its_peers_and_where_it_crosses_them(experiment, plain_log):
     between = (start + end) / 2
     met = crossing(curve, between)
     assert met and 0 < met["trial"] <= curve["trial"].iloc[-1] and crossing(curve, end / 2) is None
-    measured = reference_latencies(experiment, 16)  # the builds above measured ONNX Runtime
+    measure_onnxruntime(experiment, read_test_data(experiment.testdata_dir), 16, repeats=3)
+    measured = reference_latencies(experiment, 16)
     assert measured["ONNX Runtime"] > 0 and reference_latencies(experiment, 17) == {}
     fig = plot_tuning_curve(experiment, plain_log, references={"ONNX Runtime": between, "custom kernels": end / 2})
     labels = [line.get_label() for line in fig.axes[0].get_lines()]
@@ -192,3 +195,15 @@ def test_curve_draws_its_peers_and_where_it_crosses_them(experiment, plain_log):
     caption = fig.texts[0].get_text() if fig.texts else fig._suptitle.get_text()
     assert f"reached at trial {met['trial']}" in caption and "custom kernels" in caption and "not reached" in caption
     assert (experiment.figures_dir / "tuning_curve.png").is_file()
+
+
+def test_kernels_at_their_compute_roof_stop_once_and_only_with_a_margin():
+    from dlrmlib.tuning.session import Session, TaskState
+
+    dense = TaskState("dense", 1.0, 2e9, best_s=0.0104, floor_s=0.01)
+    assert dense.at_roof(0.05) and not dense.at_roof(0.01) and not dense.at_roof(None)
+    gather = TaskState("gather", 1.0, 0.0, best_s=1e-9)  # no FLOP estimate: never at a roof
+    slow = TaskState("slow", 1.0, 2e9, best_s=0.02, floor_s=0.01)
+    session = Session([gather, dense, slow], budget=8, trials=0, trials_file=None, roof_margin=0.05)
+    assert session.roof_stops(alive=[0, 1, 2]) == [1] and session.at_roof == ["dense"]
+    assert session.roof_stops(alive=[0, 2]) == [] and Session([dense], 8, 0, None).roof_stops([0]) == []

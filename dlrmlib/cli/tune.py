@@ -6,7 +6,7 @@ from pathlib import Path
 
 from dlrmlib.cli.args import add_experiment, positive
 from dlrmlib.core.experiment import Experiment
-from dlrmlib.tuning import DEFAULT_TRIALS
+from dlrmlib.tuning import DEFAULT_TRIALS, ROOF_MARGIN
 from dlrmlib.tuning.rpc import DEFAULT_KEY, RpcMeasurement
 
 
@@ -22,7 +22,7 @@ def cmd_tune(args) -> None:
 
     rpc = RpcMeasurement.optional(args.rpc_tracker, args.rpc_key, args.rpc_servers)
     tune(args.experiment, trials=args.trials, max_trials_per_task=args.max_trials_per_task,
-         num_threads=args.num_threads, prepack=args.prepack, seed=args.seed, rpc=rpc)
+         num_threads=args.num_threads, prepack=args.prepack, seed=args.seed, rpc=rpc, roof_margin=args.roof_margin)
 
 
 def add_subcommands(sub) -> None:
@@ -38,6 +38,9 @@ def add_subcommands(sub) -> None:
                         "--no-prepack, plain (per-batch weight transposes; log tune/), for the study. Default: "
                         "prepacked, unless the experiment's only log is an older plain one, which goes on")
     p.add_argument("--seed", type=int, help="search seed (default: random)")
+    p.add_argument("--roof-margin", type=float, default=ROOF_MARGIN, metavar="FRACTION",
+                   help="a kernel whose best trial is within this fraction of its compute roof (FLOPs at this "
+                        "machine's sgemm peak) gets no more trials (default: %(default)s)")
     p.add_argument("--schedule", default="default", choices=["default", "custom"],
                    help="custom: measure the knobs of the hand-written kernels into tune/custom/kernels.jsonl "
                         "instead of MetaSchedule trials (default: %(default)s)")

@@ -2,3 +2,4 @@
 hand-written kernels' knobs (kernels). Kept light: MetaSchedule's worker processes import it."""
 
 DEFAULT_TRIALS = 3000  # the classic budget of the workflow this repository reproduces
+ROOF_MARGIN = 0.05  # a kernel within 5 % of its compute roof gets no more trials

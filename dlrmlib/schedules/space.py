@@ -1,0 +1,105 @@
+"""The hand-written packed GEMM (dlrmlib.schedules.dense) as a MetaSchedule design space.
+
+`dense.py` writes one kernel per knob setting and `dlrm tune --schedule custom` measured each;
+here the same structure is a schedule function over MetaSchedule's own Dense workloads (the
+fused matmul + bias + activation kernels of the tuned build), whose knobs are MetaSchedule
+decisions, so its evolutionary search, cost model, database, RPC runner and resumption tune
+them like any other schedule:
+- rows per register tile (mr): `sample_perfect_tile` on the batch rows (mutated by MutateTileSize),
+- panel width (bn): `sample_categorical` over the vector-lane multiples that divide N,
+- threads: `sample_perfect_tile` of the tiles into parallel jobs (all tiles in one job: one thread),
+- unrolling: `sample_categorical` over MetaSchedule's explicit-unroll annotation.
+Per tile: the mr x bn accumulator in registers ('local') over the whole K loop, bn lanes
+vectorised, mr rows unrolled, the epilogue (bias, ReLU/sigmoid) applied while the tile is hot.
+A workload this does not fit (a reduction that is not a 2-D matmul, N not a multiple of the
+lanes, like the 1-wide last layer) gets `None`: MetaSchedule's default rules only.
+"""
+from __future__ import annotations
+
+PANELS = (16, 32, 64)  # panel widths tried, the multiples of the vector lanes that divide N
+MAX_ROWS = 16  # rows per register tile at most (mr x bn / lanes accumulators must fit registers)
+UNROLL_STEPS = (0, 16, 64)
+MAX_TILES_PER_JOB = 256
+SPATIAL, REDUCE = 0, 2  # tirx.IterVar kinds (DataPar, CommReduce)  # MetaSchedule's explicit-unroll choices, as its default rule
+
+
+def dense_shape(func) -> tuple[int, int, int] | None:
+    """(M, K, N) when `func` is a Dense workload this space fits: one 2-D matmul reduction
+    block (SSR) followed only by elementwise blocks, N a multiple of the smallest panel."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    matmul = _matmul_block(sch)
+    if matmul is None:
+        return None
+    loops = sch.get_loops(matmul)
+    extents = [int(sch.get(loop).extent) for loop in loops]
+    m, n, k = extents
+    return (m, k, n) if n % PANELS[0] == 0 else None
+
+
+def _matmul_block(sch):
+    """The only reduction block, with loops (i, j, k) of kinds S, S, R; None otherwise."""
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    reductions = []
+    for block in blocks:
+        kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
+        if REDUCE in kinds:
+            reductions.append((block, kinds))
+    if len(reductions) != 1:
+        return None
+    block, kinds = reductions[0]
+    if len(sch.get_loops(block)) != 3 or kinds != [SPATIAL, SPATIAL, REDUCE]:
+        return None
+    if sch.get(block).name_hint.split("_")[0] not in ("matmul", "NT", "T"):
+        return None
+    return block
+
+
+def dense_space(sch, lanes: int = 16):
+    """The schedule function (`ms.space_generator.ScheduleFn`): applies the packed-GEMM
+    structure to `sch` in place, its knobs sampled. Returns None on a workload it does not fit."""
+    matmul = _matmul_block(sch)
+    if matmul is None:
+        return None
+    i, j, k = sch.get_loops(matmul)
+    m, n = int(sch.get(i).extent), int(sch.get(j).extent)
+    panels = [p for p in PANELS if p % lanes == 0 or p >= lanes] or [PANELS[0]]
+    panels = [p for p in panels if n % p == 0]
+    if not panels:
+        return None
+    root = sch.get_sblock("root")
+    epilogue = _fold_epilogue(sch, matmul)
+    _, mr = sch.sample_perfect_tile(i, n=2, max_innermost_factor=min(MAX_ROWS, m))
+    bn = sch.sample_categorical(panels, [1.0 / len(panels)] * len(panels))
+    io, ii = sch.split(i, [None, mr])
+    jo, ji = sch.split(j, [None, bn])
+    sch.reorder(jo, io, k, ii, ji)
+    if epilogue is None:
+        epilogue = sch.cache_write(matmul, 0, "global")
+    sch.set_scope(matmul, 0, "local")
+    sch.reverse_compute_at(epilogue, io)
+    tiles = sch.fuse(jo, io)
+    jobs, _ = sch.split(tiles, sch.sample_perfect_tile(tiles, n=2, max_innermost_factor=MAX_TILES_PER_JOB))
+    sch.parallel(jobs)  # tiles per job: 1 (every tile its own job) ... all (one thread)
+    sch.vectorize(ji)
+    sch.unroll(ii)
+    sch.decompose_reduction(matmul, k)
+    sch.vectorize(sch.get_loops(epilogue)[-1])
+    unroll = sch.sample_categorical(list(UNROLL_STEPS), [1.0 / len(UNROLL_STEPS)] * len(UNROLL_STEPS))
+    sch.annotate(root, "meta_schedule.unroll_explicit", unroll)
+    return sch
+
+
+def _fold_epilogue(sch, matmul):
+    """Inline every elementwise block after the matmul into the last one (bias + ReLU become
+    one block); returns that block, or None when the matmul writes the output itself."""
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    names = [sch.get(b).name_hint for b in blocks]
+    at = names.index(sch.get(matmul).name_hint)
+    after = blocks[at + 1:]
+    if not after:
+        return None
+    for block in after[:-1]:
+        sch.compute_inline(block)
+    return after[-1]
