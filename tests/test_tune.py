@@ -61,7 +61,7 @@ def plain_log(experiment):
 
 def _start_tuning(experiment, trials: int) -> subprocess.Popen:
     code = ("from dlrmlib.tuning.metaschedule import tune; "
-            f"tune({NAME!r}, trials={trials}, trials_per_batch={BATCH}, progress=False)")
+            f"tune({NAME!r}, trials={trials}, trials_per_batch={BATCH}, progress=False, space='hand-written')")
     env = {**os.environ, "DLRM_EXPERIMENTS_DIR": str(experiment.root.parent)}
     return subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -156,6 +156,8 @@ def test_prepacked_build_from_its_log_matches_onnx_runtime(experiment, plain_log
     folder = manifest_weights_dir(result.manifest, manifest)
     params = manifest_params(manifest)
     assert any(p.name.startswith("main_transform_params") for p in params), "nothing was prepacked"
+    records = (tuning_log_dir(experiment, prepack=True) / RECORDS_FILE).read_text()
+    assert '"SetScope"' in records, "no schedule of the hand-written space in the log (the killed run's)"
     tables = [p for p in params if p.name.startswith("emb_l.")]
     assert len(tables) == 26  # untouched, and hard-linked from the plain weights folder, not copied
     assert all((folder / p.file).stat().st_nlink >= 2 for p in tables)

@@ -22,7 +22,8 @@ def cmd_tune(args) -> None:
 
     rpc = RpcMeasurement.optional(args.rpc_tracker, args.rpc_key, args.rpc_servers)
     tune(args.experiment, trials=args.trials, max_trials_per_task=args.max_trials_per_task,
-         num_threads=args.num_threads, prepack=args.prepack, seed=args.seed, rpc=rpc, roof_margin=args.roof_margin)
+         num_threads=args.num_threads, prepack=args.prepack, seed=args.seed, rpc=rpc, roof_margin=args.roof_margin,
+         space=args.space)
 
 
 def add_subcommands(sub) -> None:
@@ -38,6 +39,10 @@ def add_subcommands(sub) -> None:
                         "--no-prepack, plain (per-batch weight transposes; log tune/), for the study. Default: "
                         "prepacked, unless the experiment's only log is an older plain one, which goes on")
     p.add_argument("--seed", type=int, help="search seed (default: random)")
+    p.add_argument("--space", default="union", choices=["union", "default", "hand-written"],
+                   help="design space of the Dense kernels: the hand-written packed GEMM (dlrmlib.schedules.space, "
+                        "its knobs as MetaSchedule decisions) with MetaSchedule's default rules, or either alone "
+                        "(default: %(default)s)")
     p.add_argument("--roof-margin", type=float, default=ROOF_MARGIN, metavar="FRACTION",
                    help="a kernel whose best trial is within this fraction of its compute roof (FLOPs at this "
                         "machine's sgemm peak) gets no more trials (default: %(default)s)")

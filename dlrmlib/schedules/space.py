@@ -26,59 +26,52 @@ SPATIAL, REDUCE = 0, 2  # tirx.IterVar kinds (DataPar, CommReduce)  # MetaSchedu
 def dense_shape(func) -> tuple[int, int, int] | None:
     """(M, K, N) when `func` is a Dense workload this space fits: one 2-D matmul reduction
     block (SSR) followed only by elementwise blocks, N a multiple of the smallest panel."""
+    plan = _plan(func)
+    return None if plan is None else plan[2]
+
+
+def _plan(mod) -> tuple[str, list[str], tuple[int, int, int]] | None:
+    """(matmul block, blocks after it, (M, K, N)), read on an untraced copy: the traced
+    schedule then looks blocks up by name only, which replays on any copy of the workload
+    (a recorded `get_child_blocks` would not, once postprocessing added a block)."""
     from tvm import s_tir
 
-    sch = s_tir.Schedule(func)
-    matmul = _matmul_block(sch)
-    if matmul is None:
-        return None
-    loops = sch.get_loops(matmul)
-    extents = [int(sch.get(loop).extent) for loop in loops]
-    m, n, k = extents
-    return (m, k, n) if n % PANELS[0] == 0 else None
-
-
-def _matmul_block(sch):
-    """The only reduction block, with loops (i, j, k) of kinds S, S, R; None otherwise."""
+    sch = s_tir.Schedule(mod)
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    reductions = []
-    for block in blocks:
-        kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
-        if REDUCE in kinds:
-            reductions.append((block, kinds))
-    if len(reductions) != 1:
+    kinds = [[int(iv.iter_type) for iv in sch.get(b).iter_vars] for b in blocks]
+    reductions = [i for i, k in enumerate(kinds) if REDUCE in k]
+    if len(reductions) != 1 or kinds[reductions[0]] != [SPATIAL, SPATIAL, REDUCE]:
         return None
-    block, kinds = reductions[0]
-    if len(sch.get_loops(block)) != 3 or kinds != [SPATIAL, SPATIAL, REDUCE]:
+    at = reductions[0]
+    names = [sch.get(b).name_hint for b in blocks]
+    loops = sch.get_loops(blocks[at])
+    if at != 0 or len(loops) != 3 or any(REDUCE in k for k in kinds[at + 1:]):
         return None
-    if sch.get(block).name_hint.split("_")[0] not in ("matmul", "NT", "T"):
-        return None
-    return block
+    m, n, k = (int(sch.get(loop).extent) for loop in loops)
+    return (names[at], names[at + 1:], (m, k, n)) if n % PANELS[0] == 0 else None
 
 
 def dense_space(sch, lanes: int = 16):
     """The schedule function (`ms.space_generator.ScheduleFn`): applies the packed-GEMM
     structure to `sch` in place, its knobs sampled. Returns None on a workload it does not fit."""
-    matmul = _matmul_block(sch)
-    if matmul is None:
+    plan = _plan(sch.mod)
+    if plan is None:
         return None
-    i, j, k = sch.get_loops(matmul)
-    m, n = int(sch.get(i).extent), int(sch.get(j).extent)
-    panels = [p for p in PANELS if p % lanes == 0 or p >= lanes] or [PANELS[0]]
-    panels = [p for p in panels if n % p == 0]
-    if not panels:
-        return None
+    matmul_name, after, (m, _, n) = plan
+    panels = [p for p in PANELS if n % p == 0 and p % lanes == 0] or [PANELS[0]]
     root = sch.get_sblock("root")
-    epilogue = _fold_epilogue(sch, matmul)
+    matmul = sch.get_sblock(matmul_name)
+    for name in after[:-1]:  # bias, activation: one epilogue block
+        sch.compute_inline(sch.get_sblock(name))
+    epilogue = sch.get_sblock(after[-1]) if after else sch.cache_write(matmul, 0, "global")
+    i, j, k = sch.get_loops(matmul)
     _, mr = sch.sample_perfect_tile(i, n=2, max_innermost_factor=min(MAX_ROWS, m))
     bn = sch.sample_categorical(panels, [1.0 / len(panels)] * len(panels))
     io, ii = sch.split(i, [None, mr])
     jo, ji = sch.split(j, [None, bn])
     sch.reorder(jo, io, k, ii, ji)
-    if epilogue is None:
-        epilogue = sch.cache_write(matmul, 0, "global")
     sch.set_scope(matmul, 0, "local")
-    sch.reverse_compute_at(epilogue, io)
+    sch.reverse_compute_at(epilogue, io, preserve_unit_loops=True)  # a fixed loop count: replayable
     tiles = sch.fuse(jo, io)
     jobs, _ = sch.split(tiles, sch.sample_perfect_tile(tiles, n=2, max_innermost_factor=MAX_TILES_PER_JOB))
     sch.parallel(jobs)  # tiles per job: 1 (every tile its own job) ... all (one thread)
@@ -89,17 +82,3 @@ def dense_space(sch, lanes: int = 16):
     unroll = sch.sample_categorical(list(UNROLL_STEPS), [1.0 / len(UNROLL_STEPS)] * len(UNROLL_STEPS))
     sch.annotate(root, "meta_schedule.unroll_explicit", unroll)
     return sch
-
-
-def _fold_epilogue(sch, matmul):
-    """Inline every elementwise block after the matmul into the last one (bias + ReLU become
-    one block); returns that block, or None when the matmul writes the output itself."""
-    blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    names = [sch.get(b).name_hint for b in blocks]
-    at = names.index(sch.get(matmul).name_hint)
-    after = blocks[at + 1:]
-    if not after:
-        return None
-    for block in after[:-1]:
-        sch.compute_inline(block)
-    return after[-1]

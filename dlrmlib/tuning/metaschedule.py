@@ -52,6 +52,7 @@ from dlrmlib.formats.tuning_log import (
     tuning_log_dir,
 )
 from dlrmlib.frontend.relax import fused_module, per_batch_kernels
+from dlrmlib.schedules.space import dense_shape, dense_space
 from dlrmlib.tuning import DEFAULT_TRIALS, ROOF_MARGIN
 from dlrmlib.tuning import session as ts
 from dlrmlib.tuning.rpc import RpcMeasurement
@@ -200,14 +201,35 @@ def _untuned_latencies(tasks, states, target, builder, runner, folder: Path, log
         state.untuned_s = known.get(state.name)
 
 
-def _contexts(tasks: list, folder: Path, threads: int, seed: int | None) -> list:
+SPACES = ("union", "default", "hand-written")
+
+
+def _space(task, space: str):
+    """A task's design space: MetaSchedule's default x86 rules, the hand-written packed GEMM
+    (dlrmlib.schedules.space) where it fits the kernel, or both (`union`, the default: the
+    search samples either, its cost model and mutations compare them)."""
     from tvm.s_tir import meta_schedule as ms
 
-    contexts, _ = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        tasks, str(folder), num_threads=threads, seed=seed)
-    if len(contexts) != len(tasks):
-        raise DlrmError("MetaSchedule skipped some tasks; the session's task list no longer matches")
-    return contexts
+    if space == "default" or dense_shape(task.dispatched[0]) is None:
+        return "post-order-apply"
+    written = ms.space_generator.ScheduleFn(dense_space, sch_rules=[], postprocs=[], mutator_probs={})
+    if space == "hand-written":
+        return ms.space_generator.SpaceGeneratorUnion([written])
+    return ms.space_generator.SpaceGeneratorUnion([written, ms.space_generator.PostOrderApply()])
+
+
+def _contexts(tasks: list, folder: Path, threads: int, seed: int | None, space: str = "union") -> list:
+    """One TuneContext per task, as `extracted_tasks_to_tune_contexts` makes them, with each
+    task's own design space."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
+    from tvm.s_tir.meta_schedule.utils import fork_seed
+
+    loggers = get_loggers_from_work_dir(str(folder), [t.task_name for t in tasks])
+    return [ms.TuneContext(mod=task.dispatched[0], target=task.target, space_generator=_space(task, space),
+                           search_strategy="evolutionary", task_name=task.task_name, logger=logger,
+                           rand_state=rand_state, num_threads=threads).clone()
+            for task, logger, rand_state in zip(tasks, loggers, fork_seed(seed, n=len(tasks)))]
 
 
 @contextmanager
@@ -238,7 +260,8 @@ def _quiet_metaschedule():
 def tune(experiment: Experiment | str, trials: int = DEFAULT_TRIALS, max_trials_per_task: int | None = None,
          num_threads: int | None = None, prepack: bool | None = None, trials_per_batch: int | None = None,
          seed: int | None = None, progress: bool = True, log: Callable[[str], None] = print,
-         rpc: "RpcMeasurement | None" = None, roof_margin: float | None = ROOF_MARGIN) -> TuneResult:
+         rpc: "RpcMeasurement | None" = None, roof_margin: float | None = ROOF_MARGIN,
+         space: str = "union") -> TuneResult:
     """Tune until the experiment's log holds `trials` records (a larger budget than last time
     continues from the log; killing the run loses at most the batch being measured).
     With `rpc` (dlrmlib.tuning.rpc.RpcMeasurement), candidates are measured on the RPC tracker's
@@ -248,11 +271,14 @@ def tune(experiment: Experiment | str, trials: int = DEFAULT_TRIALS, max_trials_
     `num_threads` sets build workers and search threads (default: every core; measurement
     always runs alone); a kernel whose best trial is within `roof_margin` of its compute roof
     (its FLOPs at this machine's sgemm peak, measured at the start; None: never) gets no more
-    trials; `prepack` tunes the kernels of the weight-prepacked build (None: the
+    trials; `space` is each Dense kernel's design space (`union`: the hand-written packed GEMM
+    and MetaSchedule's default rules; `default`; `hand-written`); `prepack` tunes the kernels of the weight-prepacked build (None: the
     default, prepacked, unless the experiment's only log is an older plain one, which goes on;
     False: the plain build, for the study)."""
     experiment = Experiment.of(experiment)
     _check_budget(trials, max_trials_per_task, num_threads, trials_per_batch)
+    if space not in SPACES:
+        raise DlrmError(f"space must be one of {', '.join(SPACES)}, got {space!r}")
     if roof_margin is not None and not (isinstance(roof_margin, (int, float)) and roof_margin >= 0):
         raise DlrmError(f"roof_margin must be a non-negative fraction (or None), got {roof_margin!r}")
     prepack = resolve_prepack(experiment, prepack)
@@ -268,11 +294,11 @@ def tune(experiment: Experiment | str, trials: int = DEFAULT_TRIALS, max_trials_
             return TuneResult(folder, done, 0, time.perf_counter() - started, _logged_estimate(folder))
         return _tune_rest(experiment, folder, trials, done, max_trials_per_task, num_threads or os.cpu_count() or 1,
                           prepack, trials_per_batch, seed, progress, log, started, rpc=rpc,
-                          roof_margin=roof_margin)
+                          roof_margin=roof_margin, space=space)
 
 
 def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batch, seed, progress, log,
-               started, rpc=None, roof_margin=None) -> TuneResult:
+               started, rpc=None, roof_margin=None, space="union") -> TuneResult:
     import tvm
 
 
@@ -286,10 +312,11 @@ def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batc
     if roof_margin is not None:
         _set_roofs(session, roof_margin, log)
     batch = _batch_size(trials - done, per_batch)
-    log(f"[tune] {len(tasks)} kernels; {done} trials in the log, tuning {trials - done} more in batches of "
+    written = sum(dense_shape(t.dispatched[0]) is not None for t in tasks) if space != "default" else 0
+    log(f"[tune] {len(tasks)} kernels ({written} with the hand-written GEMM in their design space, {space}); {done} trials in the log, tuning {trials - done} more in batches of "
         f"{batch} ({threads} build workers, measurement alone); log: {folder}")
     with _quiet_metaschedule():
-        contexts = _contexts(tasks, folder, threads, seed)
+        contexts = _contexts(tasks, folder, threads, seed, space)
         builder, runner = ts.PooledBuilder(threads), ts.make_runner(rpc)
         if rpc is not None:
             log(f"[tune] measuring on {rpc.servers} RPC server(s) with key {rpc.key!r} via the tracker at {rpc.tracker}")
