@@ -195,3 +195,35 @@ def test_every_sampled_hand_written_schedule_computes_the_dense_layer(m, k, n, e
         tvm.compile(sch.mod, target=target)(*args, out)
         np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
     assert len(decisions) > 2, "the sampled schedules did not differ"
+
+
+def test_sampled_concatenation_schedules_copy_every_embedding_in_place():
+    """The interaction's concatenation (F inputs of (B, D) -> (B, F, D), one chain of selects
+    per element as imported): the hand-written space copies input by input; every sampled
+    schedule gives numpy's answer."""
+    import tvm
+    from tvm import s_tir, te, topi
+    from tvm.s_tir import meta_schedule as ms
+
+    from dlrmlib.core.target import host_target
+    from dlrmlib.schedules.space import concat_space, dense_shape, gather_concat_plan
+    from dlrmlib.tuning.session import cpu_intrinsics_only
+
+    cpu_intrinsics_only()
+    b, d, n = 12, 16, 8
+    inputs = [te.placeholder((b, d), "float32", name=f"e{i}") for i in range(n)]
+    out = topi.reshape(topi.concatenate(inputs, axis=1), (b, n, d))
+    mod = tvm.IRModule({"main": te.create_prim_func([*inputs, out])})
+    assert gather_concat_plan(mod) is not None and dense_shape(mod) is None
+    target = tvm.target.Target(host_target())
+    postprocs = ms.TuneContext(mod=mod, target=target, space_generator="post-order-apply",
+                               search_strategy="replay-trace").space_generator.postprocs
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal((b, d)).astype("float32") for _ in range(n)]
+    for seed in (1, 2):
+        sch = s_tir.Schedule(mod, seed=seed)
+        concat_space(sch)
+        assert all(p.apply(sch) for p in postprocs)
+        result = tvm.runtime.tensor(np.zeros((b, n, d), "float32"))
+        tvm.compile(sch.mod, target=target)(*[tvm.runtime.tensor(a) for a in arrays], result)
+        np.testing.assert_array_equal(result.numpy(), np.stack(arrays, axis=1))

@@ -82,3 +82,40 @@ def dense_space(sch, lanes: int = 16):
     unroll = sch.sample_categorical(list(UNROLL_STEPS), [1.0 / len(UNROLL_STEPS)] * len(UNROLL_STEPS))
     sch.annotate(root, "meta_schedule.unroll_explicit", unroll)
     return sch
+
+
+def gather_concat_plan(mod) -> tuple[list[str], int] | None:
+    """(blocks, rank) when `mod` is the interaction's concatenation as the import writes it:
+    only elementwise blocks (no reduction), the last one a reshape of a concatenation into
+    (batch, features, dim). None otherwise."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(mod)
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    names = [sch.get(b).name_hint for b in blocks]
+    if not any(n.startswith("T_concat") for n in names):
+        return None
+    if any(REDUCE in [int(iv.iter_type) for iv in sch.get(b).iter_vars] for b in blocks):
+        return None
+    rank = len(sch.get_loops(blocks[-1]))
+    return (names, rank) if rank >= 3 else None
+
+
+def concat_space(sch):
+    """The concatenation of the embeddings as the hand-written interaction kernel does it: one
+    copy per input, not a chain of 27 selects per element. Inlined into the reshape, the feature
+    loop unrolled (each copy then knows its input), the last axis vectorised; the batch rows
+    split into parallel jobs by a `sample_perfect_tile` decision (one job: one thread)."""
+    plan = gather_concat_plan(sch.mod)
+    if plan is None:
+        return None
+    names, _ = plan
+    for name in names[:-1]:
+        sch.compute_inline(sch.get_sblock(name))
+    loops = sch.get_loops(sch.get_sblock(names[-1]))
+    jobs, _ = sch.split(loops[0], sch.sample_perfect_tile(loops[0], n=2, max_innermost_factor=MAX_TILES_PER_JOB))
+    sch.parallel(jobs)
+    for loop in loops[1:-1]:
+        sch.unroll(loop)
+    sch.vectorize(loops[-1])
+    return sch

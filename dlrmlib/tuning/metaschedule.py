@@ -52,7 +52,7 @@ from dlrmlib.formats.tuning_log import (
     tuning_log_dir,
 )
 from dlrmlib.frontend.relax import fused_module, per_batch_kernels
-from dlrmlib.schedules.space import dense_shape, dense_space
+from dlrmlib.schedules.space import concat_space, dense_shape, dense_space, gather_concat_plan
 from dlrmlib.tuning import DEFAULT_TRIALS, ROOF_MARGIN
 from dlrmlib.tuning import session as ts
 from dlrmlib.tuning.rpc import RpcMeasurement
@@ -210,12 +210,20 @@ def _space(task, space: str):
     search samples either, its cost model and mutations compare them)."""
     from tvm.s_tir import meta_schedule as ms
 
-    if space == "default" or dense_shape(task.dispatched[0]) is None:
+    if space == "default" or hand_written(task) is None:
         return "post-order-apply"
-    written = ms.space_generator.ScheduleFn(dense_space, sch_rules=[], postprocs=[], mutator_probs={})
+    written = ms.space_generator.ScheduleFn(hand_written(task), sch_rules=[], postprocs=[], mutator_probs={})
     if space == "hand-written":
         return ms.space_generator.SpaceGeneratorUnion([written])
     return ms.space_generator.SpaceGeneratorUnion([written, ms.space_generator.PostOrderApply()])
+
+
+def hand_written(task):
+    """The hand-written schedule function that fits a task (Dense GEMM, the embeddings'
+    concatenation), or None."""
+    if dense_shape(task.dispatched[0]) is not None:
+        return dense_space
+    return concat_space if gather_concat_plan(task.dispatched[0]) is not None else None
 
 
 def _contexts(tasks: list, folder: Path, threads: int, seed: int | None, space: str = "union") -> list:
@@ -312,8 +320,8 @@ def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batc
     if roof_margin is not None:
         _set_roofs(session, roof_margin, log)
     batch = _batch_size(trials - done, per_batch)
-    written = sum(dense_shape(t.dispatched[0]) is not None for t in tasks) if space != "default" else 0
-    log(f"[tune] {len(tasks)} kernels ({written} with the hand-written GEMM in their design space, {space}); {done} trials in the log, tuning {trials - done} more in batches of "
+    written = sum(hand_written(t) is not None for t in tasks) if space != "default" else 0
+    log(f"[tune] {len(tasks)} kernels ({written} with a hand-written schedule in their design space, {space}); {done} trials in the log, tuning {trials - done} more in batches of "
         f"{batch} ({threads} build workers, measurement alone); log: {folder}")
     with _quiet_metaschedule():
         contexts = _contexts(tasks, folder, threads, seed, space)
