@@ -17,7 +17,7 @@ from dlrmlib.backends import predict_all
 from dlrmlib.backends.onnxruntime import OnnxRuntimeBackend
 from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.experiment import DEFAULT_EXPERIMENT, Experiment
-from dlrmlib.core.files import atomic_path, link_or_copy
+from dlrmlib.core.files import atomic_path, clone_or_copy
 from dlrmlib.formats.model import generate_model
 from dlrmlib.formats.normalise import BAG_LAYOUTS, check_external_data, embedding_tables, load_graph, normalise_model
 from dlrmlib.formats.presets import preset_config
@@ -37,6 +37,8 @@ def _experiment_params(preset, onnx_model, batch_size, samples, seed, table_rows
         raise DlrmError(f"bags must be one of {BAG_LAYOUTS}, got {bags!r}")
     if onnx_model is None:
         preset_config(preset, table_rows)  # fails early on an unknown preset
+    elif Path(onnx_model).is_dir():
+        raise DlrmError(f"--onnx-model {onnx_model} is a folder; name the .onnx file in it")
     return {"preset": None if onnx_model else preset,
             "onnx_model": str(Path(onnx_model).resolve()) if onnx_model else None,
             "table_rows": table_rows, "seed": int(seed), "style": None if onnx_model else style,
@@ -45,11 +47,11 @@ def _experiment_params(preset, onnx_model, batch_size, samples, seed, table_rows
 
 
 def _copy_user_model(source: Path, experiment: Experiment) -> None:
-    """The user's model into the experiment: the graph copied, external data hard-linked (or
-    copied), since ONNX refuses data files that are symbolic links."""
-    model = load_graph(source)
+    """The user's model into the experiment: the graph and its external data copied (reflinked
+    where the file system can), since ONNX refuses data files that are hard or symbolic links."""
+    model = load_graph(source, inline_small=False)  # every external data file goes along
     for data in check_external_data(model, source.parent):
-        link_or_copy(data, experiment.model_dir / data.relative_to(source.parent))
+        clone_or_copy(data, experiment.model_dir / data.relative_to(source.parent))
     with atomic_path(experiment.source_model) as tmp:
         shutil.copyfile(source, tmp)
 
@@ -65,11 +67,18 @@ def _make_model(params: dict, experiment: Experiment, log) -> None:
         generate_model(config, experiment.source_model, seed=params["seed"], style=params["style"])
 
 
-def _normalise(params: dict, experiment: Experiment, log) -> onnx.ModelProto:
+def normalise_source(source: Path, params: dict) -> onnx.ModelProto:
+    """The model at `source` normalised (graph only; its weights are never read)."""
+    model = load_graph(source)
+    check_external_data(model, source.parent)
+    return normalise_model(model, params["batch_size"], params["bags"])
+
+
+def _normalise(params: dict, experiment: Experiment, log, normalised: onnx.ModelProto | None = None
+               ) -> onnx.ModelProto:
     log(f"[prepare] normalising for batch {params['batch_size']} ({params['bags']} bags)")
-    model = load_graph(experiment.source_model)
-    check_external_data(model, experiment.model_dir)
-    normalised = normalise_model(model, params["batch_size"], params["bags"])
+    if normalised is None:
+        normalised = normalise_source(experiment.source_model, params)
     # Saved beside the source model, so the external data locations still resolve.
     with atomic_path(experiment.normalised_model) as tmp:
         tmp.write_bytes(normalised.SerializeToString())
@@ -105,7 +114,11 @@ def prepare(experiment: str = DEFAULT_EXPERIMENT, preset: str = "small", onnx_mo
     weights folder. A model generated with the same parameters is reused."""
     params = _experiment_params(preset, onnx_model, batch_size, samples, seed, table_rows, style, bags,
                                 mlperf_data, ids)
+    # A user's model is normalised before anything is written: a form dlrmlib cannot read
+    # leaves no experiment behind.
+    checked = normalise_source(Path(params["onnx_model"]), params) if params["onnx_model"] else None
     exp = Experiment.open(experiment, root, create=True)
+    exp.preparing_marker.write_text("`dlrm prepare` started and has not finished\n")  # removed at the end
     old = exp.params if exp.params_path.is_file() else {}
     same_model = all(old.get(k) == params[k] for k in MODEL_KEYS) and exp.source_model.is_file()
     if not same_model:
@@ -114,12 +127,13 @@ def prepare(experiment: str = DEFAULT_EXPERIMENT, preset: str = "small", onnx_mo
     else:
         log(f"[prepare] reusing {exp.source_model}")
     exp.save_params(params)
-    normalised = _normalise(params, exp, log)
+    normalised = _normalise(params, exp, log, checked)
     tables = embedding_tables(normalised)
     _make_test_data(params, exp, tables, log)
 
     folder, specs, _ = extract_weights(exp)
     log(f"[prepare] weights folder {folder} ({len(specs)} parameters, "
         f"{sum(p.bytes for p in specs) / 2**20:.1f} MiB)")
+    exp.preparing_marker.unlink()
     log(f"[prepare] experiment ready: {exp.root}")
     return exp

@@ -68,3 +68,32 @@ def test_native_runner_maps_weights(big, tmp_path):
     assert result["max_abs_err"] <= 1e-5
     assert result["rss_anon_kb"] * 1024 < big["weights_bytes"] / 4, result["rss_anon_kb"]
 
+
+
+def _sparse_files_work(folder) -> bool:
+    probe = folder / "sparse-probe"
+    with open(probe, "wb") as f:
+        f.truncate(2**30)
+    holes = probe.stat().st_blocks * 512 < 2**20
+    probe.unlink()
+    return holes
+
+
+@pytest.mark.slow
+def test_terabyte_preset_normalises_in_little_memory(tmp_path):
+    """`dlrm prepare --preset terabyte`'s normalising step on the preset's real graph and data
+    layout (96 GB of tables, the data file a hole: benchmarks/bench_normalise_terabyte.py):
+    peak anonymous memory under 2 GiB, and the tables are never read."""
+    import importlib.util
+    from pathlib import Path
+
+    if not _sparse_files_work(tmp_path):
+        pytest.skip("this filesystem cannot hold a sparse file; the 96 GB data file would be real")
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_normalise_terabyte.py"
+    spec = importlib.util.spec_from_file_location("bench_normalise_terabyte", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.measure("terabyte", batch_size=128, folder=tmp_path / "terabyte")
+    assert result["data_file_bytes"] > 90e9 and result["loops_left"] == 0
+    assert result["peak_anon_bytes"] < bench.LIMIT, result
+    assert result["bytes_read"] < 64 * 2**20, result  # the graph and probes, never a table

@@ -19,11 +19,11 @@ ROWS, DIM = 23, 5
 def bag_model(style: str, weight: np.ndarray, num_indices: int, num_bags: int, mode: str) -> onnx.ModelProto:
     """A graph holding just one embedding bag, written as `style` (aten or loop)."""
     maker = NodeMaker("t")
-    EMITTERS[style](EmbeddingBag("W", "I", "O", "Y", mode=mode), maker)
+    EMITTERS[style](EmbeddingBag("W", "lS_i", "lS_o", "Y", mode=mode), maker)
     graph = helper.make_graph(
         maker.nodes, "bag",
-        [helper.make_tensor_value_info("I", TensorProto.INT64, [num_indices]),
-         helper.make_tensor_value_info("O", TensorProto.INT64, [num_bags])],
+        [helper.make_tensor_value_info("lS_i", TensorProto.INT64, [num_indices]),
+         helper.make_tensor_value_info("lS_o", TensorProto.INT64, [num_bags])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [num_bags, DIM])],
         [numpy_helper.from_array(weight, "W")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
@@ -31,13 +31,13 @@ def bag_model(style: str, weight: np.ndarray, num_indices: int, num_bags: int, m
 
 def run_rewritten(style, weight, indices, offsets, mode, bags="any"):
     model = bag_model(style, weight, len(indices), len(offsets), mode)
-    assert rewrite_embedding_bags(model.graph, len(indices), len(offsets), bags) == 1
+    assert rewrite_embedding_bags(model, len(indices), len(offsets), bags) == 1
     assert not [n for n in model.graph.node if n.op_type in ("ATen", "Loop")]
     onnx.checker.check_model(model)
     import onnxruntime as ort
 
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {"I": indices, "O": offsets})[0]
+    return session.run(None, {"lS_i": indices, "lS_o": offsets})[0]
 
 
 CASES = {
@@ -72,7 +72,7 @@ def test_loop_form_as_exported_agrees_with_numpy_in_onnx_runtime():
     model = bag_model("loop", weight, len(indices), len(offsets), "sum")
     import onnxruntime as ort
 
-    out = ort.InferenceSession(model.SerializeToString()).run(None, {"I": indices, "O": offsets})[0]
+    out = ort.InferenceSession(model.SerializeToString()).run(None, {"lS_i": indices, "lS_o": offsets})[0]
     np.testing.assert_allclose(out, embedding_bag_reference(weight, indices, offsets), rtol=1e-6)
 
 

@@ -126,7 +126,7 @@ class FromLog:
             records, database = 0, None
             if self.require_records or count_records(folder):
                 check_log_mode(folder, prepack)
-                records = snapshot_log(folder, Path(tmp))
+                records = snapshot_log(folder, Path(tmp), log)
                 if records == 0:
                     raise DlrmError(f"the tuning log {folder} has no records yet; run `dlrm tune --experiment "
                                     f"{experiment.name}{'' if prepack else ' --no-prepack'}` first")
@@ -178,10 +178,13 @@ class Custom:
         knobs = kernel_configs(Path(kernel_log), log) if kernel_log is not None else {}
         if kernel_log is not None:
             log(f"[build] kernel knobs from {kernel_log} ({len(knobs)} kernels tuned)")
-        mod, plan = custom_module(source.mod, source.target, NUM_INPUTS, configs=knobs)
+        fallbacks: dict = {}
+        mod, plan = custom_module(source.mod, source.target, NUM_INPUTS, configs=knobs, fallbacks=fallbacks)
+        for layer, why in fallbacks.items():
+            log(f"[build] {layer}: default lowering, no hand-written kernel ({why})")
         info = {"tuned": False, "trials": 0, "tuning_log": None, "pipeline": PIPELINE_NAME, "schedule": "custom",
                 "prepack": not plan.identity, "kernel_log": str(kernel_log) if kernel_log is not None else None,
-                "kernel_knobs": knobs}
+                "kernel_knobs": knobs, "kernel_fallbacks": fallbacks}
         lowering = Lowering(mod, None, info)
         if not plan.identity:
             transform_id = self.transform_id(knobs)

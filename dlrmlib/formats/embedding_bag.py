@@ -42,6 +42,7 @@ class EmbeddingBag:
     output: str
     mode: str = "sum"
     include_last_offset: bool = False
+    row: int | None = None  # set: `indices`/`offsets` are whole [T, ...] inputs; the bag reads this row
 
 
 class NodeMaker:

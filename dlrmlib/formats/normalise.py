@@ -2,32 +2,38 @@
 
 A user's model may write embedding bags as `ATen` nodes (the MLPerf file) or as `Loop`s
 (newer PyTorch exports); TVM's Relax importer reads neither. `normalise_model` finds every
-embedding bag, rewrites it with `dlrmlib.formats.embedding_bag`'s standard-op forms, fixes the input
-shapes to the batch size, and turns integer initializers (index lists, shapes) into Constant
-nodes so that only real weights become the library's runtime parameters.
+embedding bag (`dlrmlib.formats.recognise`), rewrites it with `dlrmlib.formats.embedding_bag`'s
+standard-op forms, fixes the input shapes to the batch size, folds the shape arithmetic into
+constants (`dlrmlib.formats.folding`), and turns integer initializers (index lists, shapes)
+into Constant nodes so that only real weights become the library's runtime parameters.
 """
 from __future__ import annotations
 
 import os
-from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper, version_converter
 
 from dlrmlib.core.errors import DlrmError
-from dlrmlib.formats.embedding_bag import MODES, EmbeddingBag, NodeMaker, emit_general, emit_one_per_bag
+from dlrmlib.formats.embedding_bag import EmbeddingBag, NodeMaker, emit_general, emit_one_per_bag
+from dlrmlib.formats.folding import fold_shapes, on_graph_alone
+from dlrmlib.formats.recognise import find_embedding_bags, node_inputs, unknown_nodes
 from dlrmlib.formats.model import DENSE_INPUT, INDICES_INPUT, OFFSETS_INPUT
 from dlrmlib.formats.presets import NUM_DENSE, NUM_TABLES
 
 WEIGHT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
 BAG_LAYOUTS = ("one_per_bag", "any")
+GENERAL_BAG_OPSET = 18  # ScatterElements reduction="max" (emit_general) is opset 18
+INLINE_LIMIT = 1 << 20  # external tensors smaller than this are read into the graph
 
 
-def load_graph(path: str | os.PathLike) -> onnx.ModelProto:
+def load_graph(path: str | os.PathLike, inline_small: bool = True) -> onnx.ModelProto:
     """The model's graph without its weights' data (which can be 96 GB), with clear errors for
-    a missing, empty, truncated or non-ONNX file."""
+    a missing, empty, truncated or non-ONNX file; external tensors under INLINE_LIMIT bytes
+    are read in unless `inline_small` is false."""
     path = Path(path)
     if not path.is_file():
         raise DlrmError(f"ONNX model not found: {path}")
@@ -39,7 +45,30 @@ def load_graph(path: str | os.PathLike) -> onnx.ModelProto:
         raise DlrmError(f"{path} is not a readable ONNX model (truncated or another format?): {e}") from None
     if not model.graph.node:
         raise DlrmError(f"{path} parsed as ONNX but has no nodes: it is not an ONNX model, or it is truncated")
+    if inline_small:
+        _inline_small_tensors(model, path.parent)
     return model
+
+
+def _inline_small_tensors(model: onnx.ModelProto, model_dir: Path, limit: int = INLINE_LIMIT) -> None:
+    """External tensors under `limit` bytes read into the graph: an exporter may put index lists
+    and shapes there too, and normalising must see their values. (Read directly: onnx's own
+    loader refuses the hard links an experiment holds.)"""
+    for tensor in model.graph.initializer:
+        if tensor.data_location != TensorProto.EXTERNAL or _tensor_bytes(tensor) >= limit:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        file = model_dir / info["location"]
+        if not file.is_file():
+            continue  # check_external_data says so, in one clear line
+        with open(file, "rb") as f:
+            f.seek(int(info.get("offset", 0)))
+            data = f.read(int(info.get("length", _tensor_bytes(tensor))))
+        if len(data) != _tensor_bytes(tensor):
+            continue  # truncated: check_external_data says so
+        del tensor.external_data[:]
+        tensor.data_location = TensorProto.DEFAULT
+        tensor.raw_data = data
 
 
 def check_external_data(model: onnx.ModelProto, model_dir: Path) -> list[Path]:
@@ -69,71 +98,12 @@ def _tensor_bytes(tensor: TensorProto) -> int:
     return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
 
 
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _find_aten_bag(node: onnx.NodeProto) -> EmbeddingBag | None:
-    """`ATen(weight, indices, offsets[, per_sample_weights]) {operator="embedding_bag"}`."""
-    attrs = _attrs(node)
-    if node.op_type != "ATen" or attrs.get("operator", b"") not in (b"embedding_bag", "embedding_bag"):
-        return None
-    if len(node.input) > 3 and node.input[3]:
-        raise DlrmError(f"ATen embedding_bag {node.name!r} has per-sample weights, which are not supported")
-    return EmbeddingBag(weight=node.input[0], indices=node.input[1], offsets=node.input[2],
-                        output=node.output[0], mode=MODES[int(attrs.get("mode", 0))],
-                        include_last_offset=bool(attrs.get("include_last_offset", 0)))
-
-
-def _find_loop_bag(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto]) -> EmbeddingBag | None:
-    """PyTorch's Loop form: the body slices `indices` between `starts[i]` and `ends[i]`,
-    gathers rows of an outer weight and reduces them; `starts` is a slice of the offsets,
-    with the number of indices appended unless the model includes the last offset."""
-    if node.op_type != "Loop":
-        return None
-    body = _attrs(node)["body"]
-    iteration = body.input[0].name
-    by_type = {}
-    for n in body.node:
-        by_type.setdefault(n.op_type, []).append(n)
-    slices = by_type.get("Slice", [])
-    gathers = by_type.get("Gather", [])
-    reduces = [n for op in ("ReduceSum", "ReduceMean", "ReduceMax") for n in by_type.get(op, [])]
-    local = {o for n in body.node for o in n.output} | {i.name for i in body.input}
-    starts = [g.input[0] for g in gathers if g.input[1] == iteration and g.input[0] not in local]
-    row_gathers = [g for g in gathers if g.input[0] not in local and g.input[1] not in {iteration}
-                   and any(g.input[1] == s.output[0] for s in slices)]
-    if len(reduces) != 1 or not starts or len(row_gathers) != 1 or len(node.output) != 1:
-        return None
-    picked = next(s for s in slices if s.output[0] == row_gathers[0].input[1])
-    starts_producer = producers.get(starts[0])
-    if starts_producer is None or starts_producer.op_type != "Slice":
-        return None
-    offsets, include_last = starts_producer.input[0], True
-    concat = producers.get(offsets)
-    if concat is not None and concat.op_type == "Concat" and len(concat.input) == 2:
-        offsets, include_last = concat.input[0], False
-    mode = {"ReduceSum": "sum", "ReduceMean": "mean", "ReduceMax": "max"}[reduces[0].op_type]
-    return EmbeddingBag(weight=row_gathers[0].input[0], indices=picked.input[0], offsets=offsets,
-                        output=node.output[0], mode=mode, include_last_offset=include_last)
-
-
-def find_embedding_bags(graph: onnx.GraphProto) -> dict[int, EmbeddingBag]:
-    """Node position -> the embedding bag that node computes."""
-    producers = {o: n for n in graph.node for o in n.output}
-    bags = {}
-    for pos, node in enumerate(graph.node):
-        bag = _find_aten_bag(node) or _find_loop_bag(node, producers)
-        if bag:
-            bags[pos] = bag
-    return bags
-
-
-def rewrite_embedding_bags(graph: onnx.GraphProto, num_indices: int, num_bags: int, bags: str) -> int:
-    """Replace every embedding bag of the graph (ATen or Loop form) by standard ops, in place;
-    integer initializers become Constant nodes. Each bag takes `num_indices` indices into
-    `num_bags` bags. Returns how many bags were rewritten."""
-    found = find_embedding_bags(graph)
+def rewrite_embedding_bags(model: onnx.ModelProto, num_indices: int, num_bags: int, bags: str) -> int:
+    """Replace every embedding bag of the graph (in any form `recognise` knows) by standard ops,
+    in place; integer initializers become Constant nodes. Each bag takes `num_indices` indices
+    into `num_bags` bags. Returns how many bags were rewritten."""
+    graph = model.graph
+    found = find_embedding_bags(model, num_bags, num_indices)
     weights = _weight_shapes(graph)
     new_nodes = _constants_from_initializers(graph)
     for pos, node in enumerate(graph.node):
@@ -145,6 +115,7 @@ def rewrite_embedding_bags(graph: onnx.GraphProto, num_indices: int, num_bags: i
             raise DlrmError(f"embedding_bag {node.name!r} reads its table from {bag.weight!r}, "
                             "which is not an initializer of the model")
         maker = NodeMaker(f"embedding_bag/{bag.output}")
+        bag = _with_rows(bag, maker)
         if bags == "one_per_bag":
             emit_one_per_bag(bag, maker)
         else:
@@ -155,7 +126,17 @@ def rewrite_embedding_bags(graph: onnx.GraphProto, num_indices: int, num_bags: i
     return len(found)
 
 
-def _check_interface(graph: onnx.GraphProto) -> None:
+def _with_rows(bag: EmbeddingBag, maker: NodeMaker) -> EmbeddingBag:
+    """A probed bag reads row `bag.row` of lS_i/lS_o: gather that row here."""
+    if bag.row is None:
+        return bag
+    def row(name: str) -> str:
+        return maker.op("Gather", [name, maker.const(bag.row)], axis=0)
+
+    return replace(bag, indices=row(bag.indices), offsets=row(bag.offsets), row=None)
+
+
+def _check_interface(graph: onnx.GraphProto, batch_size: int | None = None) -> None:
     names = [i.name for i in graph.input if i.name not in {t.name for t in graph.initializer}]
     missing = [n for n in (DENSE_INPUT, OFFSETS_INPUT, INDICES_INPUT) if n not in names]
     if missing or len(names) != 3:
@@ -171,6 +152,9 @@ def _check_interface(graph: onnx.GraphProto) -> None:
             continue
         elem_type, fixed = expected[value.name]
         dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+        if value.name == DENSE_INPUT and batch_size and dims and dims[0] not in (None, batch_size):
+            raise DlrmError(f"the model was exported for batch {dims[0]} (its {DENSE_INPUT} is {dims}, no dynamic "
+                            f"batch axis); prepare it with batch size {dims[0]}, not {batch_size}")
         wrong_type = value.type.tensor_type.elem_type != elem_type
         wrong_dims = len(dims) != 2 or any(dims[axis] not in (None, size) for axis, size in fixed.items())
         if wrong_type or wrong_dims:
@@ -202,12 +186,7 @@ def _constants_from_initializers(graph: onnx.GraphProto) -> list[onnx.NodeProto]
 def _drop_dead_nodes(graph: onnx.GraphProto) -> None:
     """Remove nodes (and initializers) nothing uses any more, such as a rewritten Loop's inputs."""
     while True:
-        used = {o.name for o in graph.output}
-        for node in graph.node:
-            used.update(node.input)
-            for attr in node.attribute:  # subgraphs read outer names implicitly
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    used.update(i for n in attr.g.node for i in n.input)
+        used = {o.name for o in graph.output}.union(*(node_inputs(n) for n in graph.node))
         dead = [n for n in graph.node if not any(o in used for o in n.output)]
         if not dead:
             break
@@ -215,6 +194,35 @@ def _drop_dead_nodes(graph: onnx.GraphProto) -> None:
             graph.node.remove(node)
     for tensor in [t for t in graph.initializer if t.name not in used]:
         graph.initializer.remove(tensor)
+
+
+def _at_least_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """The model in ONNX opset `opset` when it is older (onnx's version converter, on the graph
+    alone): the general bag form scatter-reduces, which needs ScatterElements' `reduction`."""
+    version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), opset)
+    if version >= opset:
+        return model
+    try:
+        return on_graph_alone(model, lambda free: version_converter.convert_version(free, opset))
+    except Exception as e:  # the converter's own error types
+        raise DlrmError(f"the model is ONNX opset {version}; bags='any' needs opset {opset}, and onnx's version "
+                        f"converter failed: {str(e).strip().splitlines()[0][:300] if str(e).strip() else e}") from None
+
+
+def _check_no_leftovers(graph: onnx.GraphProto) -> None:
+    """After the rewrite, no node TVM cannot import may remain: name the first one."""
+    leftover = unknown_nodes(graph)
+    if leftover:
+        first = next(n for n in graph.node if n.op_type in leftover)
+        what = _attrs(first).get("operator", b"")
+        what = f" (ATen operator {what.decode() if isinstance(what, bytes) else what!r})" if what else ""
+        raise DlrmError(f"{first.op_type} node {first.name!r}{what} is not part of an embedding bag dlrmlib "
+                        f"recognises (expected ATen embedding_bag, or a Loop computing one); the model has "
+                        f"{dict(leftover)} such nodes and TVM cannot import them")
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _weight_shapes(graph: onnx.GraphProto) -> dict[str, list[int]]:
@@ -238,28 +246,36 @@ def normalise_model(model: onnx.ModelProto, batch_size: int, bags: str = "one_pe
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    _check_interface(graph)
+    _check_interface(graph, batch_size)
     num_indices = batch_size * indices_per_bag
-    rewrite_embedding_bags(graph, num_indices, batch_size, bags)
+    if bags == "any":
+        out = _at_least_opset(out, GENERAL_BAG_OPSET)
+        graph = out.graph
+    rewrite_embedding_bags(out, num_indices, batch_size, bags)
     del graph.input[:]
     graph.input.extend(_static_inputs(batch_size, num_indices))
     output = graph.output[0]
     graph.output[0].CopyFrom(helper.make_tensor_value_info(output.name, TensorProto.FLOAT, [batch_size, 1]))
     del graph.value_info[:]
     _drop_dead_nodes(graph)
-    leftover = Counter(n.op_type for n in graph.node if n.op_type in ("ATen", "Loop"))
-    if leftover:
-        raise DlrmError(f"the model has {dict(leftover)} nodes that are not embedding bags in a form "
-                        "dlrmlib recognises; TVM cannot import them")
+    _check_no_leftovers(graph)
     # A custom domain (ATen's) is no longer used after the rewrite.
     kept = [o for o in out.opset_import if o.domain in ("", "ai.onnx")]
     del out.opset_import[:]
     out.opset_import.extend(kept)
+    out = fold_shapes(out)
+    _check_interface(out.graph)
     return out
 
 
 def embedding_tables(model: onnx.ModelProto) -> list[int]:
     """Row counts of the tables gathered by the normalised model, in lS_i row order."""
+    weights = _weight_shapes(model.graph)
+    return [weights[name][0] for name in embedding_table_weights(model)]
+
+
+def embedding_table_weights(model: onnx.ModelProto) -> list[str]:
+    """The initializer each table is gathered from, in lS_i row order."""
     producers = {o: n for n in model.graph.node for o in n.output}
     weights = _weight_shapes(model.graph)
     rows: dict[int, int] = {}
@@ -270,7 +286,7 @@ def embedding_tables(model: onnx.ModelProto) -> list[int]:
         if row_pick.op_type == "Gather" and row_pick.input[0] == INDICES_INPUT:
             table = _constant_value(producers.get(row_pick.input[1]))
             if table is not None:
-                rows[int(table)] = weights[node.input[0]][0]
+                rows[int(table)] = node.input[0]
     if sorted(rows) != list(range(NUM_TABLES)):
         raise DlrmError(f"could not match the model's embedding tables to the {NUM_TABLES} rows of "
                         f"{INDICES_INPUT} (found tables {sorted(rows)})")

@@ -20,13 +20,21 @@ PIPELINE_NAME = ("custom kernels (dlrmlib.schedules: packed GEMM + bias/ReLU, na
                  "interaction with prefetch) + relax default (cpu_generic)")
 
 
-def custom_module(mod, target: dict, num_input: int, configs: dict | None = None, seen: dict | None = None):
+def custom_module(mod, target: dict, num_input: int, configs: dict | None = None, seen: dict | None = None,
+                  fallbacks: dict | None = None):
     """(rewritten module, LiftPlan) for `tvm.compile` with the default pipeline. `configs`:
-    tuned knobs per kernel name (dlrmlib.schedules.knobs); `seen` collects the kernels made."""
+    tuned knobs per kernel name (dlrmlib.schedules.knobs); `seen` collects the kernels made;
+    `fallbacks` the layers left to the default lowering (name -> why): a shape no kernel was
+    written for is lowered as an untuned build would, never forced into a kernel."""
     import tvm
 
 
     tvm_target = tvm.target.Target(target)
+    seen = seen if seen is not None else {}
+    fallbacks = fallbacks if fallbacks is not None else {}
     mod = use_interaction_kernel(configs=configs, seen=seen)(mod)
-    mod = use_dense_kernels(tvm_target, configs, seen)(mod)
+    if not any(kind == "interaction" for kind, _, _ in seen.values()):
+        fallbacks["interaction"] = ("the gathers + dot interaction are not in the form the fused kernel matches "
+                                    "(one id per bag, tables read from lS_i rows, pairs j < i by a constant index)")
+    mod = use_dense_kernels(tvm_target, configs, seen, fallbacks)(mod)
     return lift_weight_transforms(mod, num_input)

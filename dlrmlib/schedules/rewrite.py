@@ -42,11 +42,13 @@ class _KernelTable:
     kernel's tuned knobs (`configs`: name -> knob values) and tells `seen` what it made (name ->
     (kind, shape, extra)), for the tuner."""
 
-    def __init__(self, builder: relax.BlockBuilder, configs: dict | None = None, seen: dict | None = None):
+    def __init__(self, builder: relax.BlockBuilder, configs: dict | None = None, seen: dict | None = None,
+                 fallbacks: dict | None = None):
         self.builder = builder
         self.known: dict[str, tvm.ir.GlobalVar] = {}
         self.configs = configs or {}
         self.seen = seen if seen is not None else {}
+        self.fallbacks = fallbacks if fallbacks is not None else {}  # layer -> why the default lowering
 
     def config(self, name: str) -> dict:
         return dict(self.configs.get(name, {}))
@@ -77,6 +79,7 @@ def _dense_rewriter(kernels: _KernelTable, relu: bool, vars_, vector_lanes: int)
             return relax.call_tir(dense, [x, w, b], relax.TensorType((shape.m, shape.n), "float32"))
         config = DenseConfig(**kernels.config(shape.name))
         if not shape.packable(config.bn):
+            kernels.fallbacks[shape.name] = f"width {shape.n} is not a multiple of the panel width {config.bn}"
             return expr
         kernels.seen[shape.name] = ("dense", shape, None)
         bn = config.bn
@@ -96,14 +99,16 @@ def vector_lanes(target: tvm.target.Target) -> int:
     return 16 if has_avx512 else 8
 
 
-def use_dense_kernels(target: tvm.target.Target, configs: dict | None = None, seen: dict | None = None):
+def use_dense_kernels(target: tvm.target.Target, configs: dict | None = None, seen: dict | None = None,
+                      fallbacks: dict | None = None):
     """Module pass: every float32 Dense(+bias)(+ReLU) with a packable width -> packed GEMM; one
-    narrower than a panel (the last layer) -> a dot product per output."""
+    narrower than a panel (the last layer) -> a dot product per output. A width that is neither
+    keeps the default lowering, and `fallbacks` says so (layer name -> why)."""
 
     @tvm.transform.module_pass(opt_level=0, name="UseDenseKernels")
     def _pass(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
         builder = relax.BlockBuilder(mod)
-        kernels = _KernelTable(builder, configs, seen)
+        kernels = _KernelTable(builder, configs, seen, fallbacks)
         lanes = vector_lanes(target)
         (with_relu, plain), vars_ = _dense_patterns()
         updates = {}
