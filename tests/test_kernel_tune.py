@@ -141,3 +141,89 @@ def test_shipped_kernel_logs_are_complete_and_usable():
                 DenseConfig(**config)
             else:
                 assert set(config) == {"prefetch", "locality"}
+
+
+def _dense_workload(m: int, k: int, n: int, epilogue: str):
+    """A Dense kernel as the tuned build's fused workloads are written: x[M,K] @ w[K,N] (the
+    prepacked build's transposed weights), then bias + ReLU, bias alone, or nothing."""
+    from tvm import te, tirx
+
+    x = te.placeholder((m, k), "float32", name="x")
+    w = te.placeholder((k, n), "float32", name="w")
+    b = te.placeholder((n,), "float32", name="b")
+    r = te.reduce_axis((0, k), name="r")
+    out = te.compute((m, n), lambda i, j: te.sum(x[i, r] * w[r, j], axis=r), name="matmul")
+    if epilogue != "none":
+        out = te.compute((m, n), lambda i, j: out[i, j] + b[j], name="T_add")
+    if epilogue == "relu":
+        out = te.compute((m, n), lambda i, j: tirx.max(out[i, j], tirx.const(0, "float32")), name="compute")
+    return te.create_prim_func([x, w, b, out] if epilogue != "none" else [x, w, out])
+
+
+@pytest.mark.parametrize("m, k, n, epilogue", [(16, 367, 64, "relu"), (16, 13, 32, "bias"), (12, 40, 48, "none")])
+def test_every_sampled_hand_written_schedule_computes_the_dense_layer(m, k, n, epilogue):
+    """The hand-written GEMM as a MetaSchedule design space: schedules sampled with different
+    decisions (rows per tile, panel width, jobs, unrolling), postprocessed as the tuner does,
+    all give numpy's answer; a kernel it does not fit (N = 1) is left to the default rules."""
+    import tvm
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    from dlrmlib.core.target import host_target
+    from dlrmlib.schedules.space import dense_shape, dense_space
+    from dlrmlib.tuning.session import cpu_intrinsics_only
+
+    cpu_intrinsics_only()  # a TuneContext imports every target's intrinsics otherwise (30-40 s)
+    func = _dense_workload(m, k, n, epilogue)
+    assert dense_shape(tvm.IRModule({"main": func})) == (m, k, n)
+    assert dense_shape(tvm.IRModule({"main": _dense_workload(m, k, 1, "relu")})) is None
+    target = tvm.target.Target(host_target())
+    postprocs = ms.TuneContext(mod=tvm.IRModule({"main": func}), target=target, space_generator="post-order-apply",
+                               search_strategy="replay-trace").space_generator.postprocs
+    rng = np.random.default_rng(0)
+    x, w, b = (rng.standard_normal(s).astype("float32") for s in ((m, k), (k, n), (n,)))
+    expected = x @ w + (b if epilogue != "none" else 0)
+    expected = np.maximum(expected, 0) if epilogue == "relu" else expected
+    decisions = set()
+    for seed in range(1, 9):
+        sch = s_tir.Schedule(tvm.IRModule({"main": func}), seed=seed)
+        dense_space(sch)
+        assert all(p.apply(sch) for p in postprocs)
+        decisions.add(str([d for d in sch.trace.decisions.values()]))
+        out = tvm.runtime.tensor(np.zeros((m, n), "float32"))
+        args = [tvm.runtime.tensor(a) for a in ((x, w, b) if epilogue != "none" else (x, w))]
+        tvm.compile(sch.mod, target=target)(*args, out)
+        np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert len(decisions) > 2, "the sampled schedules did not differ"
+
+
+def test_sampled_concatenation_schedules_copy_every_embedding_in_place():
+    """The interaction's concatenation (F inputs of (B, D) -> (B, F, D), one chain of selects
+    per element as imported): the hand-written space copies input by input; every sampled
+    schedule gives numpy's answer."""
+    import tvm
+    from tvm import s_tir, te, topi
+    from tvm.s_tir import meta_schedule as ms
+
+    from dlrmlib.core.target import host_target
+    from dlrmlib.schedules.space import concat_space, dense_shape, gather_concat_plan
+    from dlrmlib.tuning.session import cpu_intrinsics_only
+
+    cpu_intrinsics_only()
+    b, d, n = 12, 16, 8
+    inputs = [te.placeholder((b, d), "float32", name=f"e{i}") for i in range(n)]
+    out = topi.reshape(topi.concatenate(inputs, axis=1), (b, n, d))
+    mod = tvm.IRModule({"main": te.create_prim_func([*inputs, out])})
+    assert gather_concat_plan(mod) is not None and dense_shape(mod) is None
+    target = tvm.target.Target(host_target())
+    postprocs = ms.TuneContext(mod=mod, target=target, space_generator="post-order-apply",
+                               search_strategy="replay-trace").space_generator.postprocs
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal((b, d)).astype("float32") for _ in range(n)]
+    for seed in (1, 2):
+        sch = s_tir.Schedule(mod, seed=seed)
+        concat_space(sch)
+        assert all(p.apply(sch) for p in postprocs)
+        result = tvm.runtime.tensor(np.zeros((b, n, d), "float32"))
+        tvm.compile(sch.mod, target=target)(*[tvm.runtime.tensor(a) for a in arrays], result)
+        np.testing.assert_array_equal(result.numpy(), np.stack(arrays, axis=1))

@@ -1,6 +1,7 @@
 """Tuning: a killed run keeps every finished trial and the next one resumes; builds from a log
-match ONNX Runtime and their weights folder is what the manifest says, with and without weight
-prepacking. Real TVM and MetaSchedule, small budgets (batches of 4 trials)."""
+match ONNX Runtime and their weights folder is what the manifest says, prepacked (the default)
+and plain; the curve draws its peers. Real TVM and MetaSchedule, small budgets (batches of 4
+trials)."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -17,7 +19,17 @@ from dlrmlib.building.build import build
 from dlrmlib.building.recipes import FromLog
 from dlrmlib.cli.main import main as dlrm
 from dlrmlib.core.errors import DlrmError
-from dlrmlib.formats.tuning_log import RECORDS_FILE, count_records, repair_log, task_table, tuning_curve, tuning_log_dir
+from dlrmlib.formats.tuning_log import (
+    RECORDS_FILE,
+    count_records,
+    crossing,
+    log_mode,
+    repair_log,
+    resolve_prepack,
+    task_table,
+    tuning_curve,
+    tuning_log_dir,
+)
 from dlrmlib.formats.weights import (
     extract_weights,
     manifest_params,
@@ -42,14 +54,14 @@ def experiment(experiments_root):
 
 @pytest.fixture(scope="module")
 def plain_log(experiment):
-    """A log with at least two batches (a no-op when the kill test already made one)."""
-    tune(experiment, trials=2 * BATCH, trials_per_batch=BATCH, **quiet)
-    return tuning_log_dir(experiment)
+    """A plain log (the study's layout) with two batches."""
+    tune(experiment, trials=2 * BATCH, trials_per_batch=BATCH, prepack=False, **quiet)
+    return tuning_log_dir(experiment, prepack=False)
 
 
 def _start_tuning(experiment, trials: int) -> subprocess.Popen:
     code = ("from dlrmlib.tuning.metaschedule import tune; "
-            f"tune({NAME!r}, trials={trials}, trials_per_batch={BATCH}, progress=False)")
+            f"tune({NAME!r}, trials={trials}, trials_per_batch={BATCH}, progress=False, space='hand-written')")
     env = {**os.environ, "DLRM_EXPERIMENTS_DIR": str(experiment.root.parent)}
     return subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -74,7 +86,7 @@ def _kill(process: subprocess.Popen) -> None:
 
 
 def test_killed_run_keeps_every_finished_trial_and_the_next_run_resumes(experiment):
-    folder = tuning_log_dir(experiment)
+    folder = tuning_log_dir(experiment, prepack=True)  # a fresh experiment tunes prepacked by default
     process = _start_tuning(experiment, trials=400)
     try:
         _wait_for_records(folder, BATCH, process)
@@ -123,7 +135,7 @@ def _check_build(manifest_path, max_abs_error: float) -> dict:
 
 def test_build_from_the_log_matches_onnx_runtime(experiment, plain_log):
     records = count_records(plain_log)
-    assert dlrm(["build", "--experiment", NAME]) == 0  # the experiment's log has records: a tuned build
+    assert dlrm(["build", "--experiment", NAME, "--no-prepack"]) == 0  # the plain log, for the study
     measured = experiment.measurements()[f"python_vm_{records}"]
     manifest = _check_build(experiment.manifest_path(str(records)), measured["max_abs_error"])
     assert manifest["build"]["tuned"] and manifest["build"]["trials"] == records
@@ -134,8 +146,9 @@ def test_build_from_the_log_matches_onnx_runtime(experiment, plain_log):
 def test_prepacked_build_from_its_log_matches_onnx_runtime(experiment, plain_log):
     with pytest.raises(DlrmError, match="without weight prepacking"):
         build(experiment, FromLog(plain_log, prepack=True), log=lambda _: None)
-    tune(experiment, trials=BATCH, trials_per_batch=BATCH, prepack=True, **quiet)
-    result = build(experiment, FromLog(prepack=True), log=lambda _: None)
+    assert FromLog(plain_log).layout(experiment) is False  # a named log is built as it records
+    tune(experiment, trials=BATCH, trials_per_batch=BATCH, **quiet)  # the default: prepacked
+    result = build(experiment, FromLog(), log=lambda _: None)
     manifest = _check_build(result.manifest, result.verification["max_abs_error"])
     records = count_records(tuning_log_dir(experiment, prepack=True))
     assert result.tag == f"{records}_prepack" and manifest["build"]["prepack"]
@@ -143,7 +156,56 @@ def test_prepacked_build_from_its_log_matches_onnx_runtime(experiment, plain_log
     folder = manifest_weights_dir(result.manifest, manifest)
     params = manifest_params(manifest)
     assert any(p.name.startswith("main_transform_params") for p in params), "nothing was prepacked"
+    records = (tuning_log_dir(experiment, prepack=True) / RECORDS_FILE).read_text()
+    assert '"SetScope"' in records, "no schedule of the hand-written space in the log (the killed run's)"
     tables = [p for p in params if p.name.startswith("emb_l.")]
     assert len(tables) == 26  # untouched, and hard-linked from the plain weights folder, not copied
     assert all((folder / p.file).stat().st_nlink >= 2 for p in tables)
     assert folder.name != extract_weights(experiment)[2]
+
+
+def test_default_layout_is_prepacked_unless_only_an_older_plain_log_exists(tmp_path):
+    experiment = SimpleNamespace(tune_dir=tmp_path)
+    assert resolve_prepack(experiment, None) is True  # nothing tuned yet
+    (tmp_path / RECORDS_FILE).write_text('[0, 1]\n')  # an older experiment: plain records only
+    assert resolve_prepack(experiment, None) is False and log_mode(tmp_path) is None
+    (tmp_path / "tasks.json").write_text('{"batch_size": 16}')  # before the option: plain
+    assert log_mode(tmp_path) is False
+    (tmp_path / "prepack").mkdir()
+    (tmp_path / "prepack" / RECORDS_FILE).write_text('[0, 1]\n')
+    assert resolve_prepack(experiment, None) is True and resolve_prepack(experiment, False) is False
+
+
+def test_curve_draws_its_peers_and_where_it_crosses_them(experiment, plain_log):
+    from dlrmlib.building.verify import measure_onnxruntime
+    from dlrmlib.formats.testdata import read_test_data
+    from dlrmlib.reporting.plots import plot_tuning_curve, reference_latencies
+
+    curve = tuning_curve(plain_log)
+    start, end = curve["estimated_latency_s"].iloc[0], curve["estimated_latency_s"].iloc[-1]
+    assert end < start, "the tiny log did not improve on the untuned kernels"
+    between = (start + end) / 2
+    met = crossing(curve, between)
+    assert met and 0 < met["trial"] <= curve["trial"].iloc[-1] and crossing(curve, end / 2) is None
+    measure_onnxruntime(experiment, read_test_data(experiment.testdata_dir), 16, repeats=3)
+    measured = reference_latencies(experiment, 16)
+    assert measured["ONNX Runtime"] > 0 and reference_latencies(experiment, 17) == {}
+    fig = plot_tuning_curve(experiment, plain_log, references={"ONNX Runtime": between, "custom kernels": end / 2})
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert any(label.startswith("ONNX Runtime") for label in labels)
+    assert any(label.startswith("custom kernels") for label in labels)
+    caption = fig.texts[0].get_text() if fig.texts else fig._suptitle.get_text()
+    assert f"reached at trial {met['trial']}" in caption and "custom kernels" in caption and "not reached" in caption
+    assert (experiment.figures_dir / "tuning_curve.png").is_file()
+
+
+def test_kernels_at_their_compute_roof_stop_once_and_only_with_a_margin():
+    from dlrmlib.tuning.session import Session, TaskState
+
+    dense = TaskState("dense", 1.0, 2e9, best_s=0.0104, floor_s=0.01)
+    assert dense.at_roof(0.05) and not dense.at_roof(0.01) and not dense.at_roof(None)
+    gather = TaskState("gather", 1.0, 0.0, best_s=1e-9)  # no FLOP estimate: never at a roof
+    slow = TaskState("slow", 1.0, 2e9, best_s=0.02, floor_s=0.01)
+    session = Session([gather, dense, slow], budget=8, trials=0, trials_file=None, roof_margin=0.05)
+    assert session.roof_stops(alive=[0, 1, 2]) == [1] and session.at_roof == ["dense"]
+    assert session.roof_stops(alive=[0, 2]) == [] and Session([dense], 8, 0, None).roof_stops([0]) == []

@@ -46,7 +46,8 @@ def test_nonsense_budgets_are_refused_by_the_command(experiment, experiments_roo
 
 @pytest.mark.parametrize("kwargs, message", [({"trials": -1}, "trials must be a positive integer"),
                                              ({"trials": 8, "max_trials_per_task": 0}, "max_trials_per_task"),
-                                             ({"trials": 2.5}, "trials must be a positive integer")])
+                                             ({"trials": 2.5}, "trials must be a positive integer"),
+                                             ({"trials": 8, "roof_margin": -1}, "roof_margin")])
 def test_nonsense_budgets_are_refused_by_the_library(experiment, kwargs, message):
     with pytest.raises(DlrmError, match=message):
         tune(experiment, progress=False, log=lambda _: None, **kwargs)

@@ -80,7 +80,7 @@ def _agree(folder) -> None:
 
 
 def test_kills_between_the_record_and_its_trial_line_lose_nothing(experiment):
-    folder = tuning_log_dir(experiment)
+    folder = tuning_log_dir(experiment, prepack=True)  # the default layout
     records, trials = folder / RECORDS_FILE, folder / TRIALS_FILE
     # 1: between the database write and the trials line (the cost model updates in between)
     _kill_when(_start(experiment, 400), lambda: _lines(records) > max(_lines(trials), 0) > 0
@@ -106,7 +106,7 @@ def test_kills_between_the_record_and_its_trial_line_lose_nothing(experiment):
 
 
 def test_damaged_lines_are_reported_with_file_and_line_and_set_aside(experiment, capsys, tmp_path):
-    folder = tuning_log_dir(experiment)
+    folder = tuning_log_dir(experiment, prepack=True)  # the default layout
     if count_records(folder) < 3:
         tune(experiment, trials=BATCH, trials_per_batch=BATCH, progress=False, log=lambda _: None)
     lines = (folder / RECORDS_FILE).read_bytes().splitlines(keepends=True)

@@ -26,7 +26,7 @@ from dlrmlib.core.target import cpu_description, host_target
 from dlrmlib.core.tvmlog import quiet_tvm_log
 from dlrmlib.formats.normalise import embedding_table_weights, embedding_tables, load_graph
 from dlrmlib.formats.testdata import read_test_data
-from dlrmlib.formats.tuning_log import tuning_log_dir
+from dlrmlib.formats.tuning_log import resolve_prepack, tuning_log_dir
 from dlrmlib.formats.weights import layout_checksums, model_identity, param_entries, write_manifest
 from dlrmlib.frontend.relax import import_relax
 
@@ -138,17 +138,19 @@ def _manifest(source: Source, tag: str, library: Path, params, checksums: list[s
     }
 
 
-def build_best(experiment: Experiment | str, log_dir: str | Path | None = None, prepack: bool = False,
+def build_best(experiment: Experiment | str, log_dir: str | Path | None = None, prepack: bool | None = None,
                verify: bool = True, log: Callable[[str], None] = print) -> BuildResult:
-    """From the tuning log when it has records (an explicit `log_dir` must), else untuned."""
+    """From the tuning log when it has records (an explicit `log_dir` must), else untuned;
+    prepacked unless `prepack=False` or the experiment's only log is an older plain one."""
     experiment = Experiment.of(experiment)
     recipe = best_recipe(experiment, Path(log_dir) if log_dir else None, prepack)
     if not isinstance(recipe, FromLog) or not recipe.require_records:
-        log(f"[build] no tuning records in {tuning_log_dir(experiment, prepack)}: building untuned")
+        log(f"[build] no tuning records in {tuning_log_dir(experiment, resolve_prepack(experiment, prepack))}: "
+            "building untuned")
     return build(experiment, recipe, verify, log)
 
 
-def build_variants(experiment: Experiment | str, log_dir: str | Path | None = None, prepack: bool = False,
+def build_variants(experiment: Experiment | str, log_dir: str | Path | None = None, prepack: bool | None = None,
                    untuned: bool = True, custom: bool = True, log: Callable[[str], None] = print,
                    precision: str = "fp32") -> list:
     """The builds notebook 03 compares, each checked against the reference: from the tuning log
@@ -164,3 +166,12 @@ def build_variants(experiment: Experiment | str, log_dir: str | Path | None = No
     if untuned and fast[0].tag != "untuned":
         build(experiment, log=log)
     return fast
+
+
+def measure_references(experiment: Experiment | str, log: Callable[[str], None] = print) -> dict[str, dict]:
+    """The tuning curve's horizontal lines, measured now in this process: the custom-kernel
+    build (built with the experiment's kernel knobs, checked like every build) and ONNX Runtime,
+    both at the experiment's batch size (saved as `python_vm_custom` and `onnxruntime`)."""
+    experiment = Experiment.of(experiment)
+    result = build(experiment, Custom(), log=log)
+    return {"python_vm_custom": result.verification, "onnxruntime": experiment.measurement("onnxruntime")}

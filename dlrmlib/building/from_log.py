@@ -80,12 +80,15 @@ def check_log_mode(folder: Path, prepack: bool) -> None:
     """A plain log cannot serve a prepacked build, nor the reverse: different kernels."""
     tasks = read_tasks(folder)
     if tasks is not None and bool(tasks.get("prepack")) != prepack:
-        def said(flag):
-            return "with" if flag else "without"
+        def said(prepacked):
+            return "with" if prepacked else "without"
+
+        def flag(prepacked):
+            return "--prepack" if prepacked else "--no-prepack"
 
         raise DlrmError(f"the tuning log {folder} was tuned {said(tasks.get('prepack'))} weight prepacking, this "
-                        f"build is {said(prepack)}: their kernels are different functions. Build "
-                        f"{said(tasks.get('prepack'))} --prepack, or tune {said(prepack)} --prepack first")
+                        f"build is {said(prepack)}: their kernels are different functions. Build with "
+                        f"{flag(tasks.get('prepack'))}, or tune with {flag(prepack)} first")
 
 
 def add_untuned(folder: Path, snapshot: Path) -> int:

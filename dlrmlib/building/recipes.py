@@ -23,7 +23,14 @@ from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.experiment import Experiment
 from dlrmlib.core.machine import cpu_flags, precision_isa
 from dlrmlib.core.paths import PACKAGE_DIR
-from dlrmlib.formats.tuning_log import count_records, snapshot_log, tuning_log_dir
+from dlrmlib.formats.tuning_log import (
+    DEFAULT_PREPACK,
+    count_records,
+    log_mode,
+    resolve_prepack,
+    snapshot_log,
+    tuning_log_dir,
+)
 from dlrmlib.formats.weights import ParamSpec, extract_weights, layout_id
 from dlrmlib.frontend.relax import NUM_INPUTS
 from dlrmlib.schedules import PIPELINE_NAME, custom_module
@@ -97,42 +104,52 @@ class Untuned:
 class FromLog:
     """MetaSchedule's best schedules from a tuning log (the experiment's own by default); an
     empty log with `prepack` is the untuned prepacked baseline. Tag: the log's record count,
-    `<records>_prepack` with weight prepacking."""
+    `<records>_prepack` with weight prepacking. `prepack=None` (the default): the mode the log
+    records (`tasks.json`), or for the experiment's own log `resolve_prepack`'s choice."""
 
     log_dir: Path | None = None
-    prepack: bool = False
+    prepack: bool | None = None
     require_records: bool = True
 
-    def folder(self, experiment: Experiment) -> Path:
-        return Path(self.log_dir) if self.log_dir else tuning_log_dir(experiment, self.prepack)
+    def layout(self, experiment: Experiment) -> bool:
+        """Prepacked or plain: as asked, else as the named log was tuned, else the default."""
+        if self.prepack is None and self.log_dir:
+            recorded = log_mode(Path(self.log_dir))
+            return DEFAULT_PREPACK if recorded is None else recorded
+        return resolve_prepack(experiment, self.prepack)
 
-    def tag_for(self, records: int) -> str:
-        return (f"{records}_prepack" if records else "untuned_prepack") if self.prepack else str(records)
+    def folder(self, experiment: Experiment) -> Path:
+        return Path(self.log_dir) if self.log_dir else tuning_log_dir(experiment, self.layout(experiment))
+
+    @staticmethod
+    def tag_for(records: int, prepack: bool) -> str:
+        return (f"{records}_prepack" if records else "untuned_prepack") if prepack else str(records)
 
     @contextmanager
     def lower(self, source: Source) -> Iterator[Lowering]:
         experiment, log = source.experiment, source.log
+        prepack = self.layout(experiment)
         folder = self.folder(experiment)
         with tempfile.TemporaryDirectory(prefix="dlrm-tuning-log-") as tmp:
             records, database = 0, None
             if self.require_records or count_records(folder):
-                check_log_mode(folder, self.prepack)
+                check_log_mode(folder, prepack)
                 records = snapshot_log(folder, Path(tmp), log)
                 if records == 0:
                     raise DlrmError(f"the tuning log {folder} has no records yet; run `dlrm tune --experiment "
-                                    f"{experiment.name}{' --prepack' if self.prepack else ''}` first")
+                                    f"{experiment.name}{'' if prepack else ' --no-prepack'}` first")
                 log(f"[build] tuning log {folder}: {records} trials")
                 add_untuned(folder, Path(tmp))
                 database = Path(tmp)
             facts: dict = {}
             parts = ["MetaSchedule database" if database else "no tuning log"] + (
-                ["weight prepacking"] if self.prepack else [])
-            info = {"tuned": records > 0, "trials": records, "schedule": "default", "prepack": self.prepack,
+                ["weight prepacking"] if prepack else [])
+            info = {"tuned": records > 0, "trials": records, "schedule": "default", "prepack": prepack,
                     "tuning_log": os.path.relpath(folder, experiment.builds_dir) if database else None,
                     "pipeline": f"dlrmlib.building.from_log.tuned_pipeline ({', '.join(parts)})"}
-            lowering = Lowering(source.mod, tuned_pipeline(source.target, database, self.prepack, facts), info,
-                                tag=self.tag_for(records))
-            if self.prepack:
+            lowering = Lowering(source.mod, tuned_pipeline(source.target, database, prepack, facts), info,
+                                tag=self.tag_for(records, prepack))
+            if prepack:
                 lowering.weights = lambda library: self._weights(source, library, facts)
             if database is not None:
                 lowering.after.append(lambda: log(
@@ -226,8 +243,12 @@ def _target_has(target: dict, feature: str) -> bool:
     return bool(tvm.target.codegen.target_has_features(feature, tvm.target.Target(target)))
 
 
-def best_recipe(experiment: Experiment, log_dir: Path | None = None, prepack: bool = False):
-    """From the tuning log when it has records (an explicit `log_dir` must), else untuned."""
-    if log_dir is not None or count_records(tuning_log_dir(experiment, prepack)):
+def best_recipe(experiment: Experiment, log_dir: Path | None = None, prepack: bool | None = None):
+    """From the tuning log when it has records (an explicit `log_dir` must), else untuned
+    (prepacked only when asked for explicitly: the study's untuned baseline is plain).
+    `prepack=None`: prepacked unless the experiment's only log is an older plain one."""
+    if log_dir is not None:
         return FromLog(log_dir, prepack)
+    if count_records(tuning_log_dir(experiment, resolve_prepack(experiment, prepack))):
+        return FromLog(None, prepack)
     return FromLog(None, True, require_records=False) if prepack else Untuned()

@@ -65,8 +65,8 @@ def cmd_build(args) -> int | None:
     if args.precision != "fp32" and schedule != "custom":
         raise DlrmError(f"--precision {args.precision} uses the hand-written kernels: drop --schedule default")
     if schedule == "custom":
-        if args.prepack or args.tuning_log:
-            raise DlrmError("--prepack and --tuning-log apply to MetaSchedule builds (--schedule default); custom "
+        if args.prepack is not None or args.tuning_log:
+            raise DlrmError("--[no-]prepack and --tuning-log apply to MetaSchedule builds (--schedule default); custom "
                             "builds always prepack and take --kernel-log")
         default_tag = "custom" if args.precision == "fp32" else f"custom_{args.precision}"
         recipe = recipes.Custom(Path(kernel_log) if kernel_log else None, args.tag or default_tag, args.precision)
@@ -137,10 +137,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", help="tag of an untuned or custom build (default: untuned, or custom); a build from a "
                                  "tuning log is tagged with the log's record count")
     p.add_argument("--tuning-log", metavar="DIR", help="MetaSchedule tuning log to build from (default: the "
-                   "experiment's tune/, or tune/prepack/ with --prepack, whenever it has records)")
-    p.add_argument("--prepack", action="store_true",
-                   help="weight prepacking: kernels take weights in the tuned layouts, transformed once here "
-                        "into the weights folder (uses tune/prepack/)")
+                   "experiment's tune/prepack/, or tune/ with --no-prepack, whenever it has records)")
+    p.add_argument("--prepack", action=argparse.BooleanOptionalAction, default=None,
+                   help="weight prepacking (the default): kernels take weights in the tuned layouts, transformed "
+                        "once here into the weights folder (log tune/prepack/); --no-prepack: the plain build, "
+                        "per-batch transposes (log tune/). Default: as the log was tuned (tasks.json)")
     p.add_argument("--kernel-log", metavar="DIR", help="with --schedule custom: the kernel log whose knobs to "
                    "use (kernels.jsonl, e.g. logs/<machine>/<preset>/b<batch>; default: tune/custom/ if tuned)")
     p.add_argument("--log", help=argparse.SUPPRESS)  # before --tuning-log/--kernel-log: either, by --schedule

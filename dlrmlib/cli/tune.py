@@ -1,11 +1,12 @@
 """`dlrm tune` (notebook 02_tune): MetaSchedule trials, or the hand-written kernels' knobs."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from dlrmlib.cli.args import add_experiment, integer, seed, threads
 from dlrmlib.core.experiment import Experiment
-from dlrmlib.tuning import DEFAULT_TRIALS, MAX_TRIALS, MAX_TRIALS_WHY
+from dlrmlib.tuning import DEFAULT_TRIALS, MAX_TRIALS, MAX_TRIALS_WHY, ROOF_MARGIN
 from dlrmlib.tuning.rpc import DEFAULT_KEY, RpcMeasurement
 
 
@@ -21,7 +22,8 @@ def cmd_tune(args) -> None:
 
     rpc = RpcMeasurement.optional(args.rpc_tracker, args.rpc_key, args.rpc_servers)
     tune(args.experiment, trials=args.trials, max_trials_per_task=args.max_trials_per_task,
-         num_threads=args.num_threads, prepack=args.prepack, seed=args.seed, rpc=rpc)
+         num_threads=args.num_threads, prepack=args.prepack, seed=args.seed, rpc=rpc, roof_margin=args.roof_margin,
+         space=args.space)
 
 
 def add_subcommands(sub) -> None:
@@ -33,9 +35,18 @@ def add_subcommands(sub) -> None:
     p.add_argument("--max-trials-per-task", type=trials, help="cap on each kernel's trials (default: none)")
     p.add_argument("--num-threads", type=threads,
                    help="build workers and search threads (default: every core; measurement always runs alone)")
-    p.add_argument("--prepack", action="store_true",
-                   help="tune the kernels of the weight-prepacked build (their own log, tune/prepack/)")
+    p.add_argument("--prepack", action=argparse.BooleanOptionalAction, default=None,
+                   help="weight layout of the build tuned for: prepacked (the default; log tune/prepack/) or, with "
+                        "--no-prepack, plain (per-batch weight transposes; log tune/), for the study. Default: "
+                        "prepacked, unless the experiment's only log is an older plain one, which goes on")
     p.add_argument("--seed", type=seed, help="search seed (default: random)")
+    p.add_argument("--space", default="union", choices=["union", "default", "hand-written"],
+                   help="design space of the Dense kernels: the hand-written packed GEMM (dlrmlib.schedules.space, "
+                        "its knobs as MetaSchedule decisions) with MetaSchedule's default rules, or either alone "
+                        "(default: %(default)s)")
+    p.add_argument("--roof-margin", type=float, default=ROOF_MARGIN, metavar="FRACTION",
+                   help="a kernel whose best trial is within this fraction of its compute roof (FLOPs at this "
+                        "machine's sgemm peak) gets no more trials (default: %(default)s)")
     p.add_argument("--schedule", default="default", choices=["default", "custom"],
                    help="custom: measure the knobs of the hand-written kernels into tune/custom/kernels.jsonl "
                         "instead of MetaSchedule trials (default: %(default)s)")

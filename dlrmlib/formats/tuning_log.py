@@ -39,9 +39,30 @@ DAMAGED_SUFFIX = ".damaged"  # damaged lines set aside: database_tuning_record.j
 FAILED_RUN_S = 1e9  # MetaSchedule's run time of a candidate that failed to build or run (it stores 1e10)
 
 
+DEFAULT_PREPACK = True  # the tuned build: weights laid out once in main_transform_params
+
+
 def tuning_log_dir(experiment: Experiment, prepack: bool = False) -> Path:
     """The experiment's tuning log for the plain or the weight-prepacked build."""
     return experiment.tune_dir / PREPACK_LOG if prepack else experiment.tune_dir
+
+
+def log_mode(folder: Path) -> bool | None:
+    """Whether a log was tuned with weight prepacking, as its `tasks.json` records (logs from
+    before the option say nothing: plain); None when the folder has no `tasks.json`."""
+    tasks = read_tasks(folder)
+    return None if tasks is None else bool(tasks.get("prepack", False))
+
+
+def resolve_prepack(experiment: Experiment, prepack: bool | None) -> bool:
+    """The weight layout of a tuning run or a build that was not told one: prepacked, except in
+    an experiment whose only log with records is plain (made before prepacking was the
+    default), which tuning continues and a build uses. Tuning and building share this rule."""
+    if prepack is not None:
+        return bool(prepack)
+    if count_records(tuning_log_dir(experiment, True)) or not count_records(tuning_log_dir(experiment, False)):
+        return DEFAULT_PREPACK
+    return False
 
 
 def _complete(data: bytes) -> bytes:
@@ -312,6 +333,16 @@ def tuning_curve(folder: Path) -> "pd.DataFrame":
                           "estimated_latency_s": [(untuned * weights).sum(min_count=len(weights)),
                                                   *estimate.values]})
     return curve.dropna().reset_index(drop=True)
+
+
+def crossing(curve: "pd.DataFrame", latency_s: float) -> dict | None:
+    """Where a tuning curve first reaches `latency_s` (a peer's per-batch latency): its trial
+    and tuning time, or None if it never does."""
+    reached = curve[curve["estimated_latency_s"] <= latency_s]
+    if reached.empty:
+        return None
+    first = reached.iloc[0]
+    return {"trial": int(first["trial"]), "t": float(first["t"])}
 
 
 def task_table(folder: Path) -> "pd.DataFrame":

@@ -15,7 +15,14 @@ import numpy as np  # noqa: E402
 
 from dlrmlib.core.experiment import Experiment
 from dlrmlib.core.machine import caption as provenance_caption
-from dlrmlib.formats.tuning_log import read_tasks, trials_frame, tuning_curve, tuning_log_dir
+from dlrmlib.formats.tuning_log import (
+    crossing,
+    read_tasks,
+    resolve_prepack,
+    trials_frame,
+    tuning_curve,
+    tuning_log_dir,
+)
 from dlrmlib.measuring.cost_model import BUCKETS
 
 CURVE_FIGURE = "tuning_curve.png"
@@ -263,29 +270,72 @@ def perf_vs_peers(rows: list[dict], caption: str = ""):
     return fig
 
 
-def plot_tuning_curve(experiment: Experiment | str, log_dir: str | Path | None = None, prepack: bool = False):
+REFERENCES = {"onnxruntime": ("ONNX Runtime", "tab:blue"), "python_vm_custom": ("custom kernels", "tab:red")}
+
+
+def reference_latencies(experiment: Experiment, batch_size: int | None = None) -> dict[str, float]:
+    """The horizontal lines of the tuning curve, per-batch latency (s) by label: ONNX Runtime's
+    and the custom-kernel build's, as the experiment last measured them (`onnxruntime`,
+    `python_vm_custom`: every build's check measures ONNX Runtime too) at `batch_size`."""
+    found = {}
+    for name, (label, _) in REFERENCES.items():
+        measured = experiment.measurement(name) or {}
+        if measured.get("latency_ms_p50") and (batch_size is None or measured.get("batch_size") == batch_size):
+            found[label] = float(measured["latency_ms_p50"]) * 1e-3
+    return found
+
+
+def _draw_references(axes, curve, references: dict[str, float]) -> list[str]:
+    """A dashed line per peer on both panels, a dot where the curve first reaches it; returns
+    one caption line per peer (where it crossed, or that it did not)."""
+    colours = {label: colour for label, colour in REFERENCES.values()}
+    notes = []
+    for label, latency in references.items():
+        colour = colours.get(label, "tab:gray")
+        met = None if curve.empty else crossing(curve, latency)
+        for ax, x in ((axes[0], "trial"), (axes[1], "t")):
+            ax.axhline(latency * 1e3, color=colour, linestyle="--", linewidth=1, label=f"{label} {latency * 1e3:.2f} ms")
+            if met:
+                ax.plot([met[x]], [latency * 1e3], "o", color=colour, markersize=5)
+        notes.append(f"{label}: {latency * 1e3:.2f} ms, reached at trial {met['trial']} ({met['t']:.0f} s)"
+                     if met else f"{label}: {latency * 1e3:.2f} ms, not reached")
+    if references:
+        axes[0].legend(fontsize=7, loc="upper right")
+    return notes
+
+
+def plot_tuning_curve(experiment: Experiment | str, log_dir: str | Path | None = None, prepack: bool | None = None,
+                      references: dict[str, float] | None = None):
     """The tuning curve against trials and against tuning time, saved to the experiment's
-    figures folder (`tuning_curve.png`, or `tuning_curve_prepack.png`). The caption names the
-    machine the log was measured on (tasks.json), which need not be this one."""
+    figures folder (`tuning_curve.png`, or `tuning_curve_prepack.png`), with ONNX Runtime's
+    and the custom kernels' measured latency per batch as horizontal lines (`references`,
+    label -> seconds; default: the experiment's measurements at the log's batch size), so the
+    reader sees where tuning crosses them. The caption names the machine the log was measured
+    on (tasks.json), which need not be this one."""
     experiment = Experiment.of(experiment)
-    folder = Path(log_dir) if log_dir else tuning_log_dir(experiment, prepack)
+    folder = Path(log_dir) if log_dir else tuning_log_dir(experiment, resolve_prepack(experiment, prepack))
     curve = tuning_curve(folder)
     tasks = read_tasks(folder) or {}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    if references is None:
+        references = reference_latencies(experiment, tasks.get("batch_size"))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
     for ax, x, label in ((axes[0], "trial", "trials"), (axes[1], "t", "tuning time (s)")):
         if not curve.empty:
-            ax.step(curve[x], curve["estimated_latency_s"] * 1e3, where="post")
+            ax.step(curve[x], curve["estimated_latency_s"] * 1e3, where="post", color="tab:green")
         ax.set_xlabel(label)
         ax.grid(True, which="both", alpha=0.3)
+    notes = _draw_references(axes, curve, references)
     axes[0].set_ylabel("estimated latency per batch (ms)")
     axes[0].set_yscale("log")
     target = tasks.get("target", {})
+    peers = ("\nLines: end-to-end latency per batch measured in this experiment (Python, median), against the "
+             "kernel-sum estimate; " + "; ".join(notes)) if notes else ""
     fig.suptitle(f"MetaSchedule tuning of {experiment.name}: batch {tasks.get('batch_size', '?')}"
                  f"{', prepacked weights' if tasks.get('prepack') else ''}, {len(tasks.get('tasks', []))} kernels, "
                  f"{len(trials_frame(folder))} trials. Estimate: sum over kernels of calls x the faster of best "
                  f"trial so far and untuned kernel (each timed alone, cache flushed)\n{tasks.get('cpu', 'CPU not recorded')} "
                  f"({target.get('mcpu', '?')}, {target.get('num-cores', '?')} cores), TVM "
-                 f"{tasks.get('tvm_version', '?')}", fontsize=8)
+                 f"{tasks.get('tvm_version', '?')}{peers}", fontsize=8)
     fig.tight_layout()
     name = CURVE_FIGURE.replace(".png", "_prepack.png") if tasks.get("prepack") else CURVE_FIGURE
     out = experiment.figures_dir / name

@@ -33,6 +33,7 @@ import numpy as np
 from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.experiment import Experiment
 from dlrmlib.core.files import write_json
+from dlrmlib.core.machine import measure_peak_gflops
 from dlrmlib.core.target import cpu_description, host_target
 from dlrmlib.formats.tuning_log import (
     RECORDS_FILE,
@@ -47,15 +48,18 @@ from dlrmlib.formats.tuning_log import (
     read_untuned,
     reconcile_trials,
     repair_log,
+    resolve_prepack,
     set_aside_damaged_records,
     tuning_curve,
     tuning_log_dir,
 )
 from dlrmlib.frontend.relax import fused_module, per_batch_kernels
-from dlrmlib.tuning import DEFAULT_TRIALS, MAX_TRIALS, MAX_TRIALS_WHY
+from dlrmlib.schedules.space import concat_space, dense_shape, dense_space, gather_concat_plan
+from dlrmlib.tuning import DEFAULT_TRIALS, MAX_TRIALS, MAX_TRIALS_WHY, ROOF_MARGIN
 from dlrmlib.tuning import session as ts
 from dlrmlib.tuning.rpc import RpcMeasurement
 
+ROOF_GEMM = 1536  # the peak's sgemm size: big enough for the BLAS to reach it, a second or so
 CI_TRIALS = 16  # under CI=true, as TVM's tutorials skip their expensive tuning there
 TRIALS_PER_BATCH = 64  # MetaSchedule's default; smaller budgets use smaller batches
 MIN_TRIALS_PER_BATCH = 8
@@ -77,11 +81,12 @@ class TuneResult:
 # -- where the log lives, and reading it safely -----------------------------------------------
 
 
-def clear_log(experiment: Experiment, prepack: bool = False) -> None:
+def clear_log(experiment: Experiment | str, prepack: bool | None = None) -> None:
     """Start a log over: remove its files (the other layout's log, a subfolder, stays)."""
     import shutil
 
-    folder = tuning_log_dir(experiment, prepack)
+    experiment = Experiment.of(experiment)
+    folder = tuning_log_dir(experiment, resolve_prepack(experiment, prepack))
     with tuning_lock(experiment):
         for name in (WORKLOADS_FILE, RECORDS_FILE, TASKS_FILE, UNTUNED_FILE, TRIALS_FILE):
             (folder / name).unlink(missing_ok=True)
@@ -202,14 +207,43 @@ def _untuned_latencies(tasks, states, target, builder, runner, folder: Path, log
         state.untuned_s = known.get(state.name)
 
 
-def _contexts(tasks: list, folder: Path, threads: int, seed: int | None) -> list:
+SPACES = ("union", "default", "hand-written")
+
+
+def _space(task, space: str):
+    """A task's design space: MetaSchedule's default x86 rules, the hand-written packed GEMM
+    (dlrmlib.schedules.space) where it fits the kernel, or both (`union`, the default: the
+    search samples either, its cost model and mutations compare them)."""
     from tvm.s_tir import meta_schedule as ms
 
-    contexts, _ = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        tasks, str(folder), num_threads=threads, seed=seed)
-    if len(contexts) != len(tasks):
-        raise DlrmError("MetaSchedule skipped some tasks; the session's task list no longer matches")
-    return contexts
+    if space == "default" or hand_written(task) is None:
+        return "post-order-apply"
+    written = ms.space_generator.ScheduleFn(hand_written(task), sch_rules=[], postprocs=[], mutator_probs={})
+    if space == "hand-written":
+        return ms.space_generator.SpaceGeneratorUnion([written])
+    return ms.space_generator.SpaceGeneratorUnion([written, ms.space_generator.PostOrderApply()])
+
+
+def hand_written(task):
+    """The hand-written schedule function that fits a task (Dense GEMM, the embeddings'
+    concatenation), or None."""
+    if dense_shape(task.dispatched[0]) is not None:
+        return dense_space
+    return concat_space if gather_concat_plan(task.dispatched[0]) is not None else None
+
+
+def _contexts(tasks: list, folder: Path, threads: int, seed: int | None, space: str = "union") -> list:
+    """One TuneContext per task, as `extracted_tasks_to_tune_contexts` makes them, with each
+    task's own design space."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
+    from tvm.s_tir.meta_schedule.utils import fork_seed
+
+    loggers = get_loggers_from_work_dir(str(folder), [t.task_name for t in tasks])
+    return [ms.TuneContext(mod=task.dispatched[0], target=task.target, space_generator=_space(task, space),
+                           search_strategy="evolutionary", task_name=task.task_name, logger=logger,
+                           rand_state=rand_state, num_threads=threads).clone()
+            for task, logger, rand_state in zip(tasks, loggers, fork_seed(seed, n=len(tasks)))]
 
 
 @contextmanager
@@ -238,9 +272,10 @@ def _quiet_metaschedule():
 
 
 def tune(experiment: Experiment | str, trials: int = DEFAULT_TRIALS, max_trials_per_task: int | None = None,
-         num_threads: int | None = None, prepack: bool = False, trials_per_batch: int | None = None,
+         num_threads: int | None = None, prepack: bool | None = None, trials_per_batch: int | None = None,
          seed: int | None = None, progress: bool = True, log: Callable[[str], None] = print,
-         rpc: "RpcMeasurement | None" = None) -> TuneResult:
+         rpc: "RpcMeasurement | None" = None, roof_margin: float | None = ROOF_MARGIN,
+         space: str = "union") -> TuneResult:
     """Tune until the experiment's log holds `trials` records (a larger budget than last time
     continues from the log; killing the run loses at most the batch being measured).
     With `rpc` (dlrmlib.tuning.rpc.RpcMeasurement), candidates are measured on the RPC tracker's
@@ -248,9 +283,19 @@ def tune(experiment: Experiment | str, trials: int = DEFAULT_TRIALS, max_trials_
 
     `max_trials_per_task` caps each kernel's trials (across runs, to within one batch);
     `num_threads` sets build workers and search threads (default: every core; measurement
-    always runs alone); `prepack` tunes the kernels of the weight-prepacked build."""
+    always runs alone); a kernel whose best trial is within `roof_margin` of its compute roof
+    (its FLOPs at this machine's sgemm peak, measured at the start; None: never) gets no more
+    trials; `space` is each Dense kernel's design space (`union`: the hand-written packed GEMM
+    and MetaSchedule's default rules; `default`; `hand-written`); `prepack` tunes the kernels of the weight-prepacked build (None: the
+    default, prepacked, unless the experiment's only log is an older plain one, which goes on;
+    False: the plain build, for the study)."""
     experiment = Experiment.of(experiment)
     _check_budget(trials, max_trials_per_task, num_threads, trials_per_batch)
+    if space not in SPACES:
+        raise DlrmError(f"space must be one of {', '.join(SPACES)}, got {space!r}")
+    if roof_margin is not None and not (isinstance(roof_margin, (int, float)) and roof_margin >= 0):
+        raise DlrmError(f"roof_margin must be a non-negative fraction (or None), got {roof_margin!r}")
+    prepack = resolve_prepack(experiment, prepack)
     folder = tuning_log_dir(experiment, prepack)
     started = time.perf_counter()
     with tuning_lock(experiment):
@@ -264,11 +309,12 @@ def tune(experiment: Experiment | str, trials: int = DEFAULT_TRIALS, max_trials_
             log(f"[tune] {folder} already holds {done} trials (budget {trials}): nothing to tune")
             return TuneResult(folder, done, 0, time.perf_counter() - started, _logged_estimate(folder))
         return _tune_rest(experiment, folder, trials, done, max_trials_per_task, num_threads or os.cpu_count() or 1,
-                          prepack, trials_per_batch, seed, progress, log, started, rpc=rpc)
+                          prepack, trials_per_batch, seed, progress, log, started, rpc=rpc,
+                          roof_margin=roof_margin, space=space)
 
 
 def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batch, seed, progress, log,
-               started, rpc=None) -> TuneResult:
+               started, rpc=None, roof_margin=None, space="union") -> TuneResult:
     import tvm
 
 
@@ -276,14 +322,17 @@ def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batc
     target_dict = host_target()
     target = tvm.target.Target(target_dict)
     log(f"[tune] {experiment.name}: extracting kernels for {target_dict['mcpu']}, batch "
-        f"{experiment.batch_size}{', weights prepacked' if prepack else ''}")
+        f"{experiment.batch_size}, {'weights prepacked' if prepack else 'plain weights (per-batch transposes)'}")
     tasks = extract_tasks(per_batch_kernels(fused_module(experiment, target, prepack), target, prepack), target)
     session = _new_session(experiment, folder, tasks, target_dict, prepack, trials, done, cap)
+    if roof_margin is not None:
+        _set_roofs(session, roof_margin, log)
     batch = _batch_size(trials - done, per_batch)
-    log(f"[tune] {len(tasks)} kernels; {done} trials in the log, tuning {trials - done} more in batches of "
+    written = sum(hand_written(t) is not None for t in tasks) if space != "default" else 0
+    log(f"[tune] {len(tasks)} kernels ({written} with a hand-written schedule in their design space, {space}); {done} trials in the log, tuning {trials - done} more in batches of "
         f"{batch} ({threads} build workers, measurement alone); log: {folder}")
     with _quiet_metaschedule():
-        contexts = _contexts(tasks, folder, threads, seed)
+        contexts = _contexts(tasks, folder, threads, seed, space)
         builder, runner = ts.PooledBuilder(threads), ts.make_runner(rpc)
         if rpc is not None:
             log(f"[tune] measuring on {rpc.servers} RPC server(s) with key {rpc.key!r} via the tracker at {rpc.tracker}")
@@ -300,6 +349,8 @@ def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batc
                 if result.estimated_latency_s is not None else "some kernels could not be timed")
     log(f"[tune] {result.new_trials} trials in {result.seconds:.0f} s ({result.trials_per_minute:.1f} per minute); "
         f"the log holds {result.trials}; {estimate}")
+    if session.at_roof:
+        log(f"[tune] within {session.roof_margin:.0%} of the compute roof, no more trials: {', '.join(session.at_roof)}")
     if session.stop_requested:
         raise KeyboardInterrupt(f"tuning stopped at {result.trials} trials; run again to continue")
     return result
@@ -320,6 +371,16 @@ def _new_session(experiment, folder: Path, tasks: list, target: dict, prepack: b
     _restore(states, previous)
     return ts.Session(tasks=states, budget=trials, trials=done, trials_file=folder / TRIALS_FILE,
                       time_offset=max((t.get("t", 0.0) for t in previous), default=0.0), max_trials_per_task=cap)
+
+
+def _set_roofs(session, margin: float, log) -> None:
+    """Each kernel's compute roof, from this machine's sgemm peak measured now (a second or
+    two, on every core, as the kernels run): a kernel near it stops taking trials."""
+    peak = measure_peak_gflops(ROOF_GEMM, 3) * 1e9
+    log(f"[tune] sgemm peak {peak / 1e9:.0f} GFLOP/s: a kernel within {margin:.0%} of its compute roof stops")
+    session.roof_margin = margin
+    for task in session.tasks:
+        task.floor_s = task.flop / peak if task.flop > 0 else None
 
 
 def _workload_hash(task) -> str:

@@ -169,6 +169,13 @@ class TaskState:
     best_s: float | None = None
     untuned_s: float | None = None
     history: list[float] = field(default_factory=list)  # best after each batch, earlier runs included
+    floor_s: float | None = None  # compute roof: FLOPs at the machine's measured sgemm peak
+
+    def at_roof(self, margin: float | None) -> bool:
+        """Within `margin` (0.05: 5 %) of the compute roof: more trials cannot gain much.
+        Kernels without a FLOP estimate (gathers, copies) never stop this way."""
+        return (margin is not None and self.floor_s is not None and self.best_s is not None
+                and self.best_s <= self.floor_s * (1.0 + margin))
 
     def cost(self) -> float:
         """Seconds per batch before tuning (FLOPs when the untuned kernel could not be timed)."""
@@ -199,6 +206,8 @@ class Session:
     progress: object = None
     new_trials: int = 0
     stop_requested: bool = False  # Ctrl-C: no new batch
+    roof_margin: float | None = None  # stop a kernel within this fraction of its compute roof
+    at_roof: list[str] = field(default_factory=list)  # kernels stopped there, in order
 
     def elapsed(self) -> float:
         return self.time_offset + time.perf_counter() - self.started
@@ -210,6 +219,13 @@ class Session:
         if any(latency is None for latency in latencies):
             return None
         return sum(t.weight * latency for t, latency in zip(self.tasks, latencies))
+
+    def roof_stops(self, alive: list[int]) -> list[int]:
+        """The tasks among `alive` whose best trial is now within the margin of their compute
+        roof (noted in `at_roof`): the scheduler gives them no more trials."""
+        stops = [i for i in alive if self.tasks[i].at_roof(self.roof_margin)]
+        self.at_roof += [self.tasks[i].name for i in stops]
+        return stops
 
     def record(self, task_id: int, latencies: list[float | None], errors: list[str | None]) -> None:
         """One measured batch: update the task, append its trials to the file, move the bar."""
@@ -283,6 +299,8 @@ class CommittingScheduler(PyTaskScheduler):
         if self.session.trials >= self.session.budget or self.session.stop_requested:
             return -1
         cap = self.session.max_trials_per_task
+        for i in self.session.roof_stops([i for i in range(len(records)) if not records[i].is_terminated]):
+            scheduler.terminate_task(i)
         for i, task in enumerate(self.session.tasks):
             if cap and task.trials >= cap and not records[i].is_terminated:
                 scheduler.terminate_task(i)
