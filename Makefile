@@ -10,7 +10,7 @@ BATCH_SIZE ?= 128
 
 NATIVE_BIN := native/build/dlrm_infer
 
-.PHONY: setup native demo test clean-experiments
+.PHONY: setup native demo test lab clean-experiments
 
 setup: $(STAMP) $(NATIVE_BIN)
 
@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[test]"
 	$(BIN)/python -m ipykernel install --user --name dlrm-tvm --display-name "DLRM TVM (.venv)" >/dev/null
+# and inside .venv, where its own JupyterLab looks first (another clone's --user kernel cannot shadow it)
+	$(BIN)/python -m ipykernel install --sys-prefix --name dlrm-tvm --display-name "DLRM TVM (.venv)" >/dev/null
 	touch $(STAMP)
 
 # The C++ runner, against the TVM wheels installed in .venv.
@@ -33,6 +35,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# JupyterLab on the notebooks; prints the URL to open (no browser is started without a display).
+lab: setup
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(DISPLAY),,--no-browser)
 
 clean-experiments:
 	rm -rf experiments
