@@ -36,9 +36,10 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-# JupyterLab on the notebooks; prints the URL to open (no browser is started without a display).
+# JupyterLab on the notebooks, kernels over CurveZMQ; prints the URL to open (no browser without a display).
 lab: setup
-	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(DISPLAY),,--no-browser)
+	$(BIN)/jupyter lab --notebook-dir=notebooks --KernelManager.transport_encryption=auto \
+		$(if $(DISPLAY),,--no-browser) $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean-experiments:
 	rm -rf experiments
