@@ -10,7 +10,7 @@ import pytest
 
 from dlrmlib.cli.main import make_parser
 from dlrmlib.cli.notebooks import run_notebook
-from dlrmlib.reporting import headline, report
+from dlrmlib.reporting import headline, plots, report, tables
 
 # TVM sizes its thread pool once per process (dlrmlib sets TVM_NUM_THREADS to the usable
 # cores; the notebook kernels inherit it): bench TVM at that size.
@@ -147,3 +147,15 @@ def test_cli_has_profile_bench_and_report():
                                                                           "out.json")
     assert make_parser().parse_args(["profile", "--experiment", "x"]).repeats == 10
     assert make_parser().parse_args(["report", "--compare", "a,b"]).compare == ["a", "b"]
+
+
+def test_id_skew_means_something_at_any_scale(tiny_experiment):
+    """The share of lookups the hottest 1% of the ids seen take: below 1 and above 1% for
+    skewed ids, whatever the table's size (a share of the table's rows was 1.0 everywhere)."""
+    skew = tables.id_skew(tiny_experiment)
+    assert len(skew) == 26 and (skew["distinct ids seen"] <= skew["rows"]).all()
+    share = skew["share of lookups they take"]
+    assert share.lt(1).all() and share.gt(0.01).all()
+    assert (skew["hottest 1% of ids seen"] >= 1).all()
+    path = plots.id_rank_frequency(tiny_experiment)
+    assert path.is_file() and path.stat().st_size > 10_000
