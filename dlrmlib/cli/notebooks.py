@@ -1,6 +1,7 @@
 """Run the workflow's notebooks headless with papermill, into the experiment's folder."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from dlrmlib.core.errors import DlrmError
@@ -42,7 +43,7 @@ def run_notebook(name: str, experiment: str, parameters: dict | None = None,
     output = output_dir / f"{name}.ipynb"
     try:
         papermill.execute_notebook(str(source), str(output), parameters=params, cwd=str(NOTEBOOKS_DIR),
-                                   progress_bar=True, log_output=log_output, config=kernel_config())
+                                   progress_bar=sys.stderr.isatty(), log_output=log_output, config=kernel_config())
     except papermill.PapermillExecutionError as e:
         raise DlrmError(f"notebook {name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
                         f"(executed copy: {output})") from None
