@@ -7,11 +7,10 @@ from pathlib import Path
 from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.experiment import Experiment, experiments_root
 from dlrmlib.core.files import atomic_path
-from dlrmlib.core.machine import caption
 from dlrmlib.formats.tuning_log import TRIALS_FILE, tuning_log_dir
 from dlrmlib.measuring.bench import bench_table, load_bench
 from dlrmlib.reporting import plots
-from dlrmlib.reporting.headline import HEADLINE_TAG, collapse_outputs, headline_html, headline_sentence
+from dlrmlib.reporting.headline import HEADLINE_TAG, collapse_outputs, headline_html
 from dlrmlib.reporting.plots import CURVE_FIGURE, plot_tuning_curve
 
 # -- what the charts read -------------------------------------------------------------------------
@@ -107,15 +106,6 @@ def make_charts(exp: Experiment, compare: list[str] | None = None) -> dict[str, 
     return charts
 
 
-def chart_index(charts: dict[str, Path | str]):
-    """The charts as a table: file, or why it is missing."""
-    import pandas as pd
-
-    rows = [{"chart": name, "file": value.name, "note": ""} if isinstance(value, Path)
-            else {"chart": name, "file": "", "note": value} for name, value in charts.items()]
-    return pd.DataFrame(rows).set_index("chart")
-
-
 def show(charts: dict[str, Path | str], name: str) -> None:
     """Display a chart and its variants (`tuning_curve`, `tuning_curve_prepack`) in a notebook,
     embedded so that the HTML report carries them; or say why it is missing."""
@@ -130,14 +120,6 @@ def peers_table(exp: Experiment):
     """The benchmark's rows (both sweeps), the columns people compare."""
 
     return bench_table(load_bench(exp))
-
-
-def headline(exp: Experiment) -> str:
-    """One sentence: TVM's best build against the best peer at each batch size, and the machine."""
-    bench = exp.measurement("bench")
-    if not bench:
-        return f"Experiment `{exp.name}`: no benchmark yet."
-    return f"Experiment `{exp.name}`. {headline_sentence(bench)} Machine: {caption(bench)}."
 
 
 def show_headline(exp: Experiment) -> None:
