@@ -107,8 +107,13 @@ def headline_table(bench: dict, exp: Experiment | None = None) -> pd.DataFrame:
     return shown.rename(columns={TVM: "TVM"})
 
 
-TABLE_LEGEND = ("samples/s of each runtime's fastest build (peers run fp32); x best peer: TVM's over the fastest "
-                "other runtime's; AUC / ref.: the TVM build's AUC on the test labels over ONNX Runtime's.")
+def table_legend(bench: dict) -> str:
+    """What the table's columns mean, and the peers' precision (fp32 unless a row says otherwise)."""
+    peers = {f"{name} {_precision(r)}" for (_, name), r in best_builds(bench).items() if name != TVM}
+    precision = ("peers run fp32" if all(p.endswith(" fp32") for p in peers)
+                 else f"peers: {', '.join(sorted(peers))}")
+    return (f"samples/s of each runtime's fastest build ({precision}); x best peer: TVM's over the fastest other "
+            f"runtime's; AUC / ref.: the TVM build's AUC on the test labels over ONNX Runtime's.")
 
 
 def headline_sentence(bench: dict) -> str:
@@ -235,7 +240,7 @@ def headline_html(exp: Experiment) -> str:
             f'src="data:image/png;base64,{image}">'
             f'<div style="flex:1;min-width:520px"><p><b>{html.escape(headline_sentence(bench))}</b></p>'
             f'<div id="dlrm-headline-table">{table}</div>'
-            f'<p style="font-size:80%;color:#555">{html.escape(TABLE_LEGEND)}</p>'
+            f'<p style="font-size:80%;color:#555">{html.escape(table_legend(bench))}</p>'
             f'<ul style="font-size:85%;color:#444">{notes}</ul>'
             f'<p style="font-size:80%;color:#555">Machine: {html.escape(provenance_caption(bench))}. '
             f'Timings interleaved round-robin; a shared machine slows every runtime alike.</p></div></div>')
