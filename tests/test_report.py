@@ -99,10 +99,12 @@ def test_report_first_screen_in_headless_chromium(reported, tmp_path):
     probe.write_text(html_path.read_text().replace("</body>", """<script>
       window.addEventListener("load", () => {
         const box = id => { const e = document.getElementById(id); if (!e) return null;
-          const r = e.getBoundingClientRect(); return {top: r.top, bottom: r.bottom, width: r.width,
+          const r = e.getBoundingClientRect(); return {top: r.top, bottom: r.bottom, right: r.right, width: r.width,
           decoded: e.naturalWidth || 0, text: e.innerText}; };
         const out = document.createElement("pre"); out.id = "layout-probe";
-        out.textContent = JSON.stringify({chart: box("dlrm-headline-chart"), table: box("dlrm-headline-table"),
+        const table = document.querySelector("#dlrm-headline-table table");
+        if (table) table.id = "headline-table-element";
+        out.textContent = JSON.stringify({chart: box("dlrm-headline-chart"), table: box("headline-table-element"),
                                           width: window.innerWidth});
         document.body.appendChild(out); });
     </script></body>"""))
@@ -114,8 +116,8 @@ def test_report_first_screen_in_headless_chromium(reported, tmp_path):
     chart, table = layout["chart"], layout["table"]
     assert chart["decoded"] > 0 and chart["width"] > 300, "the headline chart is an image that decodes"
     assert layout["width"] == 1400, layout  # the layout of the screenshot below, whose first 900 pixels show:
-    assert 0 <= chart["top"] and chart["bottom"] <= 900, chart
-    assert 0 <= table["top"] and table["bottom"] <= 900, table
+    assert 0 <= chart["top"] and chart["bottom"] <= 900 and chart["right"] <= 1400, chart
+    assert 0 <= table["top"] and table["bottom"] <= 900 and table["right"] <= 1400, table  # whole, not cut
     assert "x best peer" in table["text"] and "custom_b4" in table["text"]
     assert not re.search(r"\bnan\b", table["text"], flags=re.I)
     shot = tmp_path / "first_screen.png"

@@ -68,7 +68,7 @@ def run_demo(experiment: str = "default", preset: str = "small", batch_size: int
         print(f"   executed: {run_notebook(name, experiment, demo_parameters(name, preset, batch_size, samples))}")
     exp = Experiment.open(experiment)
     print(f"\nMeasured in {exp.root}:")
-    print(measurements_table(exp).to_string(float_format=lambda v: f"{v:.4g}"))
+    print(measurements_table(exp).to_string(float_format=lambda v: f"{v:.4g}", na_rep="-"))
     bench = exp.measurement("bench")
     if bench:
         print("\nEach runtime's best build at each batch size (samples/s):")

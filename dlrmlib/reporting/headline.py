@@ -208,13 +208,15 @@ def headline_chart(bench: dict):
                     ax.annotate(f"{y / peer['samples_per_s']:.2f}x", (x, y), ha="center", va="bottom", fontsize=8,
                                 fontweight="bold")
     ax.set_yscale("log")
+    tallest = max((r["samples_per_s"] for r in best.values()), default=1.0)
+    ax.set_ylim(top=tallest * 15)  # room for the legend above the bars
     ax.set_xticks(range(len(batches)), [str(b) for b in batches])
     ax.set_xlabel("batch size")
     ax.set_ylabel("samples / s (median, log scale)")
     ax.set_title(f"Throughput at each batch size, each runtime's best build ({max(bench['threads'])} threads);\n"
                  f"label: TVM / best peer", fontsize=10)
     ax.grid(True, axis="y", which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", ncol=2)
+    ax.legend(fontsize=7, loc="upper left", ncol=3)
     plots.add_caption(fig, provenance_caption(bench))
     return fig
 
@@ -233,12 +235,12 @@ def headline_html(exp: Experiment) -> str:
     image = base64.b64encode(path.read_bytes()).decode()
     table = headline_table(bench, exp).to_html(index=False, border=0)
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in unmeasured_notes(bench))
-    return (f"<style>#dlrm-headline-table table{{font-size:13px}} #dlrm-headline-table th{{white-space:nowrap}}"
-            f"</style>"
+    return (f"<style>#dlrm-headline-table table{{font-size:12.5px}} #dlrm-headline-table td{{white-space:nowrap}}"
+            f" #dlrm-headline-table th,#dlrm-headline-table td{{padding:0.3em 0.45em}}</style>"
             f'<div id="dlrm-headline" style="display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start">'
-            f'<img id="dlrm-headline-chart" alt="throughput at each batch size" style="width:560px;max-width:100%" '
+            f'<img id="dlrm-headline-chart" alt="throughput at each batch size" style="width:520px;max-width:100%" '
             f'src="data:image/png;base64,{image}">'
-            f'<div style="flex:1;min-width:520px"><p><b>{html.escape(headline_sentence(bench))}</b></p>'
+            f'<div style="flex:1;min-width:560px"><p><b>{html.escape(headline_sentence(bench))}</b></p>'
             f'<div id="dlrm-headline-table">{table}</div>'
             f'<p style="font-size:80%;color:#555">{html.escape(table_legend(bench))}</p>'
             f'<ul style="font-size:85%;color:#444">{notes}</ul>'
