@@ -161,3 +161,16 @@ def test_id_skew_means_something_at_any_scale(tiny_experiment):
     assert (skew["hottest 1% of ids seen"] >= 1).all()
     path = plots.id_rank_frequency(tiny_experiment)
     assert path.is_file() and path.stat().st_size > 10_000
+
+
+def test_builds_for_other_batch_sizes_are_marked_and_refuse_nonsense(reported):
+    from dlrmlib.building.build import build
+    from dlrmlib.core.errors import DlrmError
+    from dlrmlib.formats.weights import read_manifest
+
+    exp, _, _ = reported
+    manifest = read_manifest(exp.manifest_path("custom_b4"))
+    assert manifest["batch_size"] == 4 and manifest["inputs"][0]["shape"] == [4, 13]
+    assert exp.measurement("python_vm_custom_b4")["max_abs_error"] <= 1e-5
+    with pytest.raises(DlrmError, match="batch size must be positive"):
+        build(exp, batch_size=0, log=lambda _: None)
