@@ -4,12 +4,14 @@ CPU and versions in every caption (drawn into the image, so a copied chart keeps
 from __future__ import annotations
 
 import re
+import sys
 import textwrap
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")  # headless: files, not windows (notebooks still show the figures)
+if "ipykernel" not in sys.modules:  # a notebook keeps its inline backend: a returned figure shows as a picture
+    matplotlib.use("Agg")  # headless: files, not windows
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
