@@ -17,7 +17,7 @@ from dlrmlib.backends import predict_all
 from dlrmlib.backends.onnxruntime import OnnxRuntimeBackend
 from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.experiment import DEFAULT_EXPERIMENT, Experiment
-from dlrmlib.core.files import atomic_path, link_or_copy
+from dlrmlib.core.files import atomic_path, clone_or_copy
 from dlrmlib.formats.model import generate_model
 from dlrmlib.formats.normalise import BAG_LAYOUTS, check_external_data, embedding_tables, load_graph, normalise_model
 from dlrmlib.formats.presets import preset_config
@@ -37,6 +37,8 @@ def _experiment_params(preset, onnx_model, batch_size, samples, seed, table_rows
         raise DlrmError(f"bags must be one of {BAG_LAYOUTS}, got {bags!r}")
     if onnx_model is None:
         preset_config(preset, table_rows)  # fails early on an unknown preset
+    elif Path(onnx_model).is_dir():
+        raise DlrmError(f"--onnx-model {onnx_model} is a folder; name the .onnx file in it")
     return {"preset": None if onnx_model else preset,
             "onnx_model": str(Path(onnx_model).resolve()) if onnx_model else None,
             "table_rows": table_rows, "seed": int(seed), "style": None if onnx_model else style,
@@ -45,11 +47,11 @@ def _experiment_params(preset, onnx_model, batch_size, samples, seed, table_rows
 
 
 def _copy_user_model(source: Path, experiment: Experiment) -> None:
-    """The user's model into the experiment: the graph copied, external data hard-linked (or
-    copied), since ONNX refuses data files that are symbolic links."""
+    """The user's model into the experiment: the graph and its external data copied (reflinked
+    where the file system can), since ONNX refuses data files that are hard or symbolic links."""
     model = load_graph(source)
     for data in check_external_data(model, source.parent):
-        link_or_copy(data, experiment.model_dir / data.relative_to(source.parent))
+        clone_or_copy(data, experiment.model_dir / data.relative_to(source.parent))
     with atomic_path(experiment.source_model) as tmp:
         shutil.copyfile(source, tmp)
 
@@ -106,6 +108,7 @@ def prepare(experiment: str = DEFAULT_EXPERIMENT, preset: str = "small", onnx_mo
     params = _experiment_params(preset, onnx_model, batch_size, samples, seed, table_rows, style, bags,
                                 mlperf_data, ids)
     exp = Experiment.open(experiment, root, create=True)
+    exp.preparing_marker.write_text("`dlrm prepare` started and has not finished\n")  # removed at the end
     old = exp.params if exp.params_path.is_file() else {}
     same_model = all(old.get(k) == params[k] for k in MODEL_KEYS) and exp.source_model.is_file()
     if not same_model:
@@ -121,5 +124,6 @@ def prepare(experiment: str = DEFAULT_EXPERIMENT, preset: str = "small", onnx_mo
     folder, specs, _ = extract_weights(exp)
     log(f"[prepare] weights folder {folder} ({len(specs)} parameters, "
         f"{sum(p.bytes for p in specs) / 2**20:.1f} MiB)")
+    exp.preparing_marker.unlink()
     log(f"[prepare] experiment ready: {exp.root}")
     return exp

@@ -18,6 +18,7 @@ from dlrmlib.formats.weights import (
     read_manifest,
     verify_library,
     verify_weights_folder,
+    write_manifest,
 )
 
 
@@ -72,7 +73,7 @@ def test_manifest_from_another_build_is_refused(tiny_build, tmp_path):
     manifest_path, _ = copy_build(tiny_build, tmp_path)
     manifest = json.loads(manifest_path.read_text())
     manifest["library"]["sha256"] = "0" * 64
-    manifest_path.write_text(json.dumps(manifest))
+    write_manifest(manifest_path, manifest)  # sealed again: the check behind the seal
     with pytest.raises(DlrmError, match="different builds"):
         TvmBackend(manifest_path)
 
@@ -122,7 +123,7 @@ def test_manifest_edited_to_lie_about_a_shape_is_refused(tiny_build, tmp_path):
     manifest = json.loads(manifest_path.read_text())
     victim = next(p for p in manifest["params"] if p["name"] == "emb_l.0.weight")
     victim["shape"] = victim["shape"][::-1]  # same bytes, transposed shape
-    manifest_path.write_text(json.dumps(manifest))
+    write_manifest(manifest_path, manifest)  # sealed again: the check behind the seal
     with pytest.raises(DlrmError, match="edited by hand"):
         TvmBackend(manifest_path)
 

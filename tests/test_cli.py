@@ -38,7 +38,7 @@ def test_prepare_and_build_from_the_shell(tmp_path):
 
 def test_bad_parameters(tmp_path):
     assert_clear_error(dlrm("prepare", "--preset", "huge", root=tmp_path), "unknown preset 'huge'")
-    assert_clear_error(dlrm("prepare", "--preset", "tiny", "--batch-size", 0, root=tmp_path), "batch size")
+    assert_clear_error(dlrm("prepare", "--preset", "tiny", "--batch-size", 0, root=tmp_path), "--batch-size")
     assert_clear_error(dlrm("prepare", "--experiment", "../escape", "--preset", "tiny", root=tmp_path),
                        "not allowed")
     assert not (tmp_path.parent / "escape").exists()

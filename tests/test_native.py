@@ -14,7 +14,7 @@ from dlrmlib.backends.tvm import TvmBackend
 from dlrmlib.building.native import infer, native_binary
 from dlrmlib.core.errors import DlrmError
 from dlrmlib.formats.testdata import read_test_data
-from dlrmlib.formats.weights import read_manifest
+from dlrmlib.formats.weights import read_manifest, write_manifest
 
 ROWS = 20000  # rows per table: 26 x 20000 x 16 floats, about 33 MB of weights
 B, N = 16, 203  # batch, samples (a padded last batch)
@@ -142,7 +142,7 @@ def test_manifest_from_another_build(binary, experiment, tmp_path):
     m = json.loads(experiment["manifest"].read_text())
     m["library"]["sha256"] = "ab" * 32
     mf = tmp_path / "m.json"
-    mf.write_text(json.dumps(m))
+    write_manifest(mf, m)  # sealed again: the check behind the seal
     _error(run(binary, experiment, manifest=mf), "sha256", "ab" * 32, "another build")
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import mmap
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,9 @@ import numpy as np
 from dlrmlib.core.errors import DlrmError
 from dlrmlib.formats.model import INDICES_INPUT, OFFSETS_INPUT
 from dlrmlib.formats.weights import (
+    VERIFY_ENV,
+    check_tables,
+    manifest_checksums,
     manifest_params,
     manifest_weights_dir,
     map_weights,
@@ -56,7 +60,10 @@ def aligned_empty(shape, dtype) -> np.ndarray:
 class TvmBackend:
     name = "tvm"
 
-    def __init__(self, manifest_path: str | Path, weights_dir: str | Path | None = None):
+    def __init__(self, manifest_path: str | Path, weights_dir: str | Path | None = None,
+                 verify_weights: bool | None = None):
+        """`verify_weights`: hash the weight files against the manifest's checksums (default:
+        unless DLRM_VERIFY_WEIGHTS=0); sizes, table shapes and the library are always checked."""
         import tvm
         from tvm import relax
 
@@ -69,8 +76,11 @@ class TvmBackend:
         library = verify_library(self.manifest_path, self.manifest)
         params = manifest_params(self.manifest)
         folder = Path(weights_dir) if weights_dir else manifest_weights_dir(self.manifest_path, self.manifest)
-        verify_weights_folder(folder, self.manifest["weights"]["layout_id"], params)
-        self.tables = np.asarray(self.manifest["embedding"]["tables"], dtype=np.int64)
+        self.weights_verified = verify_weights_folder(folder, self.manifest["weights"]["layout_id"], params,
+                                                      manifest_checksums(self.manifest), verify_weights)
+        if verify_weights is None and not self.weights_verified:
+            print(f"[tvm] {self.tag}: weight checksums NOT verified ({VERIFY_ENV}=0)", file=sys.stderr)
+        self.tables = np.asarray(check_tables(self.manifest_path, self.manifest), dtype=np.int64)
         self.one_per_bag = self.manifest["embedding"]["bags"] == "one_per_bag"
         self.input_specs = self.manifest["inputs"]
         device = tvm.cpu()

@@ -23,10 +23,10 @@ from dlrmlib.core.files import atomic_path, sha256_file
 from dlrmlib.core.machine import utc_now
 from dlrmlib.core.target import cpu_description, host_target
 from dlrmlib.core.tvmlog import quiet_tvm_log
-from dlrmlib.formats.normalise import embedding_tables, load_graph, normalise_model
+from dlrmlib.formats.normalise import embedding_table_weights, embedding_tables, load_graph, normalise_model
 from dlrmlib.formats.testdata import read_test_data
 from dlrmlib.formats.tuning_log import tuning_log_dir
-from dlrmlib.formats.weights import model_identity, write_manifest
+from dlrmlib.formats.weights import layout_checksums, model_identity, param_entries, write_manifest
 from dlrmlib.frontend.relax import import_relax
 
 
@@ -98,7 +98,8 @@ def build(experiment: Experiment | str, recipe=None, verify: bool = True,
         weights_dir, params, layout, transform = (lowering.weights(library) if lowering.weights
                                                   else (*source.plain_weights(), None))
     manifest_path = experiment.manifest_path(tag)
-    write_manifest(manifest_path, _manifest(source, tag, library, params, layout, transform, tables,
+    checksums = layout_checksums(weights_dir)  # as written, or verified when the folder was reused
+    write_manifest(manifest_path, _manifest(source, tag, library, params, checksums, layout, transform, tables,
                                             tvm.__version__, lowering.info))
     result = BuildResult(tag, library, manifest_path, weights_dir, time.perf_counter() - started)
     log(f"[build] {library.name} + {manifest_path.name} in {result.seconds:.1f} s")
@@ -107,8 +108,8 @@ def build(experiment: Experiment | str, recipe=None, verify: bool = True,
     return result
 
 
-def _manifest(source: Source, tag: str, library: Path, params, layout: str, transform: str | None,
-              tables: list[int], tvm_version: str, info: dict) -> dict:
+def _manifest(source: Source, tag: str, library: Path, params, checksums: list[str], layout: str,
+              transform: str | None, tables: list[int], tvm_version: str, info: dict) -> dict:
     """The contract between the library and its runners (docs/formats.md)."""
     model, batch = source.model, source.batch_size
     return {
@@ -119,9 +120,10 @@ def _manifest(source: Source, tag: str, library: Path, params, layout: str, tran
                     "dtype": np.dtype(helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)).name}
                    for i in model.graph.input],
         "outputs": [{"name": model.graph.output[0].name, "shape": [batch, 1], "dtype": "float32"}],
-        "params": [p.to_dict() for p in params],
+        "params": param_entries(params, checksums),
         "weights": {"layout_id": layout, "dir": f"../weights/{layout}", "transform": transform},
-        "embedding": {"tables": tables, "dense_input": "input.1", "indices_input": "lS_i",
+        "embedding": {"tables": tables, "table_params": embedding_table_weights(model),
+                      "dense_input": "input.1", "indices_input": "lS_i",
                       "offsets_input": "lS_o", "bags": source.experiment.params["bags"]},
         "target": source.target,
         "cpu": cpu_description(),

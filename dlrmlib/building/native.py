@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.experiment import Experiment
+from dlrmlib.building.verify import TOLERANCE
 from dlrmlib.core.paths import REPO_ROOT
 from dlrmlib.formats.weights import manifest_weights_dir, read_manifest
 
@@ -80,9 +81,15 @@ def infer(experiment: Experiment, manifest: Path | None = None, log=print, **opt
     result = {"experiment": experiment.name, "build": tag, "runtime": "native",
               "batch_size": raw["batch_size"], "samples_per_s": raw["throughput_samples_per_s"],
               "latency_ms_p50": raw["latency_ms"]["p50"], "latency_ms_p99": raw["latency_ms"]["p99"],
-              "max_abs_error": raw["max_abs_err"], "auc": raw["auc"], "native": raw}
+              "max_abs_error": raw["max_abs_err"], "auc": raw["auc"], "tolerance": TOLERANCE, "native": raw}
+    error = raw["max_abs_err"]
+    result["status"] = "ok" if error is not None and error <= TOLERANCE else "failed"  # None: NaN outputs
     experiment.save_measurement(f"native_{tag}", result)
     log(raw["stdout"].rstrip())
+    if result["status"] == "failed":
+        shown = "NaN" if error is None else f"{error:.2e}"
+        raise DlrmError(f"dlrm_infer's outputs of build {tag} differ from the reference by {shown} (> {TOLERANCE:g}); "
+                        f"recorded as failed in native_{tag}.json")
     return result
 
 

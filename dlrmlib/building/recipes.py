@@ -113,7 +113,7 @@ class FromLog:
             records, database = 0, None
             if self.require_records or count_records(folder):
                 check_log_mode(folder, self.prepack)
-                records = snapshot_log(folder, Path(tmp))
+                records = snapshot_log(folder, Path(tmp), log)
                 if records == 0:
                     raise DlrmError(f"the tuning log {folder} has no records yet; run `dlrm tune --experiment "
                                     f"{experiment.name}{' --prepack' if self.prepack else ''}` first")

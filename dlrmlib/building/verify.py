@@ -1,6 +1,7 @@
 """Check a build against the test data's reference outputs and time it in Python."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -12,14 +13,17 @@ from dlrmlib.core.experiment import Experiment
 from dlrmlib.core.metrics import accuracy
 from dlrmlib.formats.testdata import read_test_data
 
-TOLERANCE = 1e-5
+TOLERANCE = 1e-5  # max |output - ONNX Runtime's reference| for a build to pass (scores in [0, 1])
+FAILED_DIR = "failed"  # builds/failed/: builds that failed their check, out of every runner's way
 
 
 def verify_build(experiment: Experiment, manifest_path: Path, tolerance: float = TOLERANCE,
                  repeats: int = 20, log: Callable[[str], None] = print) -> dict:
     """Max/mean absolute error against ONNX Runtime's reference, AUC against the labels, and
     Python-VM latency; saved as the measurement `python_vm_<tag>`."""
-    backend = TvmBackend(manifest_path)  # on every usable core, as ONNX Runtime (dlrmlib/__init__.py)
+    # On every usable core, as ONNX Runtime (dlrmlib/__init__.py). The build wrote the weights
+    # folder, or verified it when it reused it, moments ago: no second pass over the files.
+    backend = TvmBackend(manifest_path, verify_weights=False)
     data = read_test_data(experiment.testdata_dir, backend.manifest["embedding"]["tables"])
     if data.reference is None:
         raise DlrmError(f"{experiment.testdata_dir} has no reference.npy to check the build against")
@@ -28,6 +32,8 @@ def verify_build(experiment: Experiment, manifest_path: Path, tolerance: float =
               **accuracy(outputs, data.reference, data.labels),
               **measure(backend, data.dense, data.sparse, warmup=1, repeats=repeats, max_seconds=10)}
     result["within_tolerance"] = result["max_abs_error"] <= tolerance
+    result["tolerance"] = tolerance
+    result["status"] = "ok" if result["within_tolerance"] else "failed"
     against = ""
     if backend.batch_size == experiment.batch_size:  # the yardstick runs the experiment's normalised model
         peer = measure_onnxruntime(experiment, data, backend.batch_size, repeats)
@@ -39,9 +45,24 @@ def verify_build(experiment: Experiment, manifest_path: Path, tolerance: float =
         f"(reference {result['reference_auc']:.4f}), {result['samples_per_s']:.0f} samples/s at batch "
         f"{backend.batch_size}{against}")
     if not result["within_tolerance"]:
-        raise DlrmError(f"build {backend.tag} differs from the reference by {result['max_abs_error']:.2e} "
-                        f"(> {tolerance:g}); see {experiment.measurements_dir}")
+        del backend  # the library is unmapped before it moves
+        aside = set_aside(manifest_path)
+        raise DlrmError(f"build {result['build']} differs from the reference by {result['max_abs_error']:.2e} "
+                        f"(> {tolerance:g}); moved to {aside} so that no runner picks it up; see "
+                        f"{experiment.measurements_dir}")
     return result
+
+
+def set_aside(manifest_path: Path) -> Path:
+    """Move a build (manifest + library) into `builds/failed/`, where `Experiment.builds()`,
+    and so `dlrm infer`, bench, profile and LoadGen, never look."""
+    manifest_path = Path(manifest_path)
+    folder = manifest_path.parent / FAILED_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in (manifest_path.with_suffix(".so"), manifest_path):  # the manifest last: it names the build
+        if path.exists():
+            os.replace(path, folder / path.name)
+    return folder
 
 
 def measure_onnxruntime(experiment: Experiment, data, batch_size: int, repeats: int = 20) -> dict:

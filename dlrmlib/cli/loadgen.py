@@ -1,9 +1,18 @@
 """`dlrm loadgen`: the experiment's build under MLPerf LoadGen (see dlrmlib.measuring.loadgen)."""
 from __future__ import annotations
 
-from dlrmlib.cli.args import add_experiment
+from dlrmlib.cli.args import add_experiment, integer, number, seed
 from dlrmlib.core.experiment import Experiment
-from dlrmlib.measuring.loadgen import BACKENDS, MODES, SCENARIOS, loadgen_table, run_loadgen
+from dlrmlib.measuring.loadgen import (
+    BACKENDS,
+    DAY,
+    MAX_QUERIES,
+    MAX_QUERY_SAMPLES,
+    MODES,
+    SCENARIOS,
+    loadgen_table,
+    run_loadgen,
+)
 
 
 def cmd_loadgen(args) -> None:
@@ -31,18 +40,21 @@ def add_subcommand(sub) -> None:
                    help="tvm: the build in the Relax VM; onnxruntime: the normalised model, for comparison "
                         "(default: %(default)s)")
     p.add_argument("--build", help="build tag (default: the latest build)")
-    p.add_argument("--query-samples", type=int, default=64,
+    p.add_argument("--query-samples", type=integer(1, MAX_QUERY_SAMPLES, " (each holds 100-700 pairs in memory)"),
+                   default=64,
                    help="query samples in the library, each 100-700 user-item pairs as in MLPerf "
                         "(default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the pairs drawn from the test data (default: 0)")
-    p.add_argument("--target-qps", type=float,
+    p.add_argument("--seed", type=seed, default=0, help="seed of the pairs drawn from the test data (default: 0)")
+    p.add_argument("--target-qps", type=number(0, 1e7, " (checked against the calibrated capacity too)"),
                    help="Server/Offline target in query samples/s (default: calibrated on this machine)")
     research = p.add_argument_group("research settings (shorter than MLPerf's rules; marks the run `research`)")
-    research.add_argument("--min-duration", type=float, default=10.0,
+    research.add_argument("--min-duration", type=number(0, DAY, " (a day)"), default=10.0,
                           help="seconds (default: %(default)s); MLPerf's rule is 600: pass 600 to follow it")
-    research.add_argument("--min-queries", type=int, default=16,
+    research.add_argument("--min-queries", type=integer(1, MAX_QUERIES, " (LoadGen keeps every query in memory)"),
+                          default=16,
                           help="minimum query count, for Offline samples (default: %(default)s; MLPerf: 100, "
                                "Offline 24576)")
-    research.add_argument("--max-duration", type=float, help="seconds; stop a run after this long")
-    research.add_argument("--server-latency-ms", type=float, help="Server latency bound (MLPerf: 60 ms at p99)")
+    research.add_argument("--max-duration", type=number(0, DAY, " (a day)"), help="seconds; stop a run after this long")
+    research.add_argument("--server-latency-ms", type=number(0, 1e6),
+                          help="Server latency bound (MLPerf: 60 ms at p99)")
     p.set_defaults(func=cmd_loadgen)

@@ -6,13 +6,39 @@ TVM, pandas and matplotlib (seconds), and `dlrm --help` should answer at once.
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
+import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
 from dlrmlib.cli import analysis, loadgen, tune
-from dlrmlib.cli.args import add_experiment, table_rows
-from dlrmlib.core.errors import DlrmError
+from dlrmlib.cli.args import THREADS_MAX, add_experiment, batch_size, integer, samples, seed, table_rows, threads
+from dlrmlib.core.errors import _OS_ADVICE, MEMORY_ADVICE, DlrmError, describe_os_error
 from dlrmlib.core.experiment import Experiment
+
+
+_OS_ADVICE_ENOSPC, _OS_ADVICE_EROFS = _OS_ADVICE[errno.ENOSPC], _OS_ADVICE[errno.EROFS]
+CHILD_ENV = "DLRM_IN_CHILD"  # set in the child process a build runs in
+
+
+def in_child(args) -> int | None:
+    """Run this command again in a child process, unless this is that child: TVM's compiler
+    aborts the process on std::bad_alloc (exit 134, no message), which only a parent can report.
+    Returns the child's exit status (None in the child itself)."""
+    if os.environ.get(CHILD_ENV):
+        return None
+    code = "import sys; from dlrmlib.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", code, *args.argv], env={**os.environ, CHILD_ENV: "1"})
+    if done.returncode < 0:
+        name = signal.Signals(-done.returncode).name
+        raise DlrmError(f"the {args.command} process died of {name} with no error of its own; "
+                        + ("out of memory is the usual cause: free memory or raise the limit (`ulimit -v`), or use "
+                           "a smaller preset or batch size" if name in ("SIGABRT", "SIGKILL", "SIGSEGV")
+                           else "see the lines above"))
+    return done.returncode  # a failing child has printed its error
 
 
 def cmd_prepare(args) -> None:
@@ -23,9 +49,12 @@ def cmd_prepare(args) -> None:
             bags=args.bags, mlperf_data=args.mlperf_data, ids=args.ids)
 
 
-def cmd_build(args) -> None:
+def cmd_build(args) -> int | None:
     """One place decides what a build is: custom kernels, or the tuning log when it has records
     (or one is named), else untuned."""
+    code = in_child(args)
+    if code is not None:
+        return code
     from dlrmlib.building import recipes  # deferred (see the module's docstring)
     from dlrmlib.building.build import build  # deferred, as above
 
@@ -61,8 +90,15 @@ def cmd_demo(args) -> None:
     run_demo(args.experiment, preset=args.preset, batch_size=args.batch_size, samples=args.samples)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its refusals in the one form every dlrm error has (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"dlrm: error: {message} (see `{self.prog} --help`)\n")
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dlrm", description=__doc__)
+    parser = Parser(prog="dlrm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="setup: model, normalised model, weights folder, test data (01_setup)")
@@ -70,9 +106,9 @@ def make_parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--preset", default="small", help="tiny | small | kaggle | terabyte (default: %(default)s)")
     source.add_argument("--onnx-model", help="your own DLRM ONNX model instead of a generated one")
-    p.add_argument("--batch-size", type=int, default=128, help="batch size to build for (default: %(default)s)")
-    p.add_argument("--samples", type=int, default=1024, help="test samples (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="weights and test data seed (default: %(default)s)")
+    p.add_argument("--batch-size", type=batch_size, default=128, help="batch size to build for (default: %(default)s)")
+    p.add_argument("--samples", type=samples, default=1024, help="test samples (default: %(default)s)")
+    p.add_argument("--seed", type=seed, default=0, help="weights and test data seed (default: %(default)s)")
     p.add_argument("--table-rows", type=table_rows, help="rows per table: one count, or 26 comma-separated")
     p.add_argument("--style", default="loop", choices=["loop", "aten"],
                    help="how the generated model writes embedding bags (default: %(default)s)")
@@ -105,11 +141,13 @@ def make_parser() -> argparse.ArgumentParser:
     add_experiment(p)
     p.add_argument("--build", help="build tag (untuned, custom, or a tuning log's record count); default: the "
                                    "latest build")
-    p.add_argument("--warmup", type=int, default=5, help="untimed batches per instance (default: %(default)s)")
-    p.add_argument("--iterations", type=int, default=0,
+    p.add_argument("--warmup", type=integer(0, 10**6), default=5,
+                   help="untimed batches per instance (default: %(default)s)")
+    p.add_argument("--iterations", type=integer(0, 10**6), default=0,
                    help="measured passes over the test data; 0: enough for 100 batches (default)")
-    p.add_argument("--threads", type=int, default=0, help="threads per instance; 0: cores / instances")
-    p.add_argument("--instances", type=int, default=1,
+    p.add_argument("--threads", type=integer(0, THREADS_MAX), default=0,
+                   help="threads per instance; 0: cores / instances")
+    p.add_argument("--instances", type=threads, default=1,
                    help="runner instances sharing the mapped weights, each on its own cores (default: 1)")
     p.add_argument("--ids", default="reject", choices=["reject", "modulo"],
                    help="out-of-range ids: reject, or take them modulo the table size")
@@ -118,8 +156,8 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole workflow through the notebooks, ending with what it measured")
     add_experiment(p)
     p.add_argument("--preset", default="small")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--samples", type=int, default=1024)
+    p.add_argument("--batch-size", type=batch_size, default=128)
+    p.add_argument("--samples", type=samples, default=1024)
     p.set_defaults(func=cmd_demo)
 
     tune.add_subcommands(sub)  # tune (02_tune)
@@ -128,17 +166,37 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error(message: str) -> int:
+    print(f"dlrm: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
     try:
-        args.func(args)
+        args = make_parser().parse_args(argv)
+    except SystemExit as e:  # argparse has printed its one line
+        return e.code if isinstance(e.code, int) else 2
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    logging.raiseExceptions = False  # a handler on a full disk must not print a traceback per record
+    try:
+        code = args.func(args)
     except DlrmError as e:
-        print(f"dlrm: error: {e}", file=sys.stderr)
-        return 2
+        return _error(str(e))
+    except OSError as e:
+        return _error(describe_os_error(e))
+    except MemoryError:
+        return _error(MEMORY_ADVICE)
     except KeyboardInterrupt:
         print("dlrm: interrupted", file=sys.stderr)
         return 130
-    return 0
+    except Exception as e:  # TVM and ONNX report the system's refusals as their own errors
+        text = str(e)
+        for marker, message in (("No space left on device", _OS_ADVICE_ENOSPC), ("bad_alloc", MEMORY_ADVICE),
+                                ("Read-only file system", _OS_ADVICE_EROFS)):
+            if marker in text:
+                return _error(f"{message} ({type(e).__name__})")
+        raise
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dlrmlib.cli.args import add_experiment, positive
+from dlrmlib.cli.args import add_experiment, integer, seed, threads
 from dlrmlib.core.experiment import Experiment
-from dlrmlib.tuning import DEFAULT_TRIALS
+from dlrmlib.tuning import DEFAULT_TRIALS, MAX_TRIALS, MAX_TRIALS_WHY
 from dlrmlib.tuning.rpc import DEFAULT_KEY, RpcMeasurement
 
 
@@ -27,14 +27,15 @@ def cmd_tune(args) -> None:
 def add_subcommands(sub) -> None:
     p = sub.add_parser("tune", help="tune: MetaSchedule trials into the experiment's tuning log, resumable (02_tune)")
     add_experiment(p)
-    p.add_argument("--trials", type=positive, default=DEFAULT_TRIALS,
+    trials = integer(1, MAX_TRIALS, MAX_TRIALS_WHY)
+    p.add_argument("--trials", type=trials, default=DEFAULT_TRIALS,
                    help="total trials the log should hold; a rerun tunes only the rest (default: %(default)s)")
-    p.add_argument("--max-trials-per-task", type=positive, help="cap on each kernel's trials (default: none)")
-    p.add_argument("--num-threads", type=positive,
+    p.add_argument("--max-trials-per-task", type=trials, help="cap on each kernel's trials (default: none)")
+    p.add_argument("--num-threads", type=threads,
                    help="build workers and search threads (default: every core; measurement always runs alone)")
     p.add_argument("--prepack", action="store_true",
                    help="tune the kernels of the weight-prepacked build (their own log, tune/prepack/)")
-    p.add_argument("--seed", type=int, help="search seed (default: random)")
+    p.add_argument("--seed", type=seed, help="search seed (default: random)")
     p.add_argument("--schedule", default="default", choices=["default", "custom"],
                    help="custom: measure the knobs of the hand-written kernels into tune/custom/kernels.jsonl "
                         "instead of MetaSchedule trials (default: %(default)s)")
@@ -43,5 +44,5 @@ def add_subcommands(sub) -> None:
     p.add_argument("--rpc-tracker", metavar="HOST:PORT",
                    help="measure candidates on the TVM RPC servers registered with this tracker")
     p.add_argument("--rpc-key", default=DEFAULT_KEY, help="the servers' device key (default: %(default)s)")
-    p.add_argument("--rpc-servers", type=positive, help="servers to use at once (default: all registered)")
+    p.add_argument("--rpc-servers", type=threads, help="servers to use at once (default: all registered)")
     p.set_defaults(func=cmd_tune)

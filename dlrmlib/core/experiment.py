@@ -15,13 +15,22 @@ from dlrmlib.core.paths import REPO_ROOT
 
 DEFAULT_EXPERIMENT = "default"
 EXPERIMENTS_ENV = "DLRM_EXPERIMENTS_DIR"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+MAX_NAME = 128
+_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_NAME - 1}}}")
+PREPARING = ".preparing"  # in an experiment whose `dlrm prepare` has not finished
 
 
 def experiments_root() -> Path:
     """`$DLRM_EXPERIMENTS_DIR`, else `experiments/` in the repository (or the current folder)."""
-    if os.environ.get(EXPERIMENTS_ENV):
-        return Path(os.environ[EXPERIMENTS_ENV]).expanduser().resolve()
+    value = os.environ.get(EXPERIMENTS_ENV)
+    if value is not None:
+        if not value.strip():  # not silently the repository's folder
+            raise DlrmError(f"{EXPERIMENTS_ENV} is set but empty: name a folder, or unset it to use experiments/ "
+                            "in the repository")
+        root = Path(value).expanduser().resolve()
+        if root.exists() and not root.is_dir():
+            raise DlrmError(f"{EXPERIMENTS_ENV} names {root}, which is a file, not a folder")
+        return root
     repo = REPO_ROOT
     base = repo if (repo / "pyproject.toml").exists() else Path.cwd()
     return base / "experiments"
@@ -31,7 +40,7 @@ def check_name(name: str) -> str:
     """A plain folder name: no slashes, no `..`, so an experiment cannot escape its root."""
     if not isinstance(name, str) or not _NAME.fullmatch(name) or name in {".", ".."}:
         raise DlrmError(f"experiment name {name!r} is not allowed: use letters, digits, '.', '_' and '-' "
-                        "(starting with a letter or digit), no slashes")
+                        f"(starting with a letter or digit), no slashes, at most {MAX_NAME} characters")
     return name
 
 
@@ -52,6 +61,9 @@ class Experiment:
         if not create and not exp.params_path.is_file():
             raise DlrmError(f"experiment {name!r} has not been prepared (no {exp.params_path}); "
                             f"run `dlrm prepare --experiment {name}` or notebook 01_setup first")
+        if not create and exp.preparing_marker.exists():
+            raise DlrmError(f"experiment {name!r} is not prepared: its last `dlrm prepare` did not finish (a "
+                            f"failure or a kill); run `dlrm prepare --experiment {name}` again")
         if create:
             exp.root.mkdir(parents=True, exist_ok=True)
         return exp
@@ -60,6 +72,10 @@ class Experiment:
     @property
     def params_path(self) -> Path:
         return self.root / "params.json"
+
+    @property
+    def preparing_marker(self) -> Path:
+        return self.root / PREPARING
 
     @property
     def model_dir(self) -> Path:

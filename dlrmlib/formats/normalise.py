@@ -260,6 +260,12 @@ def normalise_model(model: onnx.ModelProto, batch_size: int, bags: str = "one_pe
 
 def embedding_tables(model: onnx.ModelProto) -> list[int]:
     """Row counts of the tables gathered by the normalised model, in lS_i row order."""
+    weights = _weight_shapes(model.graph)
+    return [weights[name][0] for name in embedding_table_weights(model)]
+
+
+def embedding_table_weights(model: onnx.ModelProto) -> list[str]:
+    """The initializer each table is gathered from, in lS_i row order."""
     producers = {o: n for n in model.graph.node for o in n.output}
     weights = _weight_shapes(model.graph)
     rows: dict[int, int] = {}
@@ -270,7 +276,7 @@ def embedding_tables(model: onnx.ModelProto) -> list[int]:
         if row_pick.op_type == "Gather" and row_pick.input[0] == INDICES_INPUT:
             table = _constant_value(producers.get(row_pick.input[1]))
             if table is not None:
-                rows[int(table)] = weights[node.input[0]][0]
+                rows[int(table)] = node.input[0]
     if sorted(rows) != list(range(NUM_TABLES)):
         raise DlrmError(f"could not match the model's embedding tables to the {NUM_TABLES} rows of "
                         f"{INDICES_INPUT} (found tables {sorted(rows)})")

@@ -136,9 +136,20 @@ def read_test_data(folder: str | Path, tables: list[int] | None = None, ids: str
     for name, array in (("labels.npy", data.labels), ("reference.npy", data.reference)):
         if array is not None and len(array) != n:
             raise DlrmError(f"{folder / name} has {len(array)} rows, dense.npy has {n}")
+    check_labels(data.labels, folder / "labels.npy")
     data.sparse = check_inputs(data.dense, data.sparse, tables or [np.iinfo(np.int64).max] * NUM_TABLES,
                                ids, source=str(folder))
     return data
+
+
+def check_labels(labels: np.ndarray, source) -> np.ndarray:
+    """Labels are clicks: 0 or 1 (an AUC over anything else is meaningless, and NaN breaks it)."""
+    bad = ~np.isin(labels, (0.0, 1.0))
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise DlrmError(f"{source}: labels must be 0 or 1; {int(bad.sum())} are not (the first, sample {first}, is "
+                        f"{labels[first]})")
+    return labels
 
 
 def read_test_meta(folder: Path) -> dict:
@@ -178,4 +189,5 @@ def read_mlperf_day23(path: str | Path, tables: list[int], ids: str = "modulo",
         raise DlrmError(f"MLPerf data not found (expected an .npz file or a folder of .npy files): {path}")
     dense = np.log1p(np.maximum(np.asarray(raw, dtype=np.float64), 0)).astype(np.float32)
     sparse = check_inputs(dense, np.asarray(cat).astype(np.int64), tables, ids, source=str(path))
-    return TestData(dense=dense, sparse=sparse, labels=np.asarray(y, dtype=np.float32).ravel())
+    labels = check_labels(np.asarray(y, dtype=np.float32).ravel(), path)
+    return TestData(dense=dense, sparse=sparse, labels=labels)

@@ -14,14 +14,16 @@ This module reads and repairs those files; `dlrmlib.tuning` writes them and
 """
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.experiment import Experiment
-from dlrmlib.core.files import read_json, read_jsonl
+from dlrmlib.core.files import append_jsonl, atomic_path, read_json
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -33,6 +35,8 @@ UNTUNED_FILE = "untuned.json"
 UNTUNED_DB = "untuned"
 TRIALS_FILE = "trials.jsonl"
 PREPACK_LOG = "prepack"
+DAMAGED_SUFFIX = ".damaged"  # damaged lines set aside: database_tuning_record.json.damaged, trials.jsonl.damaged
+FAILED_RUN_S = 1e9  # MetaSchedule's run time of a candidate that failed to build or run (it stores 1e10)
 
 
 def tuning_log_dir(experiment: Experiment, prepack: bool = False) -> Path:
@@ -68,7 +72,7 @@ def count_records(folder: Path) -> int:
     return _complete(path.read_bytes()).count(b"\n") if path.is_file() else 0
 
 
-def snapshot_log(folder: Path, dest: Path) -> int:
+def snapshot_log(folder: Path, dest: Path, log: Callable[[str], None] = print) -> int:
     """A consistent copy of a log's database (complete lines only), so a build can read a log
     that a tuning run is still appending to. Returns its number of records."""
     folder = Path(folder)
@@ -76,14 +80,192 @@ def snapshot_log(folder: Path, dest: Path) -> int:
         raise DlrmError(f"{folder} holds no MetaSchedule database ({WORKLOADS_FILE}, {RECORDS_FILE}); "
                         "tune first (`dlrm tune`) or point --log at a tuning log folder")
     dest.mkdir(parents=True, exist_ok=True)
-    for name in (WORKLOADS_FILE, RECORDS_FILE):
-        (dest / name).write_bytes(_complete((folder / name).read_bytes()))
+    workloads = _workload_lines(folder)
+    records, damaged = _split_records(folder, len(workloads))
+    for line_no, _ in damaged:
+        log(f"[build] {folder / RECORDS_FILE}, line {line_no} is damaged: left out of this build")
+    (dest / WORKLOADS_FILE).write_bytes(b"".join(workloads))
+    (dest / RECORDS_FILE).write_bytes(b"".join(line for line, _ in records))
     return count_records(dest)
 
 
+# -- checking the database: TVM's loader stops at a damaged line without naming it ----------------
+
+def _workload_lines(folder: Path) -> list[bytes]:
+    """The workload lines, each checked: records name workloads by line number, so a damaged
+    one cannot be set aside, only reported."""
+    path = Path(folder) / WORKLOADS_FILE
+    lines = _complete(path.read_bytes()).splitlines(keepends=True) if path.is_file() else []
+    for number, line in enumerate(lines, 1):
+        try:
+            item = json.loads(line)
+            ok = isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            ok = False
+        if not ok:
+            raise DlrmError(f"{path}, line {number} is damaged (not [structural hash, module]); the tuning "
+                            "records refer to workloads by line, so restore that file or start the log over")
+    return lines
+
+
+def _parse_record(line: bytes, workloads: int) -> tuple[int, float | None] | None:
+    """(workload, mean run seconds or None when the candidate failed) of a record line as
+    MetaSchedule writes it, `[workload, [trace, run_secs, target, args_info]]`; None if damaged."""
+    try:
+        item = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not (isinstance(item, list) and len(item) == 2 and type(item[0]) is int and 0 <= item[0] < workloads
+            and isinstance(item[1], list) and len(item[1]) == 4 and isinstance(item[1][0], list)):
+        return None
+    secs = item[1][1]
+    if secs is not None and not (isinstance(secs, list) and all(isinstance(s, (int, float)) for s in secs)):
+        return None
+    valid = [float(s) for s in secs or [] if s < FAILED_RUN_S]
+    return item[0], (sum(valid) / len(valid) if valid and len(valid) == len(secs) else None)
+
+
+def _split_records(folder: Path, workloads: int) -> tuple[list[tuple[bytes, tuple]], list[tuple[int, bytes]]]:
+    """The complete record lines: the sound ones (with what they say) and the damaged ones
+    (with their line numbers)."""
+    path = Path(folder) / RECORDS_FILE
+    lines = _complete(path.read_bytes()).splitlines(keepends=True) if path.is_file() else []
+    sound, damaged = [], []
+    for number, line in enumerate(lines, 1):
+        parsed = _parse_record(line, workloads)
+        if parsed is None:
+            damaged.append((number, line))
+        else:
+            sound.append((line, parsed))
+    return sound, damaged
+
+
+def set_aside_damaged_records(folder: Path, log: Callable[[str], None] = print) -> int:
+    """Move damaged record lines out of the database into `database_tuning_record.json.damaged`
+    (only while holding the tuning lock), each reported with its file and line. Returns how many."""
+    folder = Path(folder)
+    records, damaged = _split_records(folder, len(_workload_lines(folder)))
+    if not damaged:
+        return 0
+    path = folder / RECORDS_FILE
+    for number, line in damaged:
+        text = line.decode(errors="replace").strip()
+        log(f"[tune] {path}, line {number} is damaged ({text[:40]}{'...' if len(text) > 40 else ''}): "
+            f"set aside in {path.name}{DAMAGED_SUFFIX}, not given to TVM")
+    _keep_aside(path, b"".join(line for _, line in damaged))
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(b"".join(line for line, _ in records))
+    return len(damaged)
+
+
+def _keep_aside(path: Path, data: bytes) -> None:
+    """Append `data` to `<path>.damaged`, durably, before the lines leave `path`."""
+    with open(path.with_name(path.name + DAMAGED_SUFFIX), "ab") as side:
+        side.write(data)
+        side.flush()
+        os.fsync(side.fileno())
+
+
+# -- the trials file: derived from the database, so it never falls behind it ----------------------
+
+def _trial_lines(folder: Path) -> tuple[list[dict | None], list[int]]:
+    """`trials.jsonl` line by line (None for a damaged line) and the damaged lines' numbers; a
+    torn last line (a kill mid-write) counts as damaged too."""
+    path = Path(folder) / TRIALS_FILE
+    items, damaged = [], []
+    if not path.is_file():
+        return items, damaged
+    for number, line in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            item = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            item = None
+        if not (isinstance(item, dict) and type(item.get("trial")) is int and isinstance(item.get("task"), str)
+                and isinstance(item.get("t"), (int, float))):
+            item = None
+        items.append(item)
+        if item is None:
+            damaged.append(number)
+    return items, damaged
+
+
+def _task_names(folder: Path, workload_lines: list[bytes], records: list[tuple], trials: list[dict]) -> dict:
+    """Workload line -> task name: by structural hash from `tasks.json`, else from trials that
+    line up with their records."""
+    hashes = {t["shash"]: t["name"] for t in (read_tasks(folder) or {}).get("tasks", []) if t.get("shash")}
+    names = {}
+    for index, line in enumerate(workload_lines):
+        shash = json.loads(line)[0]
+        if shash in hashes:
+            names[index] = hashes[shash]
+    for (_, (workload, _)), trial in zip(records, trials):
+        if trial.get("task"):
+            names.setdefault(workload, trial["task"])
+    return names
+
+
+def derive_trials(folder: Path) -> tuple[list[dict], dict]:
+    """One trial per sound database record, in order: the trials file's line where it agrees
+    with the record (its time and error message), else rebuilt from the record (`recovered`).
+    Also says what disagreed: damaged trial lines, trials recovered, trial lines without record."""
+    folder = Path(folder)
+    workload_lines = _workload_lines(folder)
+    records, _ = _split_records(folder, len(workload_lines))
+    lines, damaged = _trial_lines(folder)
+    by_number = {}
+    for item in lines:
+        if item is not None:
+            by_number.setdefault(item["trial"], item)
+    names = _task_names(folder, workload_lines, records, [by_number.get(i + 1, {}) for i in range(len(records))])
+    trials, recovered, t = [], 0, 0.0
+    for number, (_, (workload, latency)) in enumerate(records, 1):
+        task = names.get(workload, f"workload {workload}")
+        line = by_number.get(number)
+        if line is not None and line["task"] == task:
+            t = line["t"]
+            trials.append(line)
+            continue
+        recovered += 1
+        trials.append({"trial": number, "t": t, "task": task, "latency_s": latency,
+                       "error": None if latency is not None else "failed (recovered from the database)",
+                       "recovered": True})
+    orphans = sum(1 for item in lines if item is not None and item["trial"] > len(records))
+    return trials, {"damaged_lines": damaged, "recovered": recovered, "without_record": orphans}
+
+
+def reconcile_trials(folder: Path, log: Callable[[str], None] = print) -> int:
+    """Bring `trials.jsonl` in line with the database (only while holding the tuning lock): the
+    trials a kill lost between the record and its line are appended; a file that disagrees
+    otherwise is kept as `trials.jsonl.damaged` and rewritten. Returns the trials recovered."""
+    folder = Path(folder)
+    path = folder / TRIALS_FILE
+    trials, report = derive_trials(folder)
+    lines, _ = _trial_lines(folder)
+    if lines == trials:
+        return 0
+    for number in report["damaged_lines"]:
+        log(f"[tune] {path}, line {number} is damaged; the trial is rebuilt from the database")
+    if report["without_record"]:
+        log(f"[tune] {path}: {report['without_record']} trial line(s) have no database record")
+    if len(lines) <= len(trials) and lines == trials[: len(lines)]:
+        append_jsonl(path, trials[len(lines):], durable=True)
+    else:  # the old file, whole, goes aside before it is rewritten
+        log(f"[tune] {path} rewritten from the database; the old lines are kept in {path.name}{DAMAGED_SUFFIX}")
+        _keep_aside(path, path.read_bytes())
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(json.dumps(item, sort_keys=True) + "\n" for item in trials))
+    if report["recovered"]:
+        log(f"[tune] {report['recovered']} trial(s) were in the database but not in {path.name}: recovered")
+    return report["recovered"]
+
+
 def read_trials(folder: Path) -> list[dict]:
-    """Every trial of `trials.jsonl`, skipping a torn last line."""
-    return read_jsonl(Path(folder) / TRIALS_FILE)
+    """Every trial of the log, as the database records them (see `derive_trials`); without a
+    database (a log from elsewhere), the sound lines of `trials.jsonl`."""
+    folder = Path(folder)
+    if not (folder / RECORDS_FILE).is_file() or not (folder / WORKLOADS_FILE).is_file():
+        return [item for item in _trial_lines(folder)[0] if item is not None]
+    return derive_trials(folder)[0]
 
 
 def read_tasks(folder: Path) -> dict | None:

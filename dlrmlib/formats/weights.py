@@ -9,6 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import struct
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -19,13 +23,17 @@ from onnx import TensorProto, helper, numpy_helper
 
 from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.experiment import Experiment
-from dlrmlib.core.files import atomic_dir, read_json, sha256_file, write_json
+from dlrmlib.core.files import atomic_dir, atomic_path, read_json, sha256_file, write_json
 from dlrmlib.formats.normalise import WEIGHT_TYPES, load_graph
 
 MANIFEST_FORMAT = "dlrm-manifest"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: weight checksums, embedding.table_params, manifest_sha256
 LAYOUT_FILE = "layout.json"
 COPY_CHUNK = 1 << 24
+VERIFY_ENV = "DLRM_VERIFY_WEIGHTS"  # "0": skip hashing the weight files at load (docs/formats.md)
+SEAL_KEY = "manifest_sha256"
+# The seal is the manifest's last member, as write_manifest writes it (docs/formats.md).
+SEAL = re.compile(rb',\n  "manifest_sha256": "([0-9a-f]{64})"\n}\n\Z')
 
 
 @dataclass(frozen=True)
@@ -91,15 +99,18 @@ def array_chunks(array: np.ndarray) -> Iterator[bytes]:
 
 
 def holds_weights(folder: Path, layout: str, params: list[ParamSpec]) -> bool:
-    """Whether `folder` is a complete weights folder of this layout (one to reuse); an
-    incomplete or stale one is to be written again."""
-    if not Path(folder).is_dir():
+    """Whether `folder` is a weights folder of this layout to reuse, checked file by file
+    (content too, unless DLRM_VERIFY_WEIGHTS=0); False when there is none, or one written
+    before checksums (to be written again). A damaged one is a DlrmError, not rewritten
+    silently: something changed files it should not have."""
+    meta_path = Path(folder) / LAYOUT_FILE
+    if not meta_path.is_file():
         return False
-    try:
-        verify_weights_folder(folder, layout, params)
-        return True
-    except DlrmError:
+    meta = read_json(meta_path)
+    if meta.get("layout_id") != layout or not all("sha256" in p for p in meta.get("params", [{}])):
         return False
+    verify_weights_folder(folder, layout, params)
+    return True
 
 
 def write_weights_folder(folder: Path, layout: str, params: list[ParamSpec],
@@ -109,24 +120,76 @@ def write_weights_folder(folder: Path, layout: str, params: list[ParamSpec],
     if holds_weights(folder, layout, params):
         return folder
     with atomic_dir(folder) as tmp:
+        checksums = []
         for spec, source in zip(params, sources, strict=True):
-            written = 0
+            written, digest = 0, hashlib.sha256()  # hashed as written: no second read
             with open(tmp / spec.file, "wb") as f:
                 for block in source():
                     f.write(block)
+                    digest.update(block)
                     written += len(block)
             if written != spec.bytes:
                 raise DlrmError(f"parameter {spec.name!r}: wrote {written} bytes, expected {spec.bytes}")
+            checksums.append(digest.hexdigest())
             if progress:
                 progress(spec)
-        write_json(tmp / LAYOUT_FILE, {"layout_id": layout, "params": [p.to_dict() for p in params]})
+        write_layout(tmp, layout, params, checksums)
     return folder
+
+
+def write_layout(folder: Path, layout: str, params: list[ParamSpec], checksums: list[str]) -> None:
+    """`layout.json`: the layout id and each parameter with its file's SHA-256."""
+    write_json(Path(folder) / LAYOUT_FILE, {"layout_id": layout, "params": param_entries(params, checksums)})
+
+
+def param_entries(params: list[ParamSpec], checksums: list[str]) -> list[dict]:
+    """The parameter list as layout.json and the manifest write it."""
+    return [{**p.to_dict(), "sha256": c} for p, c in zip(params, checksums, strict=True)]
 
 
 # -- checking and reading --------------------------------------------------------------------
 
-def verify_weights_folder(folder: Path, layout: str, params: list[ParamSpec]) -> None:
-    """The folder holds exactly the files the manifest describes, each of the right size."""
+def verify_enabled() -> bool:
+    """Whether loads hash the weight files (the default); DLRM_VERIFY_WEIGHTS=0 skips it."""
+    return os.environ.get(VERIFY_ENV, "1").strip() != "0"
+
+
+def layout_checksums(folder: Path) -> list[str]:
+    """The SHA-256 of each parameter file that the folder's layout.json records."""
+    path = Path(folder) / LAYOUT_FILE
+    entries = read_json(path).get("params", [])
+    if not all(isinstance(p, dict) and isinstance(p.get("sha256"), str) for p in entries):
+        raise DlrmError(f"{path} records no checksum for some weight file: written by an older dlrmlib; "
+                        "delete the folder and run `dlrm build` again")
+    return [p["sha256"] for p in entries]
+
+
+RACY_NS = 2_000_000_000
+_HASHED: dict[tuple, str] = {}  # (path, inode, size, mtime, ctime) -> SHA-256, for this process
+
+
+def sha256_files(paths: list[Path]) -> list[str]:
+    """Each file's SHA-256, files hashed in parallel (hashlib releases the GIL while hashing).
+    A file hashed before by this process and unchanged since (same inode, size, mtime and
+    ctime: any write moves ctime) is not read again: bench, LoadGen and profile open several
+    runners on one weights folder."""
+    keys = [(str(p), (s := os.stat(p)).st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns) for p in paths]
+    todo = [p for p, key in zip(paths, keys) if key not in _HASHED]
+    workers = max(1, min(len(todo), len(os.sched_getaffinity(0))))
+    with ThreadPoolExecutor(workers) as pool:
+        fresh = dict(zip(map(str, todo), pool.map(sha256_file, todo)))
+    now = time.time_ns()
+    for key in keys:  # as git does: a file changed in the last seconds may change again unseen
+        if key[0] in fresh and now - key[4] > RACY_NS:  # (timestamps tick only every few ms)
+            _HASHED[key] = fresh[key[0]]
+    return [_HASHED.get(key) or fresh[key[0]] for key in keys]
+
+
+def verify_weights_folder(folder: Path, layout: str, params: list[ParamSpec], checksums: list[str] | None = None,
+                          content: bool | None = None) -> bool:
+    """The folder holds exactly the files the manifest describes, each of the right size and,
+    when `content` (default: unless DLRM_VERIFY_WEIGHTS=0), with the SHA-256 recorded in
+    layout.json and in `checksums` (the manifest's). Returns whether the content was hashed."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DlrmError(f"weights folder not found: {folder}")
@@ -137,6 +200,10 @@ def verify_weights_folder(folder: Path, layout: str, params: list[ParamSpec]) ->
     if [ParamSpec.from_dict(p) for p in meta.get("params", [])] != list(params):
         raise DlrmError(f"the parameter list of {folder / LAYOUT_FILE} differs from the manifest's: "
                         "one of them was edited by hand, or they come from different builds")
+    recorded = layout_checksums(folder)
+    if checksums is not None and list(checksums) != recorded:
+        raise DlrmError(f"the checksums in {folder / LAYOUT_FILE} differ from the manifest's: the folder "
+                        "was written again after the build, or edited; rebuild")
     for spec in params:
         path = folder / spec.file
         if not path.is_file():
@@ -145,6 +212,14 @@ def verify_weights_folder(folder: Path, layout: str, params: list[ParamSpec]) ->
         if size != spec.bytes:
             raise DlrmError(f"weight file {path} has {size} bytes, expected {spec.bytes} for {spec.name!r} "
                             f"{list(spec.shape)} {spec.dtype} (truncated or from another build?)")
+    if not (verify_enabled() if content is None else content):
+        return False
+    for spec, expected, actual in zip(params, recorded, sha256_files([folder / p.file for p in params])):
+        if actual != expected:
+            raise DlrmError(f"weight file {folder / spec.file} (parameter {spec.name!r}) does not match its "
+                            f"checksum: sha256 {actual}, recorded {expected} (corrupted, or swapped with "
+                            "another file)")
+    return True
 
 
 def map_weights(folder: Path, params: list[ParamSpec]) -> list[np.ndarray]:
@@ -156,7 +231,36 @@ def map_weights(folder: Path, params: list[ParamSpec]) -> list[np.ndarray]:
 # -- manifest --------------------------------------------------------------------------------
 
 def write_manifest(path: Path, manifest: dict) -> Path:
-    return write_json(path, {"format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, **manifest})
+    """The manifest, sealed: its last member `manifest_sha256` is the SHA-256 of the text
+    without that member, so both runners refuse a manifest edited after the build. (`manifest`
+    may be one read back: its own format fields and seal are replaced.)"""
+    fields = {k: v for k, v in manifest.items() if k not in ("format", "format_version", SEAL_KEY)}
+    body = json.dumps({"format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, **fields}, indent=2,
+                      default=_plain) + "\n"
+    sealed = f'{body[:-3]},\n  "{SEAL_KEY}": "{hashlib.sha256(body.encode()).hexdigest()}"\n}}\n'
+    with atomic_path(path) as tmp:
+        tmp.write_text(sealed)
+    return Path(path)
+
+
+def _plain(obj):
+    """numpy scalars and paths as JSON values (as core.files.write_json writes them)."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def check_seal(path: Path, text: bytes) -> None:
+    """The manifest is byte for byte what the build wrote."""
+    seal = SEAL.search(text)
+    if seal is None:
+        raise DlrmError(f"{path} has no {SEAL_KEY} as its last member: not written by `dlrm build`, or "
+                        "edited after it; rebuild it")
+    if hashlib.sha256(text[:seal.start()] + b"\n}\n").hexdigest() != seal.group(1).decode():
+        raise DlrmError(f"{path} was edited after the build (its content no longer matches its {SEAL_KEY}); "
+                        "restore it or rebuild with `dlrm build`")
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
@@ -166,7 +270,11 @@ def read_manifest(path: str | os.PathLike) -> dict:
         raise DlrmError(f"{path} is not a dlrm manifest (format {manifest.get('format')!r})")
     if manifest.get("format_version") != MANIFEST_VERSION:
         raise DlrmError(f"{path} has manifest version {manifest.get('format_version')}, "
-                        f"this dlrmlib reads version {MANIFEST_VERSION}")
+                        f"this dlrmlib reads version {MANIFEST_VERSION}: rebuild it with `dlrm build`")
+    check_seal(path, path.read_bytes())
+    for key in ("build", "target"):
+        if not isinstance(manifest.get(key), dict):
+            raise DlrmError(f"{path} has no {key!r} section: not a manifest written by `dlrm build`")
     return manifest
 
 
@@ -174,19 +282,64 @@ def manifest_params(manifest: dict) -> list[ParamSpec]:
     return [ParamSpec.from_dict(p) for p in manifest["params"]]
 
 
+def manifest_checksums(manifest: dict) -> list[str]:
+    return [p["sha256"] for p in manifest["params"]]
+
+
 def manifest_weights_dir(manifest_path: Path, manifest: dict) -> Path:
     return (Path(manifest_path).parent / manifest["weights"]["dir"]).resolve()
 
 
+def check_tables(manifest_path: Path, manifest: dict) -> list[int]:
+    """Each table's row count, checked against its weight parameter: with the parameter's
+    file size checked (verify_weights_folder), the rows come from the file, not the manifest
+    alone. An id is later checked against these counts before it reaches a kernel."""
+    tables, names = manifest["embedding"]["tables"], manifest["embedding"].get("table_params", [])
+    params = {p["name"]: p for p in manifest["params"]}
+    if len(names) != len(tables):
+        raise DlrmError(f"{manifest_path}: embedding.table_params names {len(names)} parameters for "
+                        f"{len(tables)} tables")
+    for t, (rows, name) in enumerate(zip(tables, names)):
+        p = params.get(name)
+        if p is None or len(p["shape"]) != 2 or p["shape"][0] != rows:
+            raise DlrmError(f"{manifest_path}: embedding.tables[{t}] is {rows} rows, but its table {name!r} "
+                            + (f"({p['file']}, {p['bytes']} bytes) is {p['dtype']} {p['shape']}" if p else
+                               "is not among its params"))
+    return tables
+
+
 def verify_library(manifest_path: Path, manifest: dict, library: Path | None = None) -> Path:
-    """The library file is the one this manifest was written with."""
+    """The library file is the one this manifest was written with, and complete."""
     library = Path(library) if library else Path(manifest_path).parent / manifest["library"]["file"]
     if not library.is_file():
         raise DlrmError(f"library not found: {library}")
     if sha256_file(library) != manifest["library"]["sha256"]:
         raise DlrmError(f"library {library} does not match manifest {manifest_path}: "
                         "they come from different builds")
+    check_elf(library)
     return library
+
+
+def check_elf(library: Path) -> None:
+    """The ELF headers lie inside the file: loading a truncated library dies of SIGBUS, with
+    no message, when the loader touches the missing pages."""
+    size = library.stat().st_size
+    with open(library, "rb") as f:
+        head = f.read(64)
+        if len(head) < 64 or head[:5] != b"\x7fELF\x02":
+            raise DlrmError(f"{library} is not a 64-bit ELF shared library")
+        phoff, shoff = struct.unpack_from("<QQ", head, 32)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", head, 54)
+        needed = max(phoff + phnum * phentsize, shoff + shnum * shentsize)
+        f.seek(phoff)
+        table = f.read(phnum * phentsize) if phoff + phnum * phentsize <= size else b""
+    for i in range(phnum if len(table) == phnum * phentsize == phnum * 56 else 0):
+        p_type, _, p_offset, _, _, p_filesz = struct.unpack_from("<IIQQQQ", table, i * 56)
+        if p_type == 1:  # PT_LOAD
+            needed = max(needed, p_offset + p_filesz)
+    if needed > size:
+        raise DlrmError(f"library {library} is truncated or damaged: {size} bytes, but its ELF headers "
+                        f"describe {needed}; rebuild it")
 
 
 def runtime_params(model: onnx.ModelProto) -> list[ParamSpec]:

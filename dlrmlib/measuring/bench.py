@@ -268,11 +268,18 @@ def bench(experiment: Experiment | str, batch_sizes: list[int] | None = None, th
         _log_rows(rows, log)
         del backends
         gc.collect()
+    wrong = [r for r in result["rows"] if r.get("agrees") is False]
+    result["status"] = "failed" if wrong else "ok"
     path = exp.save_measurement(BENCH_MEASUREMENT, result)
     log(f"[bench] saved {path}")
     if json_path:
         write_json(json_path, result)
         log(f"[bench] and {json_path}")
+    if wrong:
+        worst = max(wrong, key=lambda r: r["max_abs_diff_vs_onnxruntime"])
+        raise DlrmError(f"{len(wrong)} run(s) differ from ONNX Runtime's outputs by more than {AGREEMENT:g} (worst: "
+                        f"{worst['runtime']} at batch {worst['batch_size']}, "
+                        f"{worst['max_abs_diff_vs_onnxruntime']:.2e}); recorded as failed in {path}")
     return result
 
 

@@ -30,6 +30,7 @@ import pandas as pd
 
 from dlrmlib.backends import model_inputs
 from dlrmlib.backends.factory import experiment_backend
+from dlrmlib.building.verify import TOLERANCE
 from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.experiment import Experiment
 from dlrmlib.core.files import atomic_dir
@@ -46,6 +47,13 @@ MLPERF_MODEL = "dlrm-v2"  # the name LoadGen's mlperf.conf gives DLRM's rules
 SERVER_LOAD = 0.5  # default Server target: half the calibrated capacity
 AGGREGATION_FILE = "aggregation.npz"
 NOT_VALID = "not a valid MLPerf result: synthetic model and test data"
+# Limits that bound LoadGen's memory whatever the user asks: it schedules every query of a run
+# up front (target x duration of them) and keeps a record of each.
+QPS_ABOVE = 10  # a target over 10x the calibrated capacity only grows the queue
+QPS_BELOW = 1000  # one under 1/1000 of it waits minutes between queries
+MAX_QUERIES = 2_000_000  # query samples in one run (LoadGen keeps ~200 bytes each, plus the answers)
+MAX_QUERY_SAMPLES = 100_000
+DAY = 86400.0
 
 
 # -- the system under test ------------------------------------------------------------------
@@ -207,8 +215,12 @@ def research_overrides(scenario: str, min_duration_s=None, min_query_count=None,
     given = {"min_duration_s": min_duration_s, "min_query_count": min_query_count,
              "max_duration_s": max_duration_s, "server_latency_ms": server_latency_ms}
     for key, value in given.items():
-        if value is not None and value <= 0:
-            raise DlrmError(f"{key} must be positive, got {value}")
+        if value is not None and not (0 < value < math.inf):
+            raise DlrmError(f"{key} must be a positive finite number, got {value}")
+    for key, value, high in (("min_duration_s", min_duration_s, DAY), ("max_duration_s", max_duration_s, DAY),
+                             ("min_query_count", min_query_count, MAX_QUERIES)):
+        if value is not None and value > high:
+            raise DlrmError(f"{key} is too large: at most {high:g}, got {value:g}")
     rules = mlperf_rules(scenario)
     return {k: v for k, v in given.items() if v is not None and v != rules[k]}
 
@@ -315,12 +327,30 @@ def accuracy_result(folder: Path, data: TestData) -> dict:
     return {"query_samples": len(order), "pairs": result.pop("samples"), **result}
 
 
-def _targets(backend, data, aggregation, scenario, target_qps, log) -> tuple[float, float, dict]:
-    """Target QPS and expected latency: the user's, else from a short calibration."""
+def check_target(target_qps: float, capacity_qps: float, min_duration_s: float) -> None:
+    """A target LoadGen can run in bounded memory and time: finite, positive, within a factor of
+    what this machine was measured to serve, and at most MAX_QUERIES queries over the run."""
+    if not (0 < target_qps < math.inf):
+        raise DlrmError(f"target QPS must be a positive finite number, got {target_qps}")
+    if not capacity_qps / QPS_BELOW <= target_qps <= capacity_qps * QPS_ABOVE:
+        raise DlrmError(f"target QPS {target_qps:g} is out of range: this build was calibrated at "
+                        f"{capacity_qps:.3g} query samples/s here, so a target from {capacity_qps / QPS_BELOW:.3g} "
+                        f"to {capacity_qps * QPS_ABOVE:.3g} makes sense (above: only the queue grows; below: "
+                        "minutes between queries)")
+    if target_qps * min_duration_s > MAX_QUERIES:
+        raise DlrmError(f"target QPS {target_qps:g} for {min_duration_s:g} s is {target_qps * min_duration_s:.3g} "
+                        f"queries; LoadGen schedules and records each in memory: at most {MAX_QUERIES:,} per run "
+                        "(shorten --min-duration or lower the target)")
+
+
+def _targets(backend, data, aggregation, scenario, target_qps, min_duration_s, log) -> tuple[float, float, dict]:
+    """Target QPS and expected latency: the user's (checked), else from a short calibration."""
     mean_pairs = float(aggregation.sizes().mean())
     pairs_per_s = calibrate(backend, data, aggregation)
     queries_per_s = pairs_per_s / mean_pairs
     chosen = target_qps or (queries_per_s * SERVER_LOAD if scenario == "Server" else queries_per_s)
+    if scenario != "SingleStream":  # SingleStream ignores the target
+        check_target(chosen, queries_per_s, min_duration_s)
     source = "given" if target_qps else "calibrated"
     log(f"[loadgen] calibration: {pairs_per_s:.0f} pairs/s = {queries_per_s:.2f} query samples/s of "
         f"{mean_pairs:.0f} pairs; target {chosen:.2f} samples/s ({source})")
@@ -357,13 +387,16 @@ def run_loadgen(exp: Experiment, scenario: str = "SingleStream", modes=("perform
     modes = (modes,) if isinstance(modes, str) else tuple(modes)
     if not modes or any(m not in MODES for m in modes):
         raise DlrmError(f"modes must be among {MODES}, got {modes!r}")
-    if target_qps is not None and target_qps <= 0:
-        raise DlrmError(f"target QPS must be positive, got {target_qps}")
+    if target_qps is not None and not (0 < target_qps < math.inf):
+        raise DlrmError(f"target QPS must be a positive finite number, got {target_qps}")
+    if not 1 <= query_samples <= MAX_QUERY_SAMPLES:
+        raise DlrmError(f"query samples must be from 1 to {MAX_QUERY_SAMPLES:,}, got {query_samples}")
     overrides = research_overrides(scenario, min_duration_s, min_query_count, max_duration_s, server_latency_ms)
+    duration = overrides.get("min_duration_s", mlperf_rules(scenario)["min_duration_s"])
     runtime = experiment_backend(exp, backend, manifest)
     data = read_test_data(exp.testdata_dir, read_test_meta(exp.testdata_dir)["tables"])
     aggregation = aggregate(len(data), query_samples, seed)
-    qps, latency_s, targets = _targets(runtime, data, aggregation, scenario, target_qps, log)
+    qps, latency_s, targets = _targets(runtime, data, aggregation, scenario, target_qps, duration, log)
     sut = DlrmSut(runtime, data, aggregation)
     record = {"experiment": exp.name, "harness": "loadgen", "scenario": scenario,
               "runtime": "python-vm" if backend == "tvm" else backend, "backend": runtime.name,
@@ -386,8 +419,15 @@ def run_loadgen(exp: Experiment, scenario: str = "SingleStream", modes=("perform
     finally:
         sut.close()
     name = run_key(scenario, backend)
+    error = (record.get("accuracy") or {}).get("max_abs_error")
+    record["tolerance"] = TOLERANCE
+    checked = error is not None and data.reference is not None
+    record["status"] = ("failed" if not error <= TOLERANCE else "ok") if checked else "unchecked"
     record = _merge(exp, name, record)
     exp.save_measurement(name, record)
+    if record["status"] == "failed":
+        raise DlrmError(f"LoadGen's answers differ from the reference outputs by {error:.2e} (> {TOLERANCE:g}); "
+                        f"recorded as failed in {name}.json")
     return record
 
 

@@ -10,13 +10,21 @@ files are then linked from the plain weights folder; only the transformed ones a
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from dlrmlib.core.files import atomic_dir, link_or_copy, write_json
-from dlrmlib.formats.weights import LAYOUT_FILE, ParamSpec, holds_weights, map_weights, param_file_name
+from dlrmlib.core.files import atomic_dir, link_or_copy
+from dlrmlib.formats.weights import (
+    ParamSpec,
+    holds_weights,
+    layout_checksums,
+    map_weights,
+    param_file_name,
+    write_layout,
+)
 from dlrmlib.frontend.relax import TRANSFORM
 
 
@@ -130,10 +138,15 @@ def write_transformed_weights(folder: Path, layout: str, library: Path, plan: Li
     if holds_weights(folder, layout, specs):
         return specs
     computed = transform_weights(tvm.runtime.load_module(str(library)), plan, map_weights(plain_dir, plain_params))
+    plain_sums = layout_checksums(plain_dir)  # the linked files' content is the plain folder's
     with atomic_dir(folder) as tmp:
+        checksums = []
         for spec, index in zip(specs, plan.untouched):
             link_or_copy(Path(plain_dir) / plain_params[index].file, tmp / spec.file)
+            checksums.append(plain_sums[index])
         for spec, array in zip(specs[len(plan.untouched):], computed, strict=True):
-            (tmp / spec.file).write_bytes(np.ascontiguousarray(array, dtype=spec.dtype).tobytes())
-        write_json(tmp / LAYOUT_FILE, {"layout_id": layout, "params": [p.to_dict() for p in specs]})
+            data = np.ascontiguousarray(array, dtype=spec.dtype).tobytes()
+            (tmp / spec.file).write_bytes(data)
+            checksums.append(hashlib.sha256(data).hexdigest())
+        write_layout(tmp, layout, specs, checksums)
     return specs

@@ -45,12 +45,14 @@ from dlrmlib.formats.tuning_log import (
     read_tasks,
     read_trials,
     read_untuned,
+    reconcile_trials,
     repair_log,
+    set_aside_damaged_records,
     tuning_curve,
     tuning_log_dir,
 )
 from dlrmlib.frontend.relax import fused_module, per_batch_kernels
-from dlrmlib.tuning import DEFAULT_TRIALS
+from dlrmlib.tuning import DEFAULT_TRIALS, MAX_TRIALS, MAX_TRIALS_WHY
 from dlrmlib.tuning import session as ts
 from dlrmlib.tuning.rpc import RpcMeasurement
 
@@ -153,6 +155,10 @@ def _check_budget(trials, max_trials_per_task, num_threads, trials_per_batch) ->
                         ("trials_per_batch", trials_per_batch)):
         if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
             raise DlrmError(f"{name} must be a positive integer (or None), got {value!r}")
+    for name, value in (("trials", trials), ("max_trials_per_task", max_trials_per_task),
+                        ("trials_per_batch", trials_per_batch)):
+        if value is not None and value > MAX_TRIALS:
+            raise DlrmError(f"{name} is too large: at most {MAX_TRIALS:,}{MAX_TRIALS_WHY}, got {value}")
 
 
 def _batch_size(remaining: int, requested: int | None) -> int:
@@ -251,6 +257,8 @@ def tune(experiment: Experiment | str, trials: int = DEFAULT_TRIALS, max_trials_
         folder.mkdir(parents=True, exist_ok=True)
         if repair_log(folder):
             log(f"[tune] cut a torn last line off the database in {folder} (a run was killed mid-write)")
+        set_aside_damaged_records(folder, log)  # TVM's loader would stop at them without naming them
+        reconcile_trials(folder, log)
         done = count_records(folder)
         if done >= trials:
             log(f"[tune] {folder} already holds {done} trials (budget {trials}): nothing to tune")
@@ -305,12 +313,20 @@ def _new_session(experiment, folder: Path, tasks: list, target: dict, prepack: b
     identity = _log_identity(experiment, target, prepack)
     _check_log_identity(folder, identity)
     states = [ts.TaskState(t.task_name, float(t.weight), _task_flop(t)) for t in tasks]
-    write_json(folder / TASKS_FILE, {**identity, "tasks": [
-        {"name": s.name, "weight": s.weight, "flop": s.flop} for s in states]})
+    write_json(folder / TASKS_FILE, {**identity, "tasks": [  # shash: how the database names the task
+        {"name": s.name, "weight": s.weight, "flop": s.flop, "shash": _workload_hash(t)}
+        for s, t in zip(states, tasks)]})
     previous = read_trials(folder)
     _restore(states, previous)
     return ts.Session(tasks=states, budget=trials, trials=done, trials_file=folder / TRIALS_FILE,
                       time_offset=max((t.get("t", 0.0) for t in previous), default=0.0), max_trials_per_task=cap)
+
+
+def _workload_hash(task) -> str:
+    """The structural hash the JSON database writes for the task's workload."""
+    import tvm_ffi
+
+    return str(tvm_ffi.structural_hash(task.dispatched[0]))
 
 
 @contextmanager

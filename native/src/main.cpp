@@ -15,6 +15,8 @@
 #include <vector>
 
 #include <tvm/ffi/error.h>
+#include <tvm/ffi/extra/json.h>
+#include <tvm/ffi/string.h>
 
 #include "errors.h"
 #include "json.h"
@@ -47,6 +49,9 @@ constexpr const char* kUsage =
     "  --ids reject|modulo  out-of-range category ids: fail (default) or wrap id mod table size\n"
     "  --json FILE        also write the results as JSON (atomically, via FILE.tmp)\n"
     "  --outputs FILE     also write the model's output per sample as float32 .npy [N]\n"
+    "  --no-verify-weights  do not hash the weight files against the manifest's checksums\n"
+    "                     (sizes and table shapes are still checked); DLRM_VERIFY_WEIGHTS=0\n"
+    "                     in the environment does the same\n"
     "  --help             show this text\n"
     "\n"
     "exit status: 0 ok, 2 bad input (files, manifest mismatch, ids, options), 1 runtime error\n";
@@ -56,6 +61,7 @@ struct Args {
   std::string so, manifest, weights, testdata, json_out, outputs_out;
   dlrm::RunOptions run;
   dlrm::IdPolicy ids = dlrm::IdPolicy::kReject;
+  bool verify_weights = true;
 };
 
 /*! \brief Parse a non-negative integer option value. */
@@ -81,6 +87,10 @@ Args ParseArgs(int argc, char** argv) {
       pos.push_back(s);
       continue;
     }
+    if (s == "--no-verify-weights") {
+      a.verify_weights = false;
+      continue;
+    }
     dlrm::Require(i + 1 < argc, "option " + s + " needs a value (see --help)");
     std::string v = argv[++i];
     if (s == "--warmup") a.run.warmup = ParseInt(s, v);
@@ -102,6 +112,8 @@ Args ParseArgs(int argc, char** argv) {
   a.manifest = pos[1];
   a.weights = pos[2];
   a.testdata = pos[3];
+  const char* env = std::getenv("DLRM_VERIFY_WEIGHTS");
+  if (env != nullptr && std::string(env) == "0") a.verify_weights = false;
   return a;
 }
 
@@ -132,7 +144,8 @@ struct Report {
   const Args* args;
   const dlrm::Manifest* m;
   dlrm::RunOptions run;
-  double load_ms = 0, weights_ms = 0, data_ms = 0;
+  double load_ms = 0, weights_ms = 0, data_ms = 0, verify_ms = 0;
+  bool weights_verified = false;
   int64_t weights_bytes = 0, samples = 0, batches = 0, wrapped_ids = 0;
   dlrm::ErrorStats err;
   double auc = 0, auc_reference = 0, throughput = 0;
@@ -156,6 +169,11 @@ void PrintSummary(const Report& r) {
               r.run.instances, r.run.threads);
   std::printf("  load        %.1f ms (library + VMs), weights mapped %.1f ms (%.1f MB), test data %.1f ms\n",
               r.load_ms, r.weights_ms, r.weights_bytes / 1e6, r.data_ms);
+  if (r.weights_verified) {
+    std::printf("  checksums   weight files match the manifest's SHA-256 (hashed in %.1f ms)\n", r.verify_ms);
+  } else {
+    std::printf("  checksums   NOT verified (--no-verify-weights or DLRM_VERIFY_WEIGHTS=0)\n");
+  }
   std::printf("  accuracy    max |err| %.3g, mean |err| %.3g vs reference\n", r.err.max_abs, r.err.mean_abs);
   std::printf("  AUC         %.6f (reference %.6f)\n", r.auc, r.auc_reference);
   std::printf("  latency     mean %.3f  p50 %.3f  p90 %.3f  p99 %.3f ms per batch (%lld calls, %d pass(es), %d warm-up)\n",
@@ -167,63 +185,53 @@ void PrintSummary(const Report& r) {
   if (r.wrapped_ids > 0) std::printf("  note        %lld ids wrapped modulo table size\n", (long long)r.wrapped_ids);
 }
 
-/*! \brief The result as JSON text. */
+/*! \brief A JSON array of integers. */
+ffi::json::Array IntArray(const std::vector<int>& xs) {
+  ffi::json::Array a;
+  for (int x : xs) a.push_back(static_cast<int64_t>(x));
+  return a;
+}
+
+/*! \brief The result as JSON text (docs in native/README.md); counts are integers. */
 std::string ResultJson(const Report& r) {
   using dlrm::json::Number;
-  using dlrm::json::Quote;
-  std::ostringstream o;
-  auto num = [&](const char* k, double v, bool comma = true) {
-    o << "  " << Quote(k) << ": " << Number(v) << (comma ? ",\n" : "\n");
-  };
-  auto str = [&](const char* k, const std::string& v) { o << "  " << Quote(k) << ": " << Quote(v) << ",\n"; };
-  o << "{\n";
-  str("format", "dlrm-native-result");
-  num("format_version", 1);
-  str("library", r.args->so);
-  str("manifest", r.args->manifest);
-  str("weights_dir", r.args->weights);
-  str("test_data_dir", r.args->testdata);
-  str("build_tag", r.m->build_tag);
-  str("layout_id", r.m->layout_id);
-  o << "  \"options\": {\"warmup\": " << r.run.warmup << ", \"iterations\": " << r.run.iterations
-    << ", \"threads\": " << r.run.threads << ", \"instances\": " << r.run.instances
-    << ", \"ids\": " << Quote(r.args->ids == dlrm::IdPolicy::kModulo ? "modulo" : "reject")
-    << ", \"json\": " << Quote(r.args->json_out) << ", \"outputs\": " << Quote(r.args->outputs_out)
-    << "},\n";
-  num("batch_size", r.m->batch_size);
-  num("samples", r.samples);
-  num("batches", r.batches);
-  num("threads", r.run.threads);
-  num("instances", r.run.instances);
-  o << "  \"cpus\": [";
-  for (size_t i = 0; i < r.cpus.size(); ++i) {
-    o << (i ? ", " : "") << "[";
-    for (size_t k = 0; k < r.cpus[i].size(); ++k) o << (k ? ", " : "") << r.cpus[i][k];
-    o << "]";
+  namespace json = ffi::json;
+  auto i64 = [](int64_t v) { return ffi::Any(v); };
+  auto str = [](const std::string& v) { return ffi::Any(ffi::String(v)); };
+  json::Object options{{"warmup", i64(r.run.warmup)}, {"iterations", i64(r.run.iterations)},
+                       {"threads", i64(r.run.threads)}, {"instances", i64(r.run.instances)},
+                       {"ids", str(r.args->ids == dlrm::IdPolicy::kModulo ? "modulo" : "reject")},
+                       {"json", str(r.args->json_out)}, {"outputs", str(r.args->outputs_out)},
+                       {"verify_weights", ffi::Any(r.args->verify_weights)}};
+  json::Array cpus;
+  for (const auto& c : r.cpus) cpus.push_back(IntArray(c));
+  json::Object latency{{"mean", Number(r.lat.mean)}, {"p50", Number(r.lat.p50)}, {"p90", Number(r.lat.p90)},
+                       {"p99", Number(r.lat.p99)},   {"min", Number(r.lat.min)}, {"max", Number(r.lat.max)}};
+  json::Object o{
+      {"format", str("dlrm-native-result")}, {"format_version", i64(1)},
+      {"library", str(r.args->so)}, {"manifest", str(r.args->manifest)},
+      {"weights_dir", str(r.args->weights)}, {"test_data_dir", str(r.args->testdata)},
+      {"build_tag", str(r.m->build_tag)}, {"layout_id", str(r.m->layout_id)},
+      {"options", options}, {"batch_size", i64(r.m->batch_size)}, {"samples", i64(r.samples)},
+      {"batches", i64(r.batches)}, {"threads", i64(r.run.threads)}, {"instances", i64(r.run.instances)},
+      {"cpus", cpus}, {"ids_wrapped", i64(r.wrapped_ids)}, {"load_ms", Number(r.load_ms)},
+      {"weights_map_ms", Number(r.weights_ms)}, {"weights_bytes", i64(r.weights_bytes)},
+      {"weights_verified", ffi::Any(r.weights_verified)}, {"weights_verify_ms", Number(r.verify_ms)},
+      {"test_data_ms", Number(r.data_ms)}, {"max_abs_err", Number(r.err.max_abs)},
+      {"mean_abs_err", Number(r.err.mean_abs)}, {"auc", Number(r.auc)},
+      {"auc_reference", Number(r.auc_reference)}, {"latency_ms", latency},
+      {"measured_batches", i64(r.res.measured_batches)}, {"measured_samples", i64(r.res.measured_samples)},
+      {"passes", i64(r.res.passes)}, {"wall_s", Number(r.res.wall_s)},
+      {"peak_rss_kb", i64(r.mem.peak_rss_kb)}, {"rss_anon_kb", i64(r.mem.rss_anon_kb)},
+      {"rss_file_kb", i64(r.mem.rss_file_kb)},
+      {"throughput_samples_per_s", Number(r.throughput)}};
+  // tvm-ffi escapes every '/' as "\/"; undo that (always its own escape) so paths stay readable.
+  std::string text = std::string(json::Stringify(o, 2)) + "\n", out;
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == '\\' && i + 1 < text.size() && text[i + 1] == '/') continue;
+    out.push_back(text[i]);
   }
-  o << "],\n";
-  num("ids_wrapped", r.wrapped_ids);
-  num("load_ms", r.load_ms);
-  num("weights_map_ms", r.weights_ms);
-  num("weights_bytes", r.weights_bytes);
-  num("test_data_ms", r.data_ms);
-  num("max_abs_err", r.err.max_abs);
-  num("mean_abs_err", r.err.mean_abs);
-  num("auc", r.auc);
-  num("auc_reference", r.auc_reference);
-  o << "  \"latency_ms\": {\"mean\": " << Number(r.lat.mean) << ", \"p50\": " << Number(r.lat.p50)
-    << ", \"p90\": " << Number(r.lat.p90) << ", \"p99\": " << Number(r.lat.p99)
-    << ", \"min\": " << Number(r.lat.min) << ", \"max\": " << Number(r.lat.max) << "},\n";
-  num("measured_batches", r.res.measured_batches);
-  num("measured_samples", r.res.measured_samples);
-  num("passes", r.res.passes);
-  num("wall_s", r.res.wall_s);
-  num("peak_rss_kb", r.mem.peak_rss_kb);
-  num("rss_anon_kb", r.mem.rss_anon_kb);
-  num("rss_file_kb", r.mem.rss_file_kb);
-  num("throughput_samples_per_s", r.throughput, false);
-  o << "}\n";
-  return o.str();
+  return out;
 }
 
 /*! \brief Write \p text to \p path via path.tmp and rename (atomic). */
@@ -281,8 +289,11 @@ int Main(const Args& args) {
   r.m = &m;
   dlrm::CheckLibrary(m, args.so);
   auto t0 = Clock::now();
-  dlrm::Weights w = dlrm::MapWeights(m, args.weights);
-  r.weights_ms = MsSince(t0);
+  dlrm::Weights w = dlrm::MapWeights(m, args.weights, args.verify_weights,
+                                     static_cast<int>(dlrm::AllowedCpus().size()));
+  r.weights_ms = MsSince(t0) - w.verify_ms;  // mapping alone, as before checksums existed
+  r.weights_verified = w.verified;
+  r.verify_ms = w.verify_ms;
   r.weights_bytes = w.total_bytes;
   t0 = Clock::now();
   dlrm::TestData d = dlrm::LoadTestData(args.testdata, m, args.ids);

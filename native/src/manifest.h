@@ -20,6 +20,9 @@ struct DType {
   size_t bytes;
 };
 
+/*! \brief The manifest format this runner reads (docs/formats.md). */
+constexpr int64_t kManifestVersion = 2;
+
 /*! \brief Look up a dtype by numpy-style name ("float32"); throws naming \p where. */
 DType ParseDType(const std::string& name, const std::string& where);
 
@@ -37,6 +40,7 @@ struct ParamSpec {
   std::vector<int64_t> shape;
   DType dtype;
   int64_t bytes = 0;
+  std::string sha256;  //!< hex SHA-256 of the file, recorded when the folder was written
 };
 
 /*! \brief The parts of the manifest the runner uses. */
@@ -55,6 +59,7 @@ struct Manifest {
   std::vector<int64_t> tables;
   std::string dense_input, indices_input, offsets_input, bags;
   std::string build_tag;
+  std::vector<size_t> table_params;  //!< index in params of each table's weight
 
   /*! \brief Index of the input named \p name; throws if absent. */
   size_t InputIndex(const std::string& name) const;
@@ -68,7 +73,10 @@ std::string ShapeStr(const std::vector<int64_t>& shape);
 /*! \brief Read and check a manifest; every inconsistency is a dlrm::Error naming the file. */
 Manifest LoadManifest(const std::string& path);
 
-/*! \brief Check the library file's SHA-256 against the manifest. */
+/*!
+ * \brief Check the library file's SHA-256 against the manifest, and that its ELF headers lie
+ *        inside the file (a truncated library would die of SIGBUS in dlopen).
+ */
 void CheckLibrary(const Manifest& m, const std::string& so_path);
 
 }  // namespace dlrm

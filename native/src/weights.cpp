@@ -9,10 +9,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cerrno>
 #include <cstring>
 #include <memory>
 
+#include "digest.h"
 #include "errors.h"
 #include "json.h"
 
@@ -86,9 +88,24 @@ void CheckLayout(const Manifest& m, const std::string& dir) {
     const ParamSpec& p = m.params[i];
     Require(ps[i].At("file", w).AsString(w + ".file") == p.file &&
                 ps[i].At("shape", w).AsIntList(w + ".shape") == p.shape &&
-                ps[i].At("dtype", w).AsString(w + ".dtype") == p.dtype.name,
+                ps[i].At("dtype", w).AsString(w + ".dtype") == p.dtype.name &&
+                ps[i].At("sha256", w).AsString(w + ".sha256") == p.sha256,
             w + ": does not match the manifest's parameter '" + p.name + "' (" + p.file + ", " +
-                p.dtype.name + " " + ShapeStr(p.shape) + ")");
+                p.dtype.name + " " + ShapeStr(p.shape) + ", sha256 " + p.sha256 + ")");
+  }
+}
+
+/*! \brief Hash every parameter file and compare with the checksums the manifest records. */
+void VerifyChecksums(const Manifest& m, const std::string& dir, int workers) {
+  std::vector<std::string> paths;
+  for (const ParamSpec& p : m.params) paths.push_back(dir + "/" + p.file);
+  const std::vector<std::string> actual = Sha256Files(paths, workers);
+  for (size_t i = 0; i < paths.size(); ++i) {
+    const ParamSpec& p = m.params[i];
+    Require(actual[i] == p.sha256, paths[i] + ": weight file for parameter '" + p.name +
+                                       "' does not match its checksum (sha256 " + actual[i] +
+                                       ", the manifest records " + p.sha256 +
+                                       "): corrupted, or swapped with another file");
   }
 }
 
@@ -112,7 +129,7 @@ ffi::Tensor MapParam(const ParamSpec& p, const std::string& dir) {
 
 }  // namespace
 
-Weights MapWeights(const Manifest& m, const std::string& dir) {
+Weights MapWeights(const Manifest& m, const std::string& dir, bool verify, int workers) {
   struct stat st;
   Require(stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode), dir + ": weights folder not found");
   CheckLayout(m, dir);
@@ -120,6 +137,12 @@ Weights MapWeights(const Manifest& m, const std::string& dir) {
   for (const ParamSpec& p : m.params) {
     w.tensors.push_back(MapParam(p, dir));
     w.total_bytes += p.bytes;
+  }
+  if (verify) {
+    const auto t0 = std::chrono::steady_clock::now();
+    VerifyChecksums(m, dir, workers);
+    w.verify_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    w.verified = true;
   }
   return w;
 }
