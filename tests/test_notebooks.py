@@ -31,6 +31,8 @@ def test_setup_tune_and_build_notebooks_run_under_papermill(experiments_root, tm
     setup = run_notebook("01_setup", "nb-tiny", {"preset": "tiny", "batch_size": 8, "samples": 40}, output_dir=out)
     tune = run_notebook("02_tune", "nb-tiny", {"trials": 8, "kernel_seconds": 0.01}, output_dir=out)
     assert "default / best" in _outputs(tune) and "dense_m8_k367_n64_relu" in _outputs(tune)
+    assert '"image/png"' in _outputs(tune), "the tuning curve is a picture, not a figure's repr"
+    assert '"image/png"' in _outputs(setup), "the id-skew plot is a picture"
     assert (experiments_root / "nb-tiny" / "tune" / "custom" / "kernels.jsonl").is_file()
     build = run_notebook("03_build", "nb-tiny", {"instances": 1}, output_dir=out)
     text = _outputs(build)

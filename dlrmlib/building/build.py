@@ -24,7 +24,7 @@ from dlrmlib.core.files import atomic_path, sha256_file
 from dlrmlib.core.machine import utc_now
 from dlrmlib.core.target import cpu_description, host_target
 from dlrmlib.core.tvmlog import quiet_tvm_log
-from dlrmlib.formats.normalise import embedding_table_weights, embedding_tables, load_graph
+from dlrmlib.formats.normalise import embedding_table_weights, embedding_tables, load_graph, normalise_model
 from dlrmlib.formats.testdata import read_test_data
 from dlrmlib.formats.tuning_log import resolve_prepack, tuning_log_dir
 from dlrmlib.formats.weights import layout_checksums, model_identity, param_entries, write_manifest
@@ -62,11 +62,14 @@ def compile_library(mod, target: dict, path: Path, pipeline=None) -> Path:
 
 
 def build(experiment: Experiment | str, recipe=None, verify: bool = True,
-          log: Callable[[str], None] = print, min_auc_ratio: float = MIN_AUC_RATIO) -> BuildResult:
+          log: Callable[[str], None] = print, min_auc_ratio: float = MIN_AUC_RATIO,
+          batch_size: int | None = None) -> BuildResult:
     """Library + manifest + weights folder for the experiment's normalised model, lowered as
     `recipe` says (default: `Untuned()`); checked against the reference outputs when `verify`.
     A reduced-precision recipe is always verified and must pass the accuracy gate
-    (dlrmlib.building.gate: AUC >= `min_auc_ratio` x the fp32 reference's)."""
+    (dlrmlib.building.gate: AUC >= `min_auc_ratio` x the fp32 reference's).
+    `batch_size`: build for another batch size than the experiment's (the model normalised
+    again for it; same weights, so the same weights folder)."""
     import tvm  # deferred, as above
 
     experiment = Experiment.of(experiment)
@@ -75,7 +78,13 @@ def build(experiment: Experiment | str, recipe=None, verify: bool = True,
     if not experiment.normalised_model.is_file():
         raise DlrmError(f"experiment {experiment.name!r} is not prepared (no normalised model); run "
                         f"`dlrm prepare --experiment {experiment.name}` first")
+    if batch_size is not None and batch_size < 1:
+        raise DlrmError(f"batch size must be positive, got {batch_size}")
     model = load_graph(experiment.normalised_model)
+    model_id = model_identity(experiment.normalised_model, model)  # the weights' identity at any batch size
+    batch = batch_size or experiment.batch_size
+    if batch != experiment.batch_size:
+        model = normalise_model(load_graph(experiment.source_model), batch, experiment.params["bags"])
     tables = embedding_tables(model)
     reduced = getattr(recipe, "precision", "fp32") != "fp32"
     if reduced and not verify:
@@ -85,9 +94,9 @@ def build(experiment: Experiment | str, recipe=None, verify: bool = True,
         raise DlrmError(f"--min-auc-ratio must lie in (0, 2], got {min_auc_ratio}")
     if verify:  # a bad test data folder should fail before minutes of compiling, not after
         read_test_data(experiment.testdata_dir, tables)
-    log(f"[build] importing {experiment.normalised_model.name} into Relax")
-    source = Source(experiment, model, model_identity(experiment.normalised_model), import_relax(model),
-                    host_target(), log)
+    log(f"[build] importing {experiment.normalised_model.name} into Relax" +
+        (f" at batch {batch}" if batch != experiment.batch_size else ""))
+    source = Source(experiment, model, model_id, import_relax(model), host_target(), log, batch_size=batch)
     with recipe.lower(source) as lowering:
         tag = lowering.tag or recipe.tag
         library = experiment.library_path(tag)
@@ -116,7 +125,7 @@ def _manifest(source: Source, tag: str, library: Path, params, checksums: list[s
               transform: str | None, tables: list[int], tvm_version: str, info: dict,
               precision: dict) -> dict:
     """The contract between the library and its runners (docs/formats.md)."""
-    model, batch = source.model, source.experiment.batch_size
+    model, batch = source.model, source.batch_size
     return {
         "library": {"file": library.name, "sha256": sha256_file(library)},
         "entry": "main",
@@ -148,6 +157,15 @@ def build_best(experiment: Experiment | str, log_dir: str | Path | None = None, 
         log(f"[build] no tuning records in {tuning_log_dir(experiment, resolve_prepack(experiment, prepack))}: "
             "building untuned")
     return build(experiment, recipe, verify, log)
+
+
+def build_custom_batches(experiment: Experiment | str, batch_sizes: list[int],
+                         log: Callable[[str], None] = print) -> list[BuildResult]:
+    """The hand-written kernels built for more batch sizes (`custom_b<N>`; the experiment's own
+    is the `custom` build), so that charts show TVM across batch sizes. Each is checked."""
+    experiment = Experiment.of(experiment)
+    return [build(experiment, Custom(tag=f"custom_b{b}"), log=log, batch_size=b)
+            for b in sorted(set(batch_sizes)) if b != experiment.batch_size]
 
 
 def build_variants(experiment: Experiment | str, log_dir: str | Path | None = None, prepack: bool | None = None,

@@ -52,7 +52,11 @@ class Source:
     mod: object  # the imported Relax module
     target: dict
     log: Callable[[str], None]
+    batch_size: int = 0  # the model's; 0: the experiment's
     _plain: Weights | None = None
+
+    def __post_init__(self):
+        self.batch_size = self.batch_size or self.experiment.batch_size
 
     def plain_weights(self) -> Weights:
         """The plain weights folder (no transform), written at most once per build."""

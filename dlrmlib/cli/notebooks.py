@@ -1,17 +1,29 @@
 """Run the workflow's notebooks headless with papermill, into the experiment's folder."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.experiment import Experiment
 from dlrmlib.core.paths import REPO_ROOT
+from dlrmlib.reporting.headline import headline_table, unmeasured_notes
 from dlrmlib.reporting.report import render_report
 from dlrmlib.reporting.tables import measurements_table
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 WORKFLOW = ("01_setup", "02_tune", "03_build", "04_profile", "05_report")  # in workflow order
 DEMO_TRIALS = 64  # the demo's tuning budget: minutes, not hours (CI=true: fewer, dlrmlib.tuning.metaschedule.ci_trials)
+DEMO_BATCHES = [1, 16, 128, 256, 2048]  # custom kernels built and every runtime measured at these (each build: seconds)
+
+
+def kernel_config():
+    """The notebook kernels' settings: ZeroMQ traffic between this process and the kernel
+    encrypted with CurveZMQ keys the kernel manager provisions (the kernel otherwise warns, at
+    every start, that it runs over TCP without encryption)."""
+    from traitlets.config import Config
+
+    return Config({"KernelManager": {"transport_encryption": "auto"}})
 
 
 def run_notebook(name: str, experiment: str, parameters: dict | None = None,
@@ -31,11 +43,20 @@ def run_notebook(name: str, experiment: str, parameters: dict | None = None,
     output = output_dir / f"{name}.ipynb"
     try:
         papermill.execute_notebook(str(source), str(output), parameters=params, cwd=str(NOTEBOOKS_DIR),
-                                   progress_bar=True, log_output=log_output)
+                                   progress_bar=sys.stderr.isatty(), log_output=log_output, config=kernel_config())
     except papermill.PapermillExecutionError as e:
         raise DlrmError(f"notebook {name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
                         f"(executed copy: {output})") from None
     return output
+
+
+def demo_parameters(name: str, preset: str, batch_size: int, samples: int) -> dict:
+    """Each notebook's parameters in the demo: a small tuning budget, and the custom kernels
+    built and every runtime measured at DEMO_BATCHES (and the experiment's batch size)."""
+    batches = sorted({*DEMO_BATCHES, batch_size})
+    return {"01_setup": {"preset": preset, "batch_size": batch_size, "samples": samples},
+            "02_tune": {"trials": DEMO_TRIALS}, "03_build": {"batch_sizes": batches},
+            "04_profile": {"batch_sizes": batches}}.get(name, {})
 
 
 def run_demo(experiment: str = "default", preset: str = "small", batch_size: int = 128,
@@ -44,13 +65,16 @@ def run_demo(experiment: str = "default", preset: str = "small", batch_size: int
 
     for name in WORKFLOW:
         print(f"== {name}")
-        parameters = ({"preset": preset, "batch_size": batch_size, "samples": samples} if name == "01_setup"
-                      else {"trials": DEMO_TRIALS} if name == "02_tune" else {})
-        print(f"   executed: {run_notebook(name, experiment, parameters)}")
+        print(f"   executed: {run_notebook(name, experiment, demo_parameters(name, preset, batch_size, samples))}")
     exp = Experiment.open(experiment)
     print(f"\nMeasured in {exp.root}:")
-    print(measurements_table(exp).to_string(float_format=lambda v: f"{v:.4g}"))
-
+    print(measurements_table(exp).to_string(float_format=lambda v: f"{v:.4g}", na_rep="-"))
+    bench = exp.measurement("bench")
+    if bench:
+        print("\nEach runtime's best build at each batch size (samples/s):")
+        print(headline_table(bench, exp).to_string(index=False))
+        for note in unmeasured_notes(bench):
+            print(f"  {note}")
     print(f"\nReport: {render_report(exp)}")
     return exp
 

@@ -40,6 +40,7 @@ from dlrmlib.core.machine import ALLOWED_CPUS, machine_peaks, provenance, tvm_po
 from dlrmlib.core.metrics import spread
 from dlrmlib.formats.normalise import embedding_tables, load_graph
 from dlrmlib.formats.testdata import read_test_data
+from dlrmlib.formats.weights import read_manifest
 from dlrmlib.measuring.cost_model import (
     BUCKETS,
     EMBEDDING,
@@ -419,7 +420,8 @@ def profile(experiment: Experiment | str, repeats: int = 10, warmup: int = 2, ma
 
 
 def _select_builds(exp: Experiment, tags: list[str] | None) -> list[Path]:
-    manifests = exp.builds()
+    """The named builds, or every build at the experiment's batch size (one chart compares them)."""
+    manifests = [m for m in exp.builds() if read_manifest(m)["batch_size"] == exp.batch_size]
     if tags is not None:
         wanted = [exp.manifest_path(t) for t in tags]
         missing = [p.name for p in wanted if not p.is_file()]

@@ -3,12 +3,15 @@ their spread and their count, a roofline against the machine's measured limits, 
 CPU and versions in every caption (drawn into the image, so a copied chart keeps them)."""
 from __future__ import annotations
 
+import re
+import sys
 import textwrap
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")  # headless: files, not windows (notebooks still show the figures)
+if "ipykernel" not in sys.modules:  # a notebook keeps its inline backend: a returned figure shows as a picture
+    matplotlib.use("Agg")  # headless: files, not windows
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
@@ -24,6 +27,7 @@ from dlrmlib.formats.tuning_log import (
     tuning_log_dir,
 )
 from dlrmlib.measuring.cost_model import BUCKETS
+from dlrmlib.reporting.tables import id_counts
 
 CURVE_FIGURE = "tuning_curve.png"
 
@@ -62,12 +66,21 @@ def save(fig, folder: Path, name: str) -> Path:
     return path
 
 
+_BATCH_TAG = re.compile(r"_b\d+$")  # builds of one recipe at other batch sizes: custom_b16, custom_b2048
+
+
+def series(runtime: str) -> str:
+    """The line a benchmark row belongs to: a TVM build made for another batch size
+    (`tvm-custom_b16`) joins its recipe's line (`tvm-custom`)."""
+    return _BATCH_TAG.sub("", runtime) if runtime.startswith("tvm") else runtime
+
+
 def _ok_rows(bench: dict, sweep: str) -> list[dict]:
     return [r for r in bench["rows"] if r.get("status") == "ok" and sweep in r.get("sweeps", [])]
 
 
 def _tvm_names(rows: list[dict]) -> list[str]:
-    return sorted({r["runtime"] for r in rows if r["runtime"].startswith("tvm")})
+    return sorted({series(r["runtime"]) for r in rows if r["runtime"].startswith("tvm")})
 
 
 def _runtimes(rows: list[dict]) -> list[str]:
@@ -79,8 +92,8 @@ def _sweep_lines(ax, rows: list[dict], axis: str, value) -> None:
     """One line per runtime over `axis` (a row key): value(row, stat) for the latency statistic
     "median", with error bars between its "p10" and "p90" values; log-scale y, grid, legend."""
     tvm = _tvm_names(rows)
-    for runtime in _runtimes(rows):
-        mine = sorted((r for r in rows if r["runtime"] == runtime), key=lambda r: r[axis])
+    for runtime in sorted({series(r["runtime"]) for r in rows}, key=lambda n: (n.startswith("tvm"), n)):
+        mine = sorted((r for r in rows if series(r["runtime"]) == runtime), key=lambda r: r[axis])
         med, p10, p90 = (np.array([value(r, stat) for r in mine]) for stat in ("median", "p10", "p90"))
         low, high = np.minimum(p10, p90), np.maximum(p10, p90)
         colour, marker = style(runtime, tvm)
@@ -93,7 +106,8 @@ def _sweep_lines(ax, rows: list[dict], axis: str, value) -> None:
 
 def latency_vs_batch(bench: dict):
     """Median latency per batch against batch size (log2), bars from the 10th to the 90th
-    percentile; a TVM build is one point, at the batch size it was built for."""
+    percentile; a TVM build is one point, at the batch size it was built for (a recipe built
+    for several batch sizes is one line)."""
     rows = _ok_rows(bench, "batch")
     fig, ax = plt.subplots(figsize=(8, 5.2))
     _sweep_lines(ax, rows, "batch_size", lambda r, stat: r["latency_ms"][stat])
@@ -106,14 +120,16 @@ def latency_vs_batch(bench: dict):
     threads = rows[0]["threads"] if rows else "?"
     ax.set_title(f"Latency against batch size ({threads} threads)")
     add_caption(fig, f"{provenance_caption(bench)}. Runs interleaved round-robin, n per point in the legend. "
-                     f"TVM libraries are built for one batch size: TVM points exist only there "
+                     f"A TVM library is built for one batch size: each TVM point is a build made for it "
                      f"({_build_batches(bench)}).")
     return fig
 
 
 def _build_batches(bench: dict) -> str:
-    builds = bench.get("tvm_builds") or {}
-    return ", ".join(f"tvm-{tag} at {b}" for tag, b in builds.items()) or "no TVM builds"
+    by_series: dict[str, list[int]] = {}
+    for tag, b in (bench.get("tvm_builds") or {}).items():
+        by_series.setdefault(series(f"tvm-{tag}"), []).append(b)
+    return ", ".join(f"{name} at {', '.join(map(str, sorted(b)))}" for name, b in by_series.items()) or "no TVM builds"
 
 
 def throughput_vs_threads(bench: dict):
@@ -227,6 +243,35 @@ def experiments_comparison(table):
     add_caption(fig, f"CPU: {'; '.join(cpus) or 'n/a'}. Each bar: median samples/s at the experiment's "
                      "batch size and the most threads, divided by ONNX Runtime's in the same interleaved run.")
     return fig
+
+
+ZIPF_REFERENCE = ("a power law of exponent 1 (Zipf: frequency ~ 1/rank), the law the generated test data draws ids "
+                  "from. Criteo's click logs are power-law skewed, a few hot ids taking most lookups (the premise of "
+                  "FAE, Adnan et al., VLDB 2022, and CAFE, Zhang et al., SIGMOD 2024, arXiv:2312.03256); their "
+                  "per-table exponents are not drawn, as none was checked here")
+
+
+def id_rank_frequency(exp: Experiment, tables: int = 26) -> Path:
+    """Each table's lookups per id against the id's rank, log-log, beside a power law of
+    exponent 1 through the same number of lookups: a straight line of slope -1 is Zipf's law.
+    Saved to the experiment's figures (`id_rank_frequency.png`); returns its path."""
+    counts = id_counts(exp)[:tables]
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    for k, c in enumerate(counts):
+        ax.loglog(np.arange(1, len(c) + 1), c / c.sum(), color="tab:blue", alpha=0.35, lw=1,
+                  label="test data, one line per table" if k == 0 else None)
+    longest = max(len(c) for c in counts)
+    ranks = np.arange(1, longest + 1)
+    ax.loglog(ranks, (1 / ranks) / np.sum(1 / ranks), color="black", ls="--", lw=1.5, label="frequency ~ 1/rank")
+    ax.set_xlabel("rank of the id (1: the most looked-up)")
+    ax.set_ylabel("share of the table's lookups")
+    ax.set_title(f"Id skew: share of lookups against the id's rank ({int(counts[0].sum()):,} lookups per table)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    add_caption(fig, f"Reference line: {ZIPF_REFERENCE}. Test data: {exp.name}'s.")
+    path = save(fig, exp.figures_dir, "id_rank_frequency")
+    plt.close(fig)
+    return path
 
 
 def perf_vs_peers(rows: list[dict], caption: str = ""):

@@ -7,10 +7,10 @@ from pathlib import Path
 from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.experiment import Experiment, experiments_root
 from dlrmlib.core.files import atomic_path
-from dlrmlib.core.machine import caption
 from dlrmlib.formats.tuning_log import TRIALS_FILE, tuning_log_dir
 from dlrmlib.measuring.bench import bench_table, load_bench
 from dlrmlib.reporting import plots
+from dlrmlib.reporting.headline import HEADLINE_TAG, collapse_outputs, headline_html
 from dlrmlib.reporting.plots import CURVE_FIGURE, plot_tuning_curve
 
 # -- what the charts read -------------------------------------------------------------------------
@@ -108,15 +108,6 @@ def make_charts(exp: Experiment, compare: list[str] | None = None) -> dict[str, 
     return charts
 
 
-def chart_index(charts: dict[str, Path | str]):
-    """The charts as a table: file, or why it is missing."""
-    import pandas as pd
-
-    rows = [{"chart": name, "file": value.name, "note": ""} if isinstance(value, Path)
-            else {"chart": name, "file": "", "note": value} for name, value in charts.items()]
-    return pd.DataFrame(rows).set_index("chart")
-
-
 def show(charts: dict[str, Path | str], name: str) -> None:
     """Display a chart and its variants (`tuning_curve`, `tuning_curve_prepack`) in a notebook,
     embedded so that the HTML report carries them; or say why it is missing."""
@@ -133,17 +124,11 @@ def peers_table(exp: Experiment):
     return bench_table(load_bench(exp))
 
 
-def headline(exp: Experiment) -> str:
-    """One paragraph: the machine, and each TVM build against ONNX Runtime at the build's
-    batch size."""
-    bench = exp.measurement("bench")
-    if not bench:
-        return f"Experiment `{exp.name}`: no benchmark yet."
-    top = max(bench["threads"])
-    parts = [f"{r['runtime']} ({r.get('precision', 'fp32')}) {r['ratio_to_onnxruntime']:.3g}x"
-             for r in _top_rows(exp, bench) if r["runtime"] != "onnxruntime"]
-    return (f"Experiment `{exp.name}`, batch {exp.batch_size}, {top} threads; throughput against "
-            f"ONNX Runtime: {', '.join(parts)}. Machine: {caption(bench)}.")
+def show_headline(exp: Experiment) -> None:
+    """The report's first screen in the notebook: chart, sentence, table, what was not measured."""
+    from IPython.display import HTML, display
+
+    display(HTML(headline_html(exp)))
 
 
 # -- the HTML page ------------------------------------------------------------------------------
@@ -154,21 +139,27 @@ def _executed_notebooks(folder: Path) -> list[Path]:
 
 
 def merged_notebook(exp: Experiment, notebooks: list[Path]):
-    """One notebook of all the executed ones, with a title cell, without stderr noise
-    (progress bars, TVM's warnings)."""
+    """One notebook of all the executed ones: a title and the headline (chart and table) first,
+    then every notebook with raw logs and wide tables collapsed, without stderr noise (progress
+    bars, TVM's warnings) and without the headline cell, already shown on top."""
     import nbformat
 
     merged = nbformat.v4.new_notebook()
+    merged.cells.append(nbformat.v4.new_markdown_cell(f"# DLRM on TVM: experiment `{exp.name}`"))
+    top = nbformat.v4.new_code_cell("")
+    top.outputs = [nbformat.v4.new_output("display_data", data={"text/html": headline_html(exp)})]
+    merged.cells.append(top)
     merged.cells.append(nbformat.v4.new_markdown_cell(
-        f"# DLRM on TVM: experiment `{exp.name}`\n\n{headline(exp)}\n\n"
-        f"Notebooks: {', '.join(p.stem for p in notebooks)}. Code is hidden; the notebooks in "
-        f"`notebooks/` of the repository hold it."))
+        f"## How it was measured\n\nThe executed notebooks {', '.join(p.stem for p in notebooks)}, code hidden "
+        f"(the notebooks in `notebooks/` of the repository hold it); logs and wide tables are folded: click to open."))
     for path in notebooks:
         nb = nbformat.read(path, as_version=4)
         for cell in nb.cells:
+            if HEADLINE_TAG in cell.metadata.get("tags", []):
+                continue
             if cell.cell_type == "code":
-                cell.outputs = [o for o in cell.get("outputs", [])
-                                if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+                cell.outputs = collapse_outputs([o for o in cell.get("outputs", [])
+                                                 if not (o.get("output_type") == "stream" and o.get("name") == "stderr")])
             merged.cells.append(cell)
     merged.metadata = nbformat.read(notebooks[-1], as_version=4).metadata if notebooks else {}
     return merged
