@@ -1,7 +1,9 @@
 """The notebooks: thin, parameterised, committed without outputs, and they run under papermill."""
+import ast
 import json
 
 import nbformat
+import papermill
 import pytest
 
 from dlrmlib.cli.notebooks import NOTEBOOKS_DIR, run_notebook
@@ -17,6 +19,11 @@ def test_committed_notebooks_are_stripped_and_parameterised(path):
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{path.name} needs exactly one cell tagged 'parameters'"
     assert "experiment: str =" in tagged[0].source
+    # Every parameter is one papermill can see (it skips a line with two `=`, or an annotation
+    # such as `bool | None`, with only a warning): `-p name value` would otherwise go unchecked.
+    assigned = [t.id if isinstance(t, ast.Name) else t.target.id for t in ast.parse(tagged[0].source).body
+                for t in ([t.target] if isinstance(t, ast.AnnAssign) else t.targets)]
+    assert list(papermill.inspect_notebook(path)) == assigned, f"{path.name}: papermill cannot parse a parameter"
     # Thin: no function or class definitions, logic lives in dlrmlib.
     assert not any(line.startswith(("def ", "class ")) for c in nb.cells for line in c.source.splitlines())
 
