@@ -39,6 +39,9 @@ def _bag_layout(bags: str | None, ids_per_bag: int, mlperf_data) -> str:
     if isinstance(ids_per_bag, bool) or not isinstance(ids_per_bag, int) or not 1 <= ids_per_bag <= MAX_IDS_PER_BAG:
         raise DlrmError(f"ids per bag must be an integer from 1 to {MAX_IDS_PER_BAG} (each table's K x batch ids are "
                         f"gathered at once; MLPerf's multi-hot bags hold at most 100), got {ids_per_bag!r}")
+    if mlperf_data and ids_per_bag > 1:
+        raise DlrmError(f"--mlperf-data holds one id per bag (MLPerf's day-23 layout); it cannot fill {ids_per_bag} "
+                        "ids per bag: drop --ids-per-bag")
     if bags is None:
         return "any" if ids_per_bag > 1 else "one_per_bag"
     if bags not in BAG_LAYOUTS:
@@ -46,9 +49,6 @@ def _bag_layout(bags: str | None, ids_per_bag: int, mlperf_data) -> str:
     if bags == "one_per_bag" and ids_per_bag > 1:
         raise DlrmError(f"--bags one_per_bag takes one id per bag, not {ids_per_bag}; --ids-per-bag > 1 needs "
                         "--bags any (the default then)")
-    if mlperf_data and ids_per_bag > 1:
-        raise DlrmError(f"--mlperf-data holds one id per bag (MLPerf's day-23 layout); it cannot fill {ids_per_bag} "
-                        "ids per bag: drop --ids-per-bag")
     return bags
 
 
