@@ -6,6 +6,7 @@ labels, and reference outputs from ONNX Runtime.
 """
 from __future__ import annotations
 
+import numbers
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -36,7 +37,8 @@ MODEL_KEYS = ("preset", "table_rows", "seed", "style", "onnx_model")
 
 def _bag_layout(bags: str | None, ids_per_bag: int, mlperf_data) -> str:
     """The bag layout: several ids per bag need (and imply) `any`; MLPerf's day-23 data is one-hot."""
-    if isinstance(ids_per_bag, bool) or not isinstance(ids_per_bag, int) or not 1 <= ids_per_bag <= MAX_IDS_PER_BAG:
+    whole = isinstance(ids_per_bag, numbers.Integral) and not isinstance(ids_per_bag, bool)
+    if not whole or not 1 <= ids_per_bag <= MAX_IDS_PER_BAG:
         raise DlrmError(f"ids per bag must be an integer from 1 to {MAX_IDS_PER_BAG} (each table's K x batch ids are "
                         f"gathered at once; MLPerf's multi-hot bags hold at most 100), got {ids_per_bag!r}")
     if mlperf_data and ids_per_bag > 1:
@@ -66,7 +68,7 @@ def _experiment_params(preset, onnx_model, batch_size, samples, seed, table_rows
     return {"preset": None if onnx_model else preset,
             "onnx_model": str(Path(onnx_model).resolve()) if onnx_model else None,
             "table_rows": table_rows, "seed": int(seed), "style": None if onnx_model else style,
-            "batch_size": int(batch_size), "samples": int(samples), "bags": bags, "ids_per_bag": ids_per_bag,
+            "batch_size": int(batch_size), "samples": int(samples), "bags": bags, "ids_per_bag": int(ids_per_bag),
             "mlperf_data": str(mlperf_data) if mlperf_data else None, "ids": ids}
 
 
