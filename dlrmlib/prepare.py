@@ -6,6 +6,7 @@ labels, and reference outputs from ONNX Runtime.
 """
 from __future__ import annotations
 
+import numbers
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -21,20 +22,45 @@ from dlrmlib.core.files import atomic_path, clone_or_copy
 from dlrmlib.formats.model import generate_model
 from dlrmlib.formats.normalise import BAG_LAYOUTS, check_external_data, embedding_tables, load_graph, normalise_model
 from dlrmlib.formats.presets import preset_config
-from dlrmlib.formats.testdata import TestData, draw_labels, read_mlperf_day23, synthesize_inputs, write_test_data
+from dlrmlib.formats.testdata import (
+    MAX_IDS_PER_BAG,
+    TestData,
+    draw_labels,
+    read_mlperf_day23,
+    synthesize_inputs,
+    write_test_data,
+)
 from dlrmlib.formats.weights import extract_weights
 
 MODEL_KEYS = ("preset", "table_rows", "seed", "style", "onnx_model")
 
 
+def _bag_layout(bags: str | None, ids_per_bag: int, mlperf_data) -> str:
+    """The bag layout: several ids per bag need (and imply) `any`; MLPerf's day-23 data is one-hot."""
+    whole = isinstance(ids_per_bag, numbers.Integral) and not isinstance(ids_per_bag, bool)
+    if not whole or not 1 <= ids_per_bag <= MAX_IDS_PER_BAG:
+        raise DlrmError(f"ids per bag must be an integer from 1 to {MAX_IDS_PER_BAG} (each table's K x batch ids are "
+                        f"gathered at once; MLPerf's multi-hot bags hold at most 100), got {ids_per_bag!r}")
+    if mlperf_data and ids_per_bag > 1:
+        raise DlrmError(f"--mlperf-data holds one id per bag (MLPerf's day-23 layout); it cannot fill {ids_per_bag} "
+                        "ids per bag: drop --ids-per-bag")
+    if bags is None:
+        return "any" if ids_per_bag > 1 else "one_per_bag"
+    if bags not in BAG_LAYOUTS:
+        raise DlrmError(f"bags must be one of {BAG_LAYOUTS}, got {bags!r}")
+    if bags == "one_per_bag" and ids_per_bag > 1:
+        raise DlrmError(f"--bags one_per_bag takes one id per bag, not {ids_per_bag}; --ids-per-bag > 1 needs "
+                        "--bags any (the default then)")
+    return bags
+
+
 def _experiment_params(preset, onnx_model, batch_size, samples, seed, table_rows, style, bags, mlperf_data,
-                       ids) -> dict:
+                       ids, ids_per_bag) -> dict:
     if batch_size is None or int(batch_size) < 1:
         raise DlrmError(f"batch size must be a positive integer, got {batch_size}")
     if int(samples) < 1:
         raise DlrmError(f"samples must be a positive integer, got {samples}")
-    if bags not in BAG_LAYOUTS:
-        raise DlrmError(f"bags must be one of {BAG_LAYOUTS}, got {bags!r}")
+    bags = _bag_layout(bags, ids_per_bag, mlperf_data)
     if onnx_model is None:
         preset_config(preset, table_rows)  # fails early on an unknown preset
     elif Path(onnx_model).is_dir():
@@ -42,7 +68,7 @@ def _experiment_params(preset, onnx_model, batch_size, samples, seed, table_rows
     return {"preset": None if onnx_model else preset,
             "onnx_model": str(Path(onnx_model).resolve()) if onnx_model else None,
             "table_rows": table_rows, "seed": int(seed), "style": None if onnx_model else style,
-            "batch_size": int(batch_size), "samples": int(samples), "bags": bags,
+            "batch_size": int(batch_size), "samples": int(samples), "bags": bags, "ids_per_bag": int(ids_per_bag),
             "mlperf_data": str(mlperf_data) if mlperf_data else None, "ids": ids}
 
 
@@ -71,12 +97,13 @@ def normalise_source(source: Path, params: dict) -> onnx.ModelProto:
     """The model at `source` normalised (graph only; its weights are never read)."""
     model = load_graph(source)
     check_external_data(model, source.parent)
-    return normalise_model(model, params["batch_size"], params["bags"])
+    return normalise_model(model, params["batch_size"], params["bags"], indices_per_bag=params["ids_per_bag"])
 
 
 def _normalise(params: dict, experiment: Experiment, log, normalised: onnx.ModelProto | None = None
                ) -> onnx.ModelProto:
-    log(f"[prepare] normalising for batch {params['batch_size']} ({params['bags']} bags)")
+    per_bag = f", {params['ids_per_bag']} ids per bag" if params["ids_per_bag"] > 1 else ""
+    log(f"[prepare] normalising for batch {params['batch_size']} ({params['bags']} bags{per_bag})")
     if normalised is None:
         normalised = normalise_source(experiment.source_model, params)
     # Saved beside the source model, so the external data locations still resolve.
@@ -91,7 +118,7 @@ def _make_test_data(params: dict, experiment: Experiment, tables: list[int], log
         data = read_mlperf_day23(params["mlperf_data"], tables, ids=params["ids"], samples=params["samples"])
         labels_from = "the data set"
     else:
-        dense, sparse = synthesize_inputs(params["samples"], tables, params["seed"])
+        dense, sparse = synthesize_inputs(params["samples"], tables, params["seed"], params["ids_per_bag"])
         data = TestData(dense=dense, sparse=sparse, labels=np.zeros(len(dense), np.float32))
         labels_from = "drawn from the reference scores"
     log(f"[prepare] reference outputs for {len(data)} samples with ONNX Runtime")
@@ -108,12 +135,14 @@ def _make_test_data(params: dict, experiment: Experiment, tables: list[int], log
 
 def prepare(experiment: str = DEFAULT_EXPERIMENT, preset: str = "small", onnx_model: str | Path | None = None,
             batch_size: int = 128, samples: int = 1024, seed: int = 0, table_rows=None, style: str = "loop",
-            bags: str = "one_per_bag", mlperf_data: str | Path | None = None, ids: str = "reject",
-            root: str | Path | None = None, log: Callable[[str], None] = print) -> Experiment:
+            bags: str | None = None, mlperf_data: str | Path | None = None, ids: str = "reject",
+            ids_per_bag: int = 1, root: str | Path | None = None,
+            log: Callable[[str], None] = print) -> Experiment:
     """Create (or bring up to date) an experiment's model, normalised model, test data and
-    weights folder. A model generated with the same parameters is reused."""
+    weights folder. A model generated with the same parameters is reused. `ids_per_bag` K > 1:
+    multi-hot bags, K ids in every bag of the test data (bags `any`, the default then)."""
     params = _experiment_params(preset, onnx_model, batch_size, samples, seed, table_rows, style, bags,
-                                mlperf_data, ids)
+                                mlperf_data, ids, ids_per_bag)
     # A user's model is normalised before anything is written: a form dlrmlib cannot read
     # leaves no experiment behind.
     checked = normalise_source(Path(params["onnx_model"]), params) if params["onnx_model"] else None

@@ -1,4 +1,9 @@
 """Test data: Criteo-like synthesis, the folder format, MLPerf's layout, and input checks."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -10,6 +15,7 @@ from dlrmlib.formats.testdata import (
     check_inputs,
     read_mlperf_day23,
     read_test_data,
+    read_test_meta,
     synthesize_inputs,
     write_test_data,
 )
@@ -89,3 +95,47 @@ def test_mlperf_layouts(tmp_path):
     np.savez(tmp_path / "wrong.npz", X_int=raw)
     with pytest.raises(DlrmError, match="lacks"):
         read_mlperf_day23(tmp_path / "wrong.npz", TABLES)
+
+
+def test_multi_hot_folder_holds_k_ids_per_bag_and_batches_with_offsets_0_k_2k(tmp_path):
+    from dlrmlib.backends import model_inputs
+
+    k = 3
+    dense, one_hot = synthesize_inputs(10, TABLES, seed=4)
+    _, sparse = synthesize_inputs(10, TABLES, seed=4, per_bag=k)
+    assert sparse.shape == (10, 26, k) and (sparse < np.array(TABLES)[None, :, None]).all() and sparse.min() >= 0
+    folder = write_test_data(tmp_path / "td", TestData(dense, sparse, np.zeros(10, np.float32)), {"tables": TABLES})
+    back = read_test_data(folder, TABLES, per_bag=k)
+    np.testing.assert_array_equal(back.sparse, sparse)
+    assert read_test_meta(folder)["ids_per_bag"] == k
+    with pytest.raises(DlrmError, match=r"3 id\(s\) per bag .*model takes 1; .*--ids-per-bag 1"):
+        read_test_data(folder, TABLES, per_bag=1)
+
+    inputs, real = model_inputs(back.dense, back.sparse, 8, 4)  # samples 8, 9, then 9 repeated
+    assert real == 2
+    np.testing.assert_array_equal(inputs["lS_o"], np.tile([0, 3, 6, 9], (26, 1)))
+    assert inputs["lS_i"].shape == (26, 12)
+    np.testing.assert_array_equal(inputs["lS_i"][5, 3:6], sparse[9, 5])  # bag 1 of table 5 = sample 9's
+    one, _ = model_inputs(dense, one_hot, 0, 4)  # a one-hot folder batches as before
+    np.testing.assert_array_equal(one["lS_o"][0], [0, 1, 2, 3])
+    np.testing.assert_array_equal(one["lS_i"], one_hot[:4].T)
+
+    sparse[6, 2, 2] = TABLES[2]  # the third id of a bag, out of range: found and named
+    with pytest.raises(DlrmError, match=f"id {TABLES[2]} of sample 6 is out of range for table 2"):
+        check_inputs(dense, sparse, TABLES)
+    assert check_inputs(dense, sparse, TABLES, ids="modulo")[6, 2, 2] == 0
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--ids-per-bag", "0"], "positive integer"),
+    (["--ids-per-bag", "1025"], "at most 1,024"),
+    (["--ids-per-bag", "3", "--bags", "one_per_bag"], "--bags any"),
+    (["--ids-per-bag", "3", "--mlperf-data", "day_23.npz"], "one id per bag"),
+])
+def test_prepare_refuses_ids_per_bag_out_of_bounds_or_with_one_per_bag(args, says, tmp_path):
+    env = {**os.environ, "DLRM_EXPERIMENTS_DIR": str(tmp_path / "experiments")}
+    done = subprocess.run([str(Path(sys.executable).parent / "dlrm"), "prepare", "--preset", "tiny",
+                           "--experiment", "k", *args], capture_output=True, text=True, env=env)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and says in lines[0], done.stderr
+    assert not (tmp_path / "experiments" / "k").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ from torch_dlrm import (
     TorchDlrmConfig,
     export,
     make_inputs,
-    one_per_bag_inputs,
+    folder_inputs,
     torch_scores,
 )
 
@@ -90,7 +91,7 @@ def prepared(request, experiments_root):
                   log=lambda _: None)
     data = read_test_data(exp.testdata_dir, list(config.rows))
     expected = np.concatenate([
-        torch_scores(model, one_per_bag_inputs(data.dense[i:i + BATCH], data.sparse[i:i + BATCH],
+        torch_scores(model, folder_inputs(data.dense[i:i + BATCH], data.sparse[i:i + BATCH],
                                                config.include_last_offset))
         for i in range(0, SAMPLES, BATCH)])
     return {"name": name, "experiment": exp, "data": data, "expected": expected}
@@ -174,35 +175,84 @@ _MULTI_HOT: dict = {}
 
 
 def _multi_hot_experiment(name: str, root: Path):
-    """The form exported with multi-hot example inputs and prepared with `bags="any"`, its
-    normalised model made for HOT ids per bag (prepare's test data holds one)."""
-    from dlrmlib.formats.normalise import load_graph, normalise_model
+    """The form exported with multi-hot example inputs and prepared as a user would, with HOT
+    ids per bag (bags `any` implied); PyTorch's scores on its test data."""
+    from dlrmlib.formats.testdata import read_test_data
     from dlrmlib.prepare import prepare
 
     if name not in _MULTI_HOT:
         model, config, path = _export_form(name, root / "multi-hot", hot=HOT)
-        exp = prepare(f"torch-multi-hot-{name}", onnx_model=path, batch_size=BATCH, samples=BATCH, bags="any",
-                      root=root, log=lambda _: None)
-        normalised = normalise_model(load_graph(exp.source_model), BATCH, "any", indices_per_bag=HOT)
-        exp.normalised_model.write_bytes(normalised.SerializeToString())
-        _MULTI_HOT[name] = (model, config, exp)
+        exp = prepare(f"torch-multi-hot-{name}", onnx_model=path, batch_size=BATCH, samples=SAMPLES,
+                      ids_per_bag=HOT, root=root, log=lambda _: None)
+        data = read_test_data(exp.testdata_dir, list(config.rows), per_bag=HOT)
+        expected = np.concatenate([
+            torch_scores(model, folder_inputs(data.dense[i:i + BATCH], data.sparse[i:i + BATCH],
+                                              config.include_last_offset))
+            for i in range(0, SAMPLES, BATCH)])
+        _MULTI_HOT[name] = (model, config, exp, data, expected)
     return _MULTI_HOT[name]
 
 
 @pytest.mark.parametrize("name", MULTI_HOT)
 @pytest.mark.parametrize("schedule", SCHEDULES)
-def test_multi_hot_bags_score_as_pytorch(name, schedule, experiments_root):
-    """`bags="any"`, several ids per bag (an empty bag, a double one): the exported inputs
-    themselves, in the Python VM (dlrm_infer's test data holds one id per bag)."""
+def test_multi_hot_bags_score_as_pytorch(name, schedule, experiments_root, tmp_path):
+    """`prepare(..., ids_per_bag=HOT)`: the test data holds HOT ids per bag, and the Python VM
+    and dlrm_infer score it as PyTorch does; the exported inputs themselves (uneven bags: an
+    empty one, a double one) score so in the Python VM."""
+    from dlrmlib.backends import predict_all
     from dlrmlib.backends.tvm import TvmBackend
+    from dlrmlib.building.native import run_native
 
-    model, config, exp = _multi_hot_experiment(name, experiments_root)
+    model, config, exp, data, expected = _multi_hot_experiment(name, experiments_root)
+    assert exp.params["ids_per_bag"] == HOT and exp.params["bags"] == "any"
+    assert data.sparse.shape == (SAMPLES, 26, HOT)
     manifest = _built(exp, schedule, bags_any=True)
+    assert json.loads(manifest.read_text())["embedding"]["ids_per_bag"] == HOT
+    backend = TvmBackend(manifest)
+    assert np.abs(predict_all(backend, data.dense, data.sparse) - expected).max() <= TOLERANCE
+    assert np.abs(data.reference - expected).max() <= TOLERANCE  # ONNX Runtime's reference agrees
+    out = tmp_path / "scores.npy"
+    run_native(manifest, exp.testdata_dir, tmp_path / "r.json", warmup=0, iterations=1, outputs=out)
+    assert np.abs(np.load(out) - expected).max() <= TOLERANCE
+
     inputs = make_inputs(config, BATCH, HOT, seed=5)
     offsets = inputs.offsets[:, :BATCH]  # with include_last_offset, the last offset (= len) is implied
-    scores = TvmBackend(manifest).predict({"input.1": inputs.dense, "lS_o": np.ascontiguousarray(offsets),
-                                           "lS_i": inputs.indices}).ravel()
+    scores = backend.predict({"input.1": inputs.dense, "lS_o": np.ascontiguousarray(offsets),
+                              "lS_i": inputs.indices}).ravel()
     assert np.abs(scores - torch_scores(model, inputs)).max() <= TOLERANCE
+
+
+def test_ids_per_bag_that_fit_neither_model_nor_test_data_are_one_clear_line(experiments_root, tmp_path):
+    """A K the model was not exported for (a static index count) stops prepare, exit 2, nothing
+    written; test data with another K than the library's stops both runners."""
+    from dlrmlib.building.native import native_binary
+    from dlrmlib.core.errors import DlrmError
+    from dlrmlib.formats.testdata import read_test_data
+
+    static = export(DlrmNet(D16).eval(), ExportForm("loop", "loop", 17), make_inputs(D16, BATCH),
+                    tmp_path / "static.onnx")  # lS_i is [26, BATCH]: one id per bag
+    env = {**os.environ, "DLRM_EXPERIMENTS_DIR": str(tmp_path / "experiments")}
+    done = subprocess.run([str(Path(sys.executable).parent / "dlrm"), "prepare", "--experiment", "k",
+                           "--onnx-model", str(static), "--batch-size", str(BATCH), "--ids-per-bag", str(HOT)],
+                          capture_output=True, text=True, env=env)
+    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and "--ids-per-bag 1" in lines[0], done.stderr
+    assert not (tmp_path / "experiments" / "k").exists()
+
+    _, _, exp, data, _ = _multi_hot_experiment(MULTI_HOT[0], experiments_root)
+    one_hot = tmp_path / "one-hot"
+    shutil.copytree(exp.testdata_dir, one_hot)
+    np.save(one_hot / "sparse.npy", data.sparse[:, :, 0])
+    with pytest.raises(DlrmError, match=f"1 id\\(s\\) per bag .* takes {HOT}"):
+        read_test_data(one_hot, per_bag=HOT)
+    manifest = _built(exp, "untuned", bags_any=True)
+    written = json.loads(manifest.read_text())
+    library, weights = (manifest.parent / written["library"]["file"], manifest.parent / written["weights"]["dir"])
+    done = subprocess.run([str(native_binary()), str(library), str(manifest), str(weights), str(one_hot)],
+                          capture_output=True, text=True)
+    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "1 id(s) per bag" in lines[0] and f"--ids-per-bag {HOT}" in lines[0], done.stderr
 
 
 def _break_one_bag(path: Path, out: Path) -> str:

@@ -96,12 +96,14 @@ def make_inputs(config: TorchDlrmConfig, batch: int, hot: int = 1, seed: int = 1
     return Inputs(dense, np.tile(offsets, (NUM_TABLES, 1)).astype(np.int64), indices.astype(np.int64))
 
 
-def one_per_bag_inputs(dense: np.ndarray, sparse: np.ndarray, include_last_offset: bool = False) -> Inputs:
-    """The model's inputs for a test data folder's samples (one id per bag)."""
-    batch = len(dense)
-    offsets = np.arange(batch + 1 if include_last_offset else batch, dtype=np.int64)
+def folder_inputs(dense: np.ndarray, sparse: np.ndarray, include_last_offset: bool = False) -> Inputs:
+    """The model's inputs for a test data folder's samples, written here independently of
+    dlrmlib: `sparse` [B, 26] (one id per bag) or [B, 26, K] (K ids per bag: offsets 0, K, 2K, ...)."""
+    batch, hot = len(dense), 1 if sparse.ndim == 2 else sparse.shape[2]
+    offsets = np.arange(0, (batch + 1 if include_last_offset else batch) * hot, hot, dtype=np.int64)
+    indices = np.stack([sparse[:, t].reshape(-1) for t in range(NUM_TABLES)])
     return Inputs(np.ascontiguousarray(dense, np.float32), np.tile(offsets, (NUM_TABLES, 1)),
-                  np.ascontiguousarray(sparse.T, np.int64))
+                  np.ascontiguousarray(indices, np.int64))
 
 
 def torch_scores(model: DlrmNet, inputs: Inputs) -> np.ndarray:

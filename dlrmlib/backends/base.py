@@ -22,13 +22,18 @@ class Backend(Protocol):
 
 
 def model_inputs(dense: np.ndarray, sparse: np.ndarray, start: int, batch_size: int) -> tuple[dict, int]:
-    """The model's inputs for samples start..start+B-1 (one id per bag); a short last batch is
-    padded by repeating its last sample. Returns the inputs and how many samples are real."""
+    """The model's inputs for samples start..start+B-1; a short last batch is padded by
+    repeating its last sample. `sparse` [N, 26] holds one id per bag, [N, 26, K] K ids: bag b
+    of table t is lS_i[t, b*K : b*K + K], so the offsets are 0, K, 2K, ... Returns the inputs
+    and how many samples are real."""
     stop = min(start + batch_size, len(dense))
     rows = np.arange(start, start + batch_size).clip(max=stop - 1)
+    per_bag = 1 if sparse.ndim == 2 else sparse.shape[2]
+    offsets = np.arange(0, batch_size * per_bag, per_bag, dtype=np.int64)
     return ({DENSE_INPUT: np.ascontiguousarray(dense[rows], dtype=np.float32),
-             OFFSETS_INPUT: np.tile(np.arange(batch_size, dtype=np.int64), (NUM_TABLES, 1)),
-             INDICES_INPUT: np.ascontiguousarray(sparse[rows].T, dtype=np.int64)}, stop - start)
+             OFFSETS_INPUT: np.tile(offsets, (NUM_TABLES, 1)),
+             INDICES_INPUT: np.ascontiguousarray(np.swapaxes(sparse[rows], 0, 1).reshape(NUM_TABLES, -1),
+                                                 dtype=np.int64)}, stop - start)
 
 
 def predict_all(backend: Backend, dense: np.ndarray, sparse: np.ndarray, progress: bool = False) -> np.ndarray:

@@ -83,6 +83,8 @@ class TvmBackend:
             print(f"[tvm] {self.tag}: weight checksums NOT verified ({VERIFY_ENV}=0)", file=sys.stderr)
         self.tables = np.asarray(check_tables(self.manifest_path, self.manifest), dtype=np.int64)
         self.one_per_bag = self.manifest["embedding"]["bags"] == "one_per_bag"
+        # Manifests from before multi-hot test data have no ids_per_bag: one id per bag.
+        self.ids_per_bag = int(self.manifest["embedding"].get("ids_per_bag", 1))
         self.input_specs = self.manifest["inputs"]
         device = tvm.cpu()
         try:
@@ -110,8 +112,10 @@ class TvmBackend:
             if array is None:
                 raise DlrmError(f"input {spec['name']!r} missing")
             if list(array.shape) != spec["shape"] or array.dtype != np.dtype(spec["dtype"]):
+                per_bag = (f" ({self.ids_per_bag} id(s) per bag x batch {self.batch_size}; was the input made for "
+                           "another --ids-per-bag?)" if spec["name"] == INDICES_INPUT else "")
                 raise DlrmError(f"input {spec['name']!r} is {array.dtype} {list(array.shape)}, the library "
-                                f"takes {spec['dtype']} {spec['shape']}")
+                                f"takes {spec['dtype']} {spec['shape']}{per_bag}")
         ids = inputs[INDICES_INPUT]
         # As unsigned, a negative id is huge: one comparison checks both ends (batch 1: ~2 us).
         if not (ids.view(f"u{ids.dtype.itemsize}") < self.tables_unsigned).all():

@@ -84,7 +84,8 @@ def build(experiment: Experiment | str, recipe=None, verify: bool = True,
     model_id = model_identity(experiment.normalised_model, model)  # the weights' identity at any batch size
     batch = batch_size or experiment.batch_size
     if batch != experiment.batch_size:
-        model = normalise_model(load_graph(experiment.source_model), batch, experiment.params["bags"])
+        model = normalise_model(load_graph(experiment.source_model), batch, experiment.params["bags"],
+                                indices_per_bag=experiment.ids_per_bag)
     tables = embedding_tables(model)
     reduced = getattr(recipe, "precision", "fp32") != "fp32"
     if reduced and not verify:
@@ -93,7 +94,7 @@ def build(experiment: Experiment | str, recipe=None, verify: bool = True,
     if not 0 < min_auc_ratio <= 2:
         raise DlrmError(f"--min-auc-ratio must lie in (0, 2], got {min_auc_ratio}")
     if verify:  # a bad test data folder should fail before minutes of compiling, not after
-        read_test_data(experiment.testdata_dir, tables)
+        read_test_data(experiment.testdata_dir, tables, per_bag=experiment.ids_per_bag)
     log(f"[build] importing {experiment.normalised_model.name} into Relax" +
         (f" at batch {batch}" if batch != experiment.batch_size else ""))
     source = Source(experiment, model, model_id, import_relax(model), host_target(), log, batch_size=batch)
@@ -138,7 +139,8 @@ def _manifest(source: Source, tag: str, library: Path, params, checksums: list[s
         "weights": {"layout_id": layout, "dir": f"../weights/{layout}", "transform": transform},
         "embedding": {"tables": tables, "table_params": embedding_table_weights(model),
                       "dense_input": "input.1", "indices_input": "lS_i",
-                      "offsets_input": "lS_o", "bags": source.experiment.params["bags"]},
+                      "offsets_input": "lS_o", "bags": source.experiment.params["bags"],
+                      "ids_per_bag": source.experiment.ids_per_bag},
         "target": source.target,
         "precision": precision,
         "cpu": cpu_description(),

@@ -24,7 +24,8 @@ def verify_build(experiment: Experiment, manifest_path: Path, tolerance: float =
     # On every usable core, as ONNX Runtime (dlrmlib/__init__.py). The build wrote the weights
     # folder, or verified it when it reused it, moments ago: no second pass over the files.
     backend = TvmBackend(manifest_path, verify_weights=False)
-    data = read_test_data(experiment.testdata_dir, backend.manifest["embedding"]["tables"])
+    data = read_test_data(experiment.testdata_dir, backend.manifest["embedding"]["tables"],
+                          per_bag=backend.ids_per_bag)
     if data.reference is None:
         raise DlrmError(f"{experiment.testdata_dir} has no reference.npy to check the build against")
     outputs = predict_all(backend, data.dense, data.sparse, progress=True)

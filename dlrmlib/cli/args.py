@@ -5,6 +5,7 @@ import argparse
 import math
 
 from dlrmlib.core.experiment import DEFAULT_EXPERIMENT
+from dlrmlib.formats.testdata import MAX_IDS_PER_BAG
 
 
 def add_experiment(p: argparse.ArgumentParser) -> None:
@@ -56,6 +57,8 @@ seed = integer(0, SEED_MAX)
 batch_size = integer(1, BATCH_MAX, " (a batch that large is not served one request at a time)")
 threads = integer(1, THREADS_MAX)
 samples = integer(1, 10**7, " (the test data is held in memory: 10 million samples take 2.6 GB)")
+ids_per_bag = integer(1, MAX_IDS_PER_BAG, " (each table's K x batch ids are gathered at once; MLPerf's multi-hot "
+                                         "bags hold at most 100)")
 
 
 def ints(text: str, low: int = 1, high: int = BATCH_MAX) -> list[int]:

@@ -15,7 +15,17 @@ import sys
 from pathlib import Path
 
 from dlrmlib.cli import analysis, loadgen, tune
-from dlrmlib.cli.args import THREADS_MAX, add_experiment, batch_size, integer, samples, seed, table_rows, threads
+from dlrmlib.cli.args import (
+    THREADS_MAX,
+    add_experiment,
+    batch_size,
+    ids_per_bag,
+    integer,
+    samples,
+    seed,
+    table_rows,
+    threads,
+)
 from dlrmlib.core.errors import _OS_ADVICE, MEMORY_ADVICE, DlrmError, describe_os_error
 from dlrmlib.core.experiment import Experiment
 
@@ -46,7 +56,7 @@ def cmd_prepare(args) -> None:
 
     prepare(args.experiment, preset=args.preset, onnx_model=args.onnx_model, batch_size=args.batch_size,
             samples=args.samples, seed=args.seed, table_rows=args.table_rows, style=args.style,
-            bags=args.bags, mlperf_data=args.mlperf_data, ids=args.ids)
+            bags=args.bags, mlperf_data=args.mlperf_data, ids=args.ids, ids_per_bag=args.ids_per_bag)
 
 
 def cmd_build(args) -> int | None:
@@ -116,8 +126,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--table-rows", type=table_rows, help="rows per table: one count, or 26 comma-separated")
     p.add_argument("--style", default="loop", choices=["loop", "aten"],
                    help="how the generated model writes embedding bags (default: %(default)s)")
-    p.add_argument("--bags", default="one_per_bag", choices=["one_per_bag", "any"],
-                   help="one_per_bag: fast path, offsets must be 0..B-1; any: full embedding_bag semantics")
+    p.add_argument("--bags", choices=["one_per_bag", "any"],
+                   help="one_per_bag (default with one id per bag): fast path, offsets must be 0..B-1; any: full "
+                        "embedding_bag semantics (default with --ids-per-bag > 1)")
+    p.add_argument("--ids-per-bag", type=ids_per_bag, default=1,
+                   help="K ids in every bag (multi-hot): the test data holds K per bag, the model takes K x batch "
+                        "per table; needs --bags any (default: %(default)s)")
     p.add_argument("--mlperf-data", help="MLPerf day-23 test data (.npz with X_int/X_cat/y, or a folder of .npy)")
     p.add_argument("--ids", default="reject", choices=["reject", "modulo"],
                    help="out-of-range ids in --mlperf-data: reject, or take them modulo the table size")

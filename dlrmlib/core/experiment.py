@@ -127,6 +127,12 @@ class Experiment:
         """The batch size the experiment's model is normalised, tuned and built for."""
         return int(self.params["batch_size"])
 
+    @property
+    def ids_per_bag(self) -> int:
+        """Ids in every bag of the test data (and what the normalised model takes per sample);
+        experiments prepared before multi-hot test data hold one."""
+        return int(self.params.get("ids_per_bag", 1))
+
     @contextmanager
     def lock(self, name: str, doing: str):
         """Hold one of the experiment's locks (`<name>.lock`, fcntl.flock) while `doing` (e.g.

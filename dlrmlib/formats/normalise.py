@@ -136,7 +136,7 @@ def _with_rows(bag: EmbeddingBag, maker: NodeMaker) -> EmbeddingBag:
     return replace(bag, indices=row(bag.indices), offsets=row(bag.offsets), row=None)
 
 
-def _check_interface(graph: onnx.GraphProto, batch_size: int | None = None) -> None:
+def _check_interface(graph: onnx.GraphProto, batch_size: int | None = None, per_bag: int = 1) -> None:
     names = [i.name for i in graph.input if i.name not in {t.name for t in graph.initializer}]
     missing = [n for n in (DENSE_INPUT, OFFSETS_INPUT, INDICES_INPUT) if n not in names]
     if missing or len(names) != 3:
@@ -155,12 +155,22 @@ def _check_interface(graph: onnx.GraphProto, batch_size: int | None = None) -> N
         if value.name == DENSE_INPUT and batch_size and dims and dims[0] not in (None, batch_size):
             raise DlrmError(f"the model was exported for batch {dims[0]} (its {DENSE_INPUT} is {dims}, no dynamic "
                             f"batch axis); prepare it with batch size {dims[0]}, not {batch_size}")
+        if value.name == INDICES_INPUT and batch_size and len(dims) == 2 and dims[1] not in (None, batch_size * per_bag):
+            _refuse_ids_per_bag(dims[1], batch_size, per_bag)
         wrong_type = value.type.tensor_type.elem_type != elem_type
         wrong_dims = len(dims) != 2 or any(dims[axis] not in (None, size) for axis, size in fixed.items())
         if wrong_type or wrong_dims:
             raise DlrmError(f"model input {value.name!r} is {helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)} "
                             f"{dims}; the MLPerf DLRM interface needs "
                             f"{helper.tensor_dtype_to_np_dtype(elem_type)} with {fixed} (axis: size)")
+
+
+def _refuse_ids_per_bag(count: int, batch_size: int, per_bag: int) -> None:
+    """A model exported with a fixed index count takes exactly that many ids per table."""
+    fits = f"{count // batch_size} per bag" if count % batch_size == 0 else f"not a whole number per bag at batch {batch_size}"
+    raise DlrmError(f"the model was exported for {count} ids per table ({INDICES_INPUT} is [{NUM_TABLES}, {count}], no "
+                    f"dynamic axis: {fits}); {per_bag} per bag x batch {batch_size} needs {per_bag * batch_size}"
+                    + (f"; prepare it with --ids-per-bag {count // batch_size}" if count % batch_size == 0 else ""))
 
 
 def _static_inputs(batch_size: int, num_indices: int) -> list[onnx.ValueInfoProto]:
@@ -243,10 +253,12 @@ def normalise_model(model: onnx.ModelProto, batch_size: int, bags: str = "one_pe
         raise DlrmError(f"bags must be one of {BAG_LAYOUTS}, got {bags!r}")
     if bags == "one_per_bag" and indices_per_bag != 1:
         raise DlrmError("the one-per-bag fast path needs exactly one index per bag")
+    if indices_per_bag < 1:
+        raise DlrmError(f"ids per bag must be at least 1, got {indices_per_bag}")
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    _check_interface(graph, batch_size)
+    _check_interface(graph, batch_size, indices_per_bag)
     num_indices = batch_size * indices_per_bag
     if bags == "any":
         out = _at_least_opset(out, GENERAL_BAG_OPSET)

@@ -17,13 +17,22 @@ from dlrmlib.core.files import atomic_dir, read_json, write_json, write_npy
 from dlrmlib.formats.presets import NUM_DENSE, NUM_TABLES
 
 ID_POLICIES = ("reject", "modulo")
+# Multi-hot bags: each sample's bag of table t holds K ids. The bound keeps K x batch ids per
+# table (each gathered as a [K x B, dim] block in the normalised model) well inside memory;
+# MLPerf's multi-hot DLRMv2 data has at most 100 ids in a bag.
+MAX_IDS_PER_BAG = 1024
+
+
+def ids_per_bag(sparse: np.ndarray) -> int:
+    """How many ids each bag holds: `sparse` is [N, 26] (one) or [N, 26, K]."""
+    return 1 if sparse.ndim == 2 else int(sparse.shape[2])
 
 
 @dataclass
 class TestData:
     __test__ = False  # not a pytest test class
     dense: np.ndarray      # float32 [N, 13]
-    sparse: np.ndarray     # int64 [N, 26]
+    sparse: np.ndarray     # int64 [N, 26] (one id per bag) or [N, 26, K] (K ids per bag)
     labels: np.ndarray     # float32 [N]
     reference: np.ndarray | None = None  # float32 [N]
 
@@ -35,21 +44,25 @@ class TestData:
                         None if self.reference is None else self.reference[:n])
 
 
-def synthesize_inputs(samples: int, tables: list[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Criteo-like dense features (log(1 + heavy-tailed counts)) and skewed categorical ids."""
+def synthesize_inputs(samples: int, tables: list[int], seed: int = 0,
+                      per_bag: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Criteo-like dense features (log(1 + heavy-tailed counts)) and skewed categorical ids:
+    [N, 26] with one id per bag, [N, 26, K] with `per_bag` = K > 1 (each drawn alike)."""
     if samples < 1:
         raise DlrmError(f"samples must be at least 1, got {samples}")
+    if not 1 <= per_bag <= MAX_IDS_PER_BAG:
+        raise DlrmError(f"ids per bag must be from 1 to {MAX_IDS_PER_BAG}, got {per_bag}")
     rng = np.random.default_rng(seed)
     counts = np.floor(rng.lognormal(mean=1.0, sigma=1.6, size=(samples, NUM_DENSE)))
     counts[rng.random((samples, NUM_DENSE)) < 0.2] = 0  # Criteo's many missing/zero counts
     dense = np.log1p(counts).astype(np.float32)
-    sparse = np.empty((samples, NUM_TABLES), dtype=np.int64)
+    sparse = np.empty((samples, NUM_TABLES, per_bag), dtype=np.int64)
     for t, rows in enumerate(tables):
         # Rank ~ rows ** u (log-uniform, Zipf-like), scattered over the table by a fixed
         # multiplicative hash so that hot rows are not all at the start.
-        rank = np.floor(np.power(float(rows), rng.random(samples))).astype(np.int64) - 1
+        rank = np.floor(np.power(float(rows), rng.random((samples, per_bag)))).astype(np.int64) - 1
         sparse[:, t] = (rank * 2654435761 + t) % rows
-    return dense, sparse
+    return dense, sparse[:, :, 0] if per_bag == 1 else sparse
 
 
 def draw_labels(scores: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -69,8 +82,9 @@ def check_inputs(dense: np.ndarray, sparse: np.ndarray, tables: list[int], ids: 
         raise DlrmError(f"ids must be one of {ID_POLICIES}, got {ids!r}")
     if dense.ndim != 2 or dense.shape[1] != NUM_DENSE:
         raise DlrmError(f"{source}: dense features have shape {list(dense.shape)}, expected [N, {NUM_DENSE}]")
-    if sparse.ndim != 2 or sparse.shape[1] != NUM_TABLES:
-        raise DlrmError(f"{source}: categorical ids have shape {list(sparse.shape)}, expected [N, {NUM_TABLES}]")
+    if sparse.ndim not in (2, 3) or sparse.shape[1] != NUM_TABLES:
+        raise DlrmError(f"{source}: categorical ids have shape {list(sparse.shape)}, expected [N, {NUM_TABLES}] "
+                        f"(one id per bag) or [N, {NUM_TABLES}, K] (K ids per bag)")
     if len(dense) != len(sparse):
         raise DlrmError(f"{source}: {len(dense)} dense rows but {len(sparse)} categorical rows")
     if dense.dtype != np.float32:
@@ -86,12 +100,14 @@ def check_inputs(dense: np.ndarray, sparse: np.ndarray, tables: list[int], ids: 
     if len(rows) != NUM_TABLES:
         raise DlrmError(f"expected {NUM_TABLES} table sizes, got {len(rows)}")
     sparse = sparse.astype(np.int64, copy=False)
+    rows = rows.reshape((1, NUM_TABLES) + (1,) * (sparse.ndim - 2))  # every id of a bag against its table
     if ids == "modulo":
-        return np.mod(sparse, rows[None, :])
-    bad = (sparse < 0) | (sparse >= rows[None, :])
+        return np.mod(sparse, rows)
+    bad = (sparse < 0) | (sparse >= rows)
     if bad.any():
-        sample, table = np.argwhere(bad)[0]
-        raise DlrmError(f"{source}: id {sparse[sample, table]} of sample {sample} is out of range for table "
+        sample, table = np.argwhere(bad)[0][:2]
+        rows = rows.ravel()
+        raise DlrmError(f"{source}: id {sparse[bad][0]} of sample {sample} is out of range for table "
                         f"{table} with {rows[table]} rows ({int(bad.sum())} bad ids in all); "
                         "use ids='modulo' for the MLPerf convention of taking ids modulo the table size")
     return sparse
@@ -105,8 +121,16 @@ def write_test_data(folder: Path, data: TestData, meta: dict) -> Path:
         write_npy(tmp / "labels.npy", data.labels.astype(np.float32))
         if data.reference is not None:
             write_npy(tmp / "reference.npy", data.reference.astype(np.float32).ravel())
-        write_json(tmp / "meta.json", {"samples": len(data), **meta})
+        write_json(tmp / "meta.json", {"samples": len(data), "ids_per_bag": ids_per_bag(data.sparse), **meta})
     return folder
+
+
+def _ndim(path: Path) -> int:
+    """The dimension count in a .npy file's header (0 when it cannot be read: _load_npy says why)."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False).ndim
+    except (ValueError, OSError, EOFError):
+        return 0
 
 
 def _load_npy(path: Path, dtype, ndim: int) -> np.ndarray:
@@ -122,13 +146,19 @@ def _load_npy(path: Path, dtype, ndim: int) -> np.ndarray:
     return np.asarray(array)
 
 
-def read_test_data(folder: str | Path, tables: list[int] | None = None, ids: str = "reject") -> TestData:
-    """Read and check a test data folder; with `tables`, also check ids against them."""
+def read_test_data(folder: str | Path, tables: list[int] | None = None, ids: str = "reject",
+                   per_bag: int | None = None) -> TestData:
+    """Read and check a test data folder; with `tables`, also check ids against them; with
+    `per_bag`, check that every bag holds that many ids (what the model was made for)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DlrmError(f"test data folder not found: {folder}")
-    data = TestData(dense=_load_npy(folder / "dense.npy", np.float32, 2),
-                    sparse=_load_npy(folder / "sparse.npy", np.int64, 2),
+    sparse_path = folder / "sparse.npy"
+    sparse = _load_npy(sparse_path, np.int64, 3 if _ndim(sparse_path) == 3 else 2)
+    if per_bag is not None and ids_per_bag(sparse) != per_bag:
+        raise DlrmError(f"{sparse_path} holds {ids_per_bag(sparse)} id(s) per bag ({list(sparse.shape)}), but the "
+                        f"model takes {per_bag}; prepare the test data with --ids-per-bag {per_bag}")
+    data = TestData(dense=_load_npy(folder / "dense.npy", np.float32, 2), sparse=sparse,
                     labels=_load_npy(folder / "labels.npy", np.float32, 1),
                     reference=_load_npy(folder / "reference.npy", np.float32, 1)
                     if (folder / "reference.npy").exists() else None)

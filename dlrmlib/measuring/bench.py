@@ -84,7 +84,8 @@ def normalised_for_batch(exp: Experiment, batch_size: int) -> Iterator[Path]:
     if batch_size == exp.batch_size:
         yield exp.normalised_model
         return
-    model = normalise_model(load_graph(exp.source_model), batch_size, exp.params["bags"])
+    model = normalise_model(load_graph(exp.source_model), batch_size, exp.params["bags"],
+                            indices_per_bag=exp.ids_per_bag)
     fd, name = tempfile.mkstemp(prefix=".bench-", suffix=".onnx", dir=exp.model_dir)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -164,9 +164,9 @@ double MsSince(Clock::time_point t0) {
 void PrintSummary(const Report& r) {
   std::printf("dlrm_infer: %s (manifest %s, build %s)\n", r.args->so.c_str(), r.args->manifest.c_str(),
               r.m->build_tag.empty() ? "?" : r.m->build_tag.c_str());
-  std::printf("  samples %lld in %lld batches of %lld; %d instance(s) x %d thread(s)\n",
+  std::printf("  samples %lld in %lld batches of %lld, %lld id(s) per bag; %d instance(s) x %d thread(s)\n",
               (long long)r.samples, (long long)r.batches, (long long)r.m->batch_size,
-              r.run.instances, r.run.threads);
+              (long long)r.m->ids_per_bag, r.run.instances, r.run.threads);
   std::printf("  load        %.1f ms (library + VMs), weights mapped %.1f ms (%.1f MB), test data %.1f ms\n",
               r.load_ms, r.weights_ms, r.weights_bytes / 1e6, r.data_ms);
   if (r.weights_verified) {
@@ -212,7 +212,8 @@ std::string ResultJson(const Report& r) {
       {"library", str(r.args->so)}, {"manifest", str(r.args->manifest)},
       {"weights_dir", str(r.args->weights)}, {"test_data_dir", str(r.args->testdata)},
       {"build_tag", str(r.m->build_tag)}, {"layout_id", str(r.m->layout_id)},
-      {"options", options}, {"batch_size", i64(r.m->batch_size)}, {"samples", i64(r.samples)},
+      {"options", options}, {"batch_size", i64(r.m->batch_size)},
+      {"ids_per_bag", i64(r.m->ids_per_bag)}, {"samples", i64(r.samples)},
       {"batches", i64(r.batches)}, {"threads", i64(r.run.threads)}, {"instances", i64(r.run.instances)},
       {"cpus", cpus}, {"ids_wrapped", i64(r.wrapped_ids)}, {"load_ms", Number(r.load_ms)},
       {"weights_map_ms", Number(r.weights_ms)}, {"weights_bytes", i64(r.weights_bytes)},

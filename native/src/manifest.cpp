@@ -70,14 +70,19 @@ void CheckEmbedding(const Manifest& m, const std::string& where) {
   Require(dense.shape.size() == 2 && dense.shape[0] == B && dense.dtype.name == "float32",
           where + ": dense input '" + dense.name + "' must be float32 [" + std::to_string(B) +
               ", F], got " + dense.dtype.name + " " + ShapeStr(dense.shape));
-  for (const TensorSpec* s : {&idx, &off}) {
-    Require(s->shape == std::vector<int64_t>{T, B} && s->dtype.name == "int64",
-            where + ": input '" + s->name + "' must be int64 " + ShapeStr({T, B}) + ", got " +
-                s->dtype.name + " " + ShapeStr(s->shape));
-  }
-  // The runner always feeds one id per bag (offsets 0..B-1), valid for both kinds of build.
+  const int64_t K = m.ids_per_bag;
+  Require(K >= 1, where + ": embedding.ids_per_bag must be at least 1, got " + std::to_string(K));
+  Require(off.shape == std::vector<int64_t>{T, B} && off.dtype.name == "int64",
+          where + ": input '" + off.name + "' must be int64 " + ShapeStr({T, B}) + ", got " + off.dtype.name +
+              " " + ShapeStr(off.shape));
+  Require(idx.shape == std::vector<int64_t>{T, B * K} && idx.dtype.name == "int64",
+          where + ": input '" + idx.name + "' must be int64 " + ShapeStr({T, B * K}) + " (" + std::to_string(K) +
+              " ids per bag), got " + idx.dtype.name + " " + ShapeStr(idx.shape));
+  // The runner feeds ids_per_bag ids per bag (offsets 0, K, 2K, ...); the fast path takes one.
   Require(m.bags.empty() || m.bags == "one_per_bag" || m.bags == "any",
           where + ": embedding.bags '" + m.bags + "' is not supported (expected one_per_bag or any)");
+  Require(K == 1 || m.bags == "any",
+          where + ": embedding.bags '" + m.bags + "' takes one id per bag, but ids_per_bag is " + std::to_string(K));
   Require(m.inputs.size() == 3, where + ": expected 3 inputs (dense, offsets, indices), got " +
                                     std::to_string(m.inputs.size()));
   Require(m.outputs.size() == 1 && m.outputs[0].dtype.name == "float32" &&
@@ -203,6 +208,8 @@ Manifest LoadManifest(const std::string& path) {
   m.indices_input = e.At("indices_input", path + ": embedding").AsString(path + ": embedding.indices_input");
   m.offsets_input = e.At("offsets_input", path + ": embedding").AsString(path + ": embedding.offsets_input");
   m.bags = OptString(e, "bags", path + ": embedding");
+  // Manifests written before multi-hot test data have no ids_per_bag: one id per bag.
+  if (e.Has("ids_per_bag")) m.ids_per_bag = e.At("ids_per_bag", path + ": embedding").AsInt(path + ": embedding.ids_per_bag");
   // A build always writes these; one without them was not made by `dlrm build`.
   m.build_tag = root.At("build", path).At("tag", path + ": build").AsString(path + ": build.tag");
   root.At("target", path).At("kind", path + ": target").AsString(path + ": target.kind");

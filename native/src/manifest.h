@@ -58,6 +58,7 @@ struct Manifest {
   std::string transform;    //!< empty when null
   std::vector<int64_t> tables;
   std::string dense_input, indices_input, offsets_input, bags;
+  int64_t ids_per_bag = 1;  //!< ids in every bag: lS_i holds ids_per_bag * B per table
   std::string build_tag;
   std::vector<size_t> table_params;  //!< index in params of each table's weight
 

@@ -107,6 +107,12 @@ std::string ReadHeaderText(std::ifstream& in, const std::string& path) {
 
 }  // namespace
 
+std::vector<int64_t> NpyShape(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  Require(static_cast<bool>(in), path + ": cannot open test data file");
+  return ParseHeader(ReadHeaderText(in, path), path).shape;
+}
+
 NpyArray LoadNpy(const std::string& path, const std::string& dtype,
                  const std::vector<int64_t>& shape) {
   std::ifstream in(path, std::ios::binary);

@@ -30,6 +30,9 @@ struct NpyArray {
 NpyArray LoadNpy(const std::string& path, const std::string& dtype,
                  const std::vector<int64_t>& shape);
 
+/*! \brief The shape in \p path's header, without reading the data (throws like LoadNpy). */
+std::vector<int64_t> NpyShape(const std::string& path);
+
 }  // namespace dlrm
 
 #endif  // DLRM_NATIVE_NPY_H_
