@@ -174,3 +174,26 @@ def test_builds_for_other_batch_sizes_are_marked_and_refuse_nonsense(reported):
     assert exp.measurement("python_vm_custom_b4")["max_abs_error"] <= 1e-5
     with pytest.raises(DlrmError, match="batch size must be positive"):
         build(exp, batch_size=0, log=lambda _: None)
+
+
+def test_best_peer_is_any_column_at_any_precision_that_keeps_the_accuracy(reported):
+    """A peer at reduced precision (openvino-bf16) competes, and is a column of the table, as
+    long as it keeps 99.9 % of the reference AUC; one that loses more does not count."""
+    exp, _, _ = reported
+    bench = exp.measurement("bench")
+    tvm_rows = [r for r in bench["rows"] if r["runtime"].startswith("tvm") and r.get("samples_per_s")]
+    top = max(tvm_rows, key=lambda r: r["samples_per_s"])
+
+    def peer(name, factor, auc_ratio):
+        return {**top, "runtime": name, "precision": "bf16", "samples_per_s": top["samples_per_s"] * factor,
+                "auc_ratio": auc_ratio}
+
+    kept = {**bench, "rows": bench["rows"] + [peer("openvino-bf16", 2.0, 0.9996)]}
+    frame = headline.headline_frame(kept, exp).set_index("batch")
+    assert "openvino-bf16" in frame.columns
+    assert frame.loc[top["batch_size"], "best peer"] == "openvino-bf16"
+    assert frame.loc[top["batch_size"], "x best peer"] == pytest.approx(0.5)
+    lost = {**bench, "rows": bench["rows"] + [peer("onnxruntime-int8", 2.0, 0.9986)]}
+    frame = headline.headline_frame(lost, exp).set_index("batch")
+    assert frame.loc[top["batch_size"], "best peer"] != "onnxruntime-int8"
+    assert frame.loc[top["batch_size"], "x best peer"] > 0.5

@@ -10,6 +10,7 @@ from collections import defaultdict
 import numpy as np
 import pandas as pd
 
+from dlrmlib.building.gate import MIN_AUC_RATIO
 from dlrmlib.core.experiment import Experiment
 from dlrmlib.core.machine import caption as provenance_caption
 from dlrmlib.measuring.bench import bench_table
@@ -46,9 +47,24 @@ def best_builds(bench: dict) -> dict[tuple[int, str], dict]:
     return best
 
 
+def _passes_gate(row: dict) -> bool:
+    """A peer counts when it keeps the accuracy (an unknown AUC ratio: its fp32 run)."""
+    return row.get("auc_ratio") is None or row["auc_ratio"] >= MIN_AUC_RATIO
+
+
 def _best_peer(best: dict, batch: int) -> dict | None:
-    peers = [r for (b, name), r in best.items() if b == batch and name != TVM]
+    """The fastest other runtime at this batch size, at whatever precision, if it passes the
+    same accuracy gate as TVM's reduced-precision builds."""
+    peers = [r for (b, name), r in best.items() if b == batch and name != TVM and _passes_gate(r)]
     return max(peers, key=lambda r: r["samples_per_s"]) if peers else None
+
+
+def _runtime_columns(best: dict) -> list[str]:
+    """Every runtime measured, the usual peers first, then the others (e.g. openvino-bf16), then TVM:
+    the fastest peer is always one of the columns."""
+    names = {name for _, name in best}
+    others = sorted(names - set(PEERS) - {TVM})
+    return [p for p in PEERS if p in names] + others + ([TVM] if TVM in names else [])
 
 
 def _auc_ratio(exp: Experiment | None, build_tag: str) -> float | None:
@@ -68,8 +84,7 @@ def headline_frame(bench: dict, exp: Experiment | None = None) -> pd.DataFrame:
     """One row per batch size: each runtime's best samples/s, TVM's best build with its
     precision, its ratio to the best peer and its AUC ratio. Numbers, NaN where nothing ran."""
     best = best_builds(bench)
-    runtimes = [p for p in PEERS if any(name == p for _, name in best)] + (
-        [TVM] if any(name == TVM for _, name in best) else [])
+    runtimes = _runtime_columns(best)
     rows = []
     for batch in sorted({b for b, _ in best}):
         row: dict = {"batch": batch}
@@ -80,6 +95,7 @@ def headline_frame(bench: dict, exp: Experiment | None = None) -> pd.DataFrame:
         tag = tvm["runtime"].removeprefix("tvm-") if tvm else None
         row["TVM build"] = tag
         row["precision"] = _precision(tvm) if tvm else None
+        row["best peer"] = peer["runtime"] if peer else None
         row["x best peer"] = tvm["samples_per_s"] / peer["samples_per_s"] if tvm and peer else np.nan
         row["AUC / ref."] = (_auc_ratio(exp, tag) if tag else None) or np.nan
         rows.append(row)
@@ -100,7 +116,7 @@ def headline_table(bench: dict, exp: Experiment | None = None) -> pd.DataFrame:
             shown[col] = [f"{v:.2f}x" if pd.notna(v) else MISSING for v in values]
         elif col == "AUC / ref.":
             shown[col] = [f"{v:.4f}" if pd.notna(v) else MISSING for v in values]
-        elif col in ("TVM build", "precision"):
+        elif col in ("TVM build", "precision", "best peer"):
             shown[col] = [v if isinstance(v, str) else MISSING for v in values]
         else:
             shown[col] = [f"{v:,.0f}" if pd.notna(v) else MISSING for v in values]
@@ -113,7 +129,7 @@ def table_legend(bench: dict) -> str:
     precision = ("peers run fp32" if all(p.endswith(" fp32") for p in peers)
                  else f"peers: {', '.join(sorted(peers))}")
     return (f"samples/s of each runtime's fastest build ({precision}); x best peer: TVM's over the fastest other "
-            f"runtime's; AUC / ref.: the TVM build's AUC on the test labels over ONNX Runtime's.")
+            f"runtime's that keeps {MIN_AUC_RATIO:.1%} of the reference AUC, at any precision; AUC / ref.: the TVM build's AUC on the test labels over ONNX Runtime's.")
 
 
 def headline_sentence(bench: dict) -> str:
