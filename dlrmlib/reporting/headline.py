@@ -22,6 +22,7 @@ LONG_LOG_LINES = 4  # a log longer than this is folded in the report
 WIDE_TABLE = (12, 8)  # rows, columns: a table larger than this is folded in the report
 PEERS = ("onnxruntime", "openvino", "pytorch-eager", "pytorch-compile")
 TVM = "tvm"
+REDUCED_SUFFIXES = ("-bf16", "-int8")  # peers run at their best precision (dlrmlib.backends.factory)
 MISSING = "–"  # what a cell shows when there is nothing to show (never NaN)
 
 
@@ -206,7 +207,7 @@ def headline_chart(bench: dict):
 
     best = best_builds(bench)
     batches = sorted({b for b, _ in best})
-    names = [p for p in PEERS if any(n == p for _, n in best)] + ([TVM] if any(n == TVM for _, n in best) else [])
+    names = _runtime_columns(best)
     fig, ax = plt.subplots(figsize=(7.2, 3.9))
     width = 0.8 / max(len(names), 1)
     for k, name in enumerate(names):
@@ -215,8 +216,11 @@ def headline_chart(bench: dict):
             if (b, name) in best:
                 xs.append(i + (k - (len(names) - 1) / 2) * width)
                 ys.append(best[(b, name)]["samples_per_s"])
-        colour = plots.TVM_COLOURS[0] if name == TVM else plots.style(name)[0]
-        ax.bar(xs, ys, width, color=colour, label="TVM (best build)" if name == TVM else name)
+        # a peer at reduced precision (openvino-bf16) in its fp32 run's colour, hatched
+        base = name.rsplit("-", 1)[0] if name.endswith(REDUCED_SUFFIXES) else name
+        colour = plots.TVM_COLOURS[0] if name == TVM else plots.style(base)[0]
+        ax.bar(xs, ys, width, color=colour, hatch="///" if base != name else None, edgecolor="white",
+               label="TVM (best build)" if name == TVM else name)
         if name == TVM:
             for x, y, b in zip(xs, ys, [b for b in batches if (b, TVM) in best]):
                 peer = _best_peer(best, b)
