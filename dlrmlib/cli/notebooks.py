@@ -6,6 +6,7 @@ from pathlib import Path
 
 from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.experiment import Experiment
+from dlrmlib.core.machine import precision_isa
 from dlrmlib.core.paths import REPO_ROOT
 from dlrmlib.reporting.headline import headline_table, unmeasured_notes
 from dlrmlib.reporting.report import render_report
@@ -51,11 +52,13 @@ def run_notebook(name: str, experiment: str, parameters: dict | None = None,
 
 
 def demo_parameters(name: str, preset: str, batch_size: int, samples: int) -> dict:
-    """Each notebook's parameters in the demo: a small tuning budget, and the custom kernels
-    built and every runtime measured at DEMO_BATCHES (and the experiment's batch size)."""
+    """Each notebook's parameters in the demo: a small tuning budget, the custom kernels built
+    and every runtime measured at DEMO_BATCHES (and the experiment's batch size), and an int8
+    build beside fp32 where the CPU has the instructions (the peers run at their best precision too)."""
     batches = sorted({*DEMO_BATCHES, batch_size})
+    precision = "int8" if precision_isa("int8") else "fp32"
     return {"01_setup": {"preset": preset, "batch_size": batch_size, "samples": samples},
-            "02_tune": {"trials": DEMO_TRIALS}, "03_build": {"batch_sizes": batches},
+            "02_tune": {"trials": DEMO_TRIALS}, "03_build": {"batch_sizes": batches, "precision": precision},
             "04_profile": {"batch_sizes": batches}}.get(name, {})
 
 
