@@ -97,7 +97,7 @@ def normalise_source(source: Path, params: dict) -> onnx.ModelProto:
     """The model at `source` normalised (graph only; its weights are never read)."""
     model = load_graph(source)
     check_external_data(model, source.parent)
-    return normalise_model(model, params["batch_size"], params["bags"], indices_per_bag=params["ids_per_bag"])
+    return normalise_model(model, params["batch_size"], params["bags"], indices_per_bag=params.get("ids_per_bag", 1))
 
 
 def _normalise(params: dict, experiment: Experiment, log, normalised: onnx.ModelProto | None = None
