@@ -1,11 +1,12 @@
-"""The gather + dot interaction + concatenation kernel alone: its row-blocking variants and its
-floors, interleaved in one process.
+"""Two hand-written kernels alone, each against its former variant, interleaved in one process:
+the gather + dot interaction + concatenation kernel (rows of the triangle per pass) and the
+int8 builds' per-row u8 quantisation (independent min/max chains per row).
 
 Tables of the small preset's shape (26 x 100,000 rows of 128 floats, random values, 1.3 GB),
 ids drawn uniformly (every row a random DRAM/L3 read) or all zero (the rows cache-resident: the
 arithmetic alone). Every repetition times each variant for `--calls` calls, in rotating order.
 
-    python benchmarks/bench_interaction.py --batch 128 --repeats 15
+    python benchmarks/bench_kernels.py --batch 128 --repeats 15
 """
 from __future__ import annotations
 
@@ -25,7 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--calls", type=int, default=100)
     parser.add_argument("--table-rows", type=int, default=100_000)
+    parser.add_argument("--widths", default="13,256,479,1024", help="quantised row widths (the small preset's int8 layers)")
     args = parser.parse_args(argv)
+    interaction(args)
+    quantisation(args)
+    return 0
+
+
+def interaction(args) -> None:
 
     import tvm
 
@@ -72,7 +80,43 @@ def main(argv: list[str] | None = None) -> int:
             ratio = statistics.median(b / t for b, t in zip(baseline, times))
             print(f"  rows={r} {name:<11} median {statistics.median(times) * 1e3:.4f} ms  "
                   f"min {min(times) * 1e3:.4f} ms  baseline/this (median of paired ratios) {ratio:.2f}x")
-    return 0
+
+
+def quantisation(args) -> None:
+    """quantize_rows_func with one min/max chain (former) and with MINMAX_CHAINS, [batch, K] rows."""
+    import tvm
+
+    from dlrmlib.core.target import host_target
+    from dlrmlib.core.timing import interleaved
+    from dlrmlib.schedules.reduced import MINMAX_CHAINS, padded_k, quantize_rows_func
+
+    target, rng, m = tvm.target.Target(host_target()), np.random.default_rng(0), args.batch
+    measures, outputs = {}, {}
+    for k in [int(w) for w in args.widths.split(",")]:
+        kp = padded_k(k, 64)
+        x = tvm.runtime.tensor(rng.standard_normal((m, k), dtype=np.float32))
+        for chains in (1, MINMAX_CHAINS):
+            fn = tvm.compile(tvm.IRModule({"q": quantize_rows_func(m, k, kp, True, chains=chains).with_attr(
+                "global_symbol", "q")}), target=target).jit()["q"]
+            out = [tvm.runtime.empty((m, kp), "uint8", tvm.cpu()), tvm.runtime.empty((m,), "float32", tvm.cpu()),
+                   tvm.runtime.empty((m,), "int32", tvm.cpu())]
+            fn(x, *out)
+            outputs[(k, chains)] = [o.numpy() for o in out]
+
+            def run(fn=fn, x=x, out=out) -> float:
+                start = time.perf_counter()
+                for _ in range(args.calls * 5):
+                    fn(x, *out)
+                return (time.perf_counter() - start) / (args.calls * 5)
+            measures[(k, chains)] = run
+    runs = interleaved({f"{k}|{c}": f for (k, c), f in measures.items()}, args.repeats, pause_s=0.01)
+    print(f"per-row u8 quantisation of [{m}, K], load average {os.getloadavg()[0]:.1f}:")
+    for k in [int(w) for w in args.widths.split(",")]:
+        same = all((a == b).all() for a, b in zip(outputs[(k, 1)], outputs[(k, MINMAX_CHAINS)]))
+        old, new = runs[f"{k}|1"], runs[f"{k}|{MINMAX_CHAINS}"]
+        ratio = statistics.median(o / n for o, n in zip(old, new))
+        print(f"  K={k:<5} 1 chain {statistics.median(old) * 1e6:7.2f} us  {MINMAX_CHAINS} chains "
+              f"{statistics.median(new) * 1e6:7.2f} us  former/new {ratio:.2f}x  outputs identical: {same}")
 
 
 if __name__ == "__main__":
