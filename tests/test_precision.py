@@ -200,3 +200,27 @@ def test_bench_rows_carry_precision_and_auc_ratio(experiment):
     for name in ("onnxruntime-int8", "openvino-bf16"):
         assert 0.9 < rows[name]["auc_ratio"] < 1.1 and rows[name]["agrees"] is None
         assert 0 < rows[name]["max_abs_diff_vs_reference"] < 0.05
+
+
+@pytest.mark.parametrize("k", [37, 100, 264])  # one chain; 4 chains + 2 leftover vectors; 4 chains + a scalar tail
+def test_row_quantisation_min_max_chains_change_nothing(k):
+    """The quantisation with 4 independent min/max chains per row gives the former one-chain
+    kernel's bytes, scales and zero points exactly, and the range numpy computes."""
+    import tvm
+
+    from dlrmlib.core.target import host_target
+    from dlrmlib.schedules import reduced
+
+    m, kp = 16, reduced.padded_k(k, 4)
+    x = np.random.default_rng(2).standard_normal((m, k)).astype(np.float32)
+    results = []
+    for chains in (1, reduced.MINMAX_CHAINS):
+        lib = _compile({"q": reduced.quantize_rows_func(m, k, kp, True, chains=chains)}, host_target())
+        out = [tvm.runtime.tensor(np.zeros((m, kp), np.uint8)), tvm.runtime.tensor(np.zeros(m, np.float32)),
+               tvm.runtime.tensor(np.zeros(m, np.int32))]
+        lib["q"](tvm.runtime.tensor(x), *out)
+        results.append([o.numpy() for o in out])
+    for former, new in zip(*results):
+        assert (former == new).all()
+    expected_scale = (np.maximum(x.max(axis=1), 0) - np.minimum(x.min(axis=1), 0)) / 255
+    np.testing.assert_allclose(results[1][1], expected_scale, rtol=1e-6)

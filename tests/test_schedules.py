@@ -54,8 +54,8 @@ def test_narrow_dense_matches_numpy(m, k, n, relu):
     np.testing.assert_allclose(out.numpy(), np.maximum(expected, 0) if relu else expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("stacked_ids", [False, True])
-def test_interaction_matches_numpy(stacked_ids):
+@pytest.mark.parametrize("stacked_ids,row_block", [(False, 2), (True, 1), (True, 2), (True, 3)])
+def test_interaction_matches_numpy(stacked_ids, row_block):
     import tvm
 
     from dlrmlib.schedules.interaction import InteractionShape, interaction_func, tril_pairs
@@ -68,7 +68,7 @@ def test_interaction_matches_numpy(stacked_ids):
     tables = [rng.standard_normal((r, dim), dtype=np.float32) for r in rows]
     out = tvm.runtime.empty((batch, shape.width), "float32", tvm.cpu())
     args = [x, np.stack(ids), *tables] if stacked_ids else [x, *ids, *tables]
-    _compile(shape.name, interaction_func(shape))(*[tvm.runtime.tensor(a) for a in args], out)
+    _compile(shape.name, interaction_func(shape, rows=row_block))(*[tvm.runtime.tensor(a) for a in args], out)
     z = np.stack([x] + [t[i] for t, i in zip(tables, ids)], axis=1)
     pairs = np.einsum("bid,bjd->bij", z, z).reshape(batch, -1)[:, tril_pairs(shape.vectors)]
     np.testing.assert_allclose(out.numpy(), np.concatenate([x, pairs], axis=1), rtol=1e-5, atol=1e-5)

@@ -16,6 +16,7 @@ from dlrmlib.schedules.script import parse_prim_func, tree_sum
 LANES = 16
 PREFETCH_SAMPLES = 4  # rows of the sample this many places ahead are requested now...
 PREFETCH_LOCALITY = 2  # ...into L2 (prefetcht1): into L1 (3), 4 samples' 832 lines evict each other
+ROWS = 2  # rows of the triangle computed together, sharing each loaded vector j (1: a pair at a time)
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,34 @@ def _prefetches(shape: InteractionShape, ids_ahead: list[str], distance: int, lo
             f"            for c in T.unroll({lines}):\n{body}\n")
 
 
-def _script(shape: InteractionShape, prefetch: int, locality: int) -> str:
+def _dots(shape: InteractionShape, rows: list[int], lanes: int) -> str:
+    """Loop body: the dot products of vectors `rows` with vector j, accumulated side by side in
+    acc (16-lane partial sums each), folded and stored at their places in the triangle."""
+    d, pad = shape.dim, " " * 12
+    lines = [f"{pad}for l in T.vectorized({len(rows) * lanes}):\n{pad}    acc[l] = T.float32(0)",
+             f"{pad}for c0 in range({d // lanes}):"]
+    lines += [f"{pad}    for l in T.vectorized({lanes}):\n{pad}        acc[{r * lanes} + l] = acc[{r * lanes} + l] + "
+              f"z[{i * d} + c0 * {lanes} + l] * z[j * {d} + c0 * {lanes} + l]" for r, i in enumerate(rows)]
+    for r, i in enumerate(rows):
+        lines.append(tree_sum(lanes, 12).replace("acc[", f"acc[{r * lanes} + "))
+        lines.append(f"{pad}out[s, {d + i * (i - 1) // 2} + j] = acc[{r * lanes}]")
+    return "\n".join(lines)
+
+
+def _triangle(shape: InteractionShape, lanes: int, rows: int) -> str:
+    """The strictly lower triangle, `rows` rows i at a time: each vector j < i is loaded once
+    for all of them (the row block's own vectors stay in registers); the pairs a block's later
+    rows have beyond its first row's j run after it, one row at a time."""
+    n, blocks = shape.vectors, []
+    for first in range(1, n, rows):
+        block = list(range(first, min(first + rows, n)))
+        blocks.append(f"        for j in range({first}):\n{_dots(shape, block, lanes)}")
+        for k, i in enumerate(block[1:], start=1):
+            blocks.append(f"        for j in range({first}, {i}):\n{_dots(shape, block[k:], lanes)}")
+    return "\n".join(blocks)
+
+
+def _script(shape: InteractionShape, prefetch: int, locality: int, rows: int) -> str:
     """TVMScript source: one argument per index vector and per table keeps every gather a
     plain load from the table's own buffer (no stacked copy of the tables)."""
     b, d, n, t = shape.batch, shape.dim, shape.vectors, len(shape.table_rows)
@@ -90,25 +118,19 @@ def {shape.name}(x: T.Buffer(({b}, {d}), "float32"), {idx_args}, {tab_args},
     T.func_attr({{"tirx.noalias": True}})
     for s in T.parallel({b}):
 {_prefetches(shape, ahead, prefetch, locality) if shape.id_rows is not None else ""}        z = T.decl_buffer(({n * d},), "float32")
-        acc = T.decl_buffer(({lanes},), "float32")
+        acc = T.decl_buffer(({rows * lanes},), "float32")
         for c in T.vectorized({d}):
             z[c] = x[s, c]
             out[s, c] = x[s, c]
 {gathers}
-        for i in range(1, {n}):
-            for j in range(i):
-                for l in T.vectorized({lanes}):
-                    acc[l] = T.float32(0)
-                for c0 in range({d // lanes}):
-                    for l in T.vectorized({lanes}):
-                        acc[l] = acc[l] + z[i * {d} + c0 * {lanes} + l] * z[j * {d} + c0 * {lanes} + l]
-{tree_sum(lanes, 16)}
-                out[s, {d} + i * (i - 1) // 2 + j] = acc[0]
+{_triangle(shape, lanes, rows)}
 '''
 
 
-def interaction_func(shape: InteractionShape, prefetch: int = PREFETCH_SAMPLES, locality: int = PREFETCH_LOCALITY):
+def interaction_func(shape: InteractionShape, prefetch: int = PREFETCH_SAMPLES, locality: int = PREFETCH_LOCALITY,
+                     rows: int = ROWS):
     """(x, idx_0..idx_{T-1}, table_0..table_{T-1}) -> [B, dim + pairs] PrimFunc; with the stacked
     [T, B] ids, each sample prefetches the rows of the sample `prefetch` places ahead, into the
-    cache level `locality` names (LLVM's prefetch: 3 = L1 ... 0 = no temporal locality)."""
-    return parse_prim_func(_script(shape, prefetch, locality), shape.name)
+    cache level `locality` names (LLVM's prefetch: 3 = L1 ... 0 = no temporal locality); `rows`
+    rows of the triangle share each load (1 is the one-pair-at-a-time kernel, kept to compare)."""
+    return parse_prim_func(_script(shape, prefetch, locality, rows), shape.name)

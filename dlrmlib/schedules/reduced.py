@@ -161,20 +161,28 @@ def {name}(x: T.Buffer(({m}, {k}), "float32"), xb: T.Buffer(({m}, {kp}), "uint16
 # -- the kernels -------------------------------------------------------------------------------
 
 QUANTIZE_ROWS = 8  # rows per task: a buffer declared inside a parallel loop costs a workspace allocation
+MINMAX_CHAINS = 4  # 16-lane min/max accumulators per row, folded into one after the pass
 
 
-def quantize_rows_func(m: int, k: int, kp: int, parallel: bool, lanes: int = 16):
+def quantize_rows_func(m: int, k: int, kp: int, parallel: bool, lanes: int = 16, chains: int = MINMAX_CHAINS):
     """x[M, K] f32 -> (xq[M, Kp] u8, s_x[M], z_x[M]): per row, the range [min(x, 0), max(x, 0)]
     mapped onto 0..255 (zero exactly representable; ReLU outputs get z = 0). No scalar
-    temporaries: TVMScript makes each a buffer, which inside a parallel loop is a heap allocation."""
+    temporaries: TVMScript makes each a buffer, which inside a parallel loop is a heap allocation.
+    `chains` independent min/max accumulators per row (1: the former kernel, kept to compare)."""
     main = k - k % lanes
     rows = next(r for r in (QUANTIZE_ROWS, 4, 2, 1) if m % r == 0)
+    # independent min/max chains: one chain waits on vminps' latency for every vector
+    chains = chains if main // lanes >= chains else 1
+    vectors, blocked = main // lanes, main // lanes // chains * chains
     name = f"quantize_u8_m{m}_k{k}_kp{kp}"
     i = f"t * {rows} + ii"
     tail_minmax = "" if main == k else (
         f"\n            for r in range({main}, {k}):\n"
         f"                lo[0] = T.min(lo[0], x[{i}, r])\n                hi[0] = T.max(hi[0], x[{i}, r])")
-    fold = "\n".join(f"            for l in T.vectorized({h}):\n"
+    merge = "\n".join(f"            for l in T.vectorized({lanes}):\n"
+                      f"                lo[l] = T.min(lo[l], lo[{c * lanes} + l])\n                hi[l] = T.max(hi[l], hi[{c * lanes} + l])"
+                      for c in range(1, chains))
+    fold = merge + ("\n" if merge else "") + "\n".join(f"            for l in T.vectorized({h}):\n"
                      f"                lo[l] = T.min(lo[l], lo[l + {h}])\n                hi[l] = T.max(hi[l], hi[l + {h}])"
                      for h in (8, 4, 2, 1) if h < lanes)
     # floor(v + 0.5), not nearbyint: TVM's vectoriser leaves a loop with nearbyint scalar
@@ -186,13 +194,18 @@ def {name}(x: T.Buffer(({m}, {k}), "float32"), xq: T.Buffer(({m}, {kp}), "uint8"
            xs: T.Buffer(({m},), "float32"), xz: T.Buffer(({m},), "int32")):
     T.func_attr({{"tirx.noalias": True}})
     for t in {"T.parallel" if parallel else "range"}({m // rows}):
-        lo = T.decl_buffer(({lanes},), "float32")
-        hi = T.decl_buffer(({lanes},), "float32")
+        lo = T.decl_buffer(({chains * lanes},), "float32")
+        hi = T.decl_buffer(({chains * lanes},), "float32")
         for ii in range({rows}):
-            for l in T.vectorized({lanes}):
+            for l in T.vectorized({chains * lanes}):
                 lo[l] = T.float32(0)
                 hi[l] = T.float32(0)
-            for r0 in range({main // lanes}):
+            for r0 in range({blocked // chains}):
+                for c in T.unroll({chains}):
+                    for l in T.vectorized({lanes}):
+                        lo[c * {lanes} + l] = T.min(lo[c * {lanes} + l], x[{i}, (r0 * {chains} + c) * {lanes} + l])
+                        hi[c * {lanes} + l] = T.max(hi[c * {lanes} + l], x[{i}, (r0 * {chains} + c) * {lanes} + l])
+            for r0 in range({blocked}, {vectors}):
                 for l in T.vectorized({lanes}):
                     lo[l] = T.min(lo[l], x[{i}, r0 * {lanes} + l])
                     hi[l] = T.max(hi[l], x[{i}, r0 * {lanes} + l])
