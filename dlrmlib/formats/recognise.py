@@ -101,10 +101,12 @@ class _Probe:
         self.rows = max(PROBE_ROWS, self.tables * num_indices)
         self.indices = rng.permutation(self.rows)[:self.tables * num_indices].reshape(self.tables, num_indices)
         # Ends at num_indices (so it also reads as include_last_offset), one empty bag first,
-        # bags of different sizes (so sum and mean differ).
+        # then a bag of two ids (so sum, mean and max differ even when ids are few: spreading
+        # 2 ids over 3 bags made every bag hold one, and every mode agree), then the rest spread.
         offsets = np.round(np.linspace(0, num_indices, offsets_len)).astype(np.int64)
         if offsets_len > 2:
-            offsets[1] = 0
+            rest = np.linspace(min(2, num_indices), num_indices, offsets_len - 2)
+            offsets = np.concatenate([[0, 0], np.round(rest)]).astype(np.int64)
         self.offsets = np.tile(offsets, (self.tables, 1))
 
     def feeds(self) -> dict:
