@@ -224,3 +224,28 @@ def test_row_quantisation_min_max_chains_change_nothing(k):
         assert (former == new).all()
     expected_scale = (np.maximum(x.max(axis=1), 0) - np.minimum(x.min(axis=1), 0)) / 255
     np.testing.assert_allclose(results[1][1], expected_scale, rtol=1e-6)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_bf16_storage_kernel_equals_fp32_math_on_its_rounded_weights(relu):
+    """The bf16-storage GEMM (any AVX-512 host; AMX hosts build tdpbf16ps instead, so this is
+    its only check there): weights packed to bf16 bits, widened in registers, fp32 FMAs."""
+    import tvm
+
+    from dlrmlib.core.target import host_target
+    from dlrmlib.schedules import reduced
+
+    shape = DenseShape(m=8, k=37, n=64, relu=relu)
+    lib = _compile({"p": reduced.bf16_pack_func(64, 37), "g": reduced.bf16_dense_func(shape)}, host_target())
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal((8, 37)).astype(np.float32), rng.standard_normal((64, 37)).astype(np.float32)
+    b = rng.standard_normal(64).astype(np.float32)
+    t = tvm.runtime.tensor
+    packed, out = t(np.zeros((2, 37, 32), np.uint16)), t(np.zeros((8, 64), np.float32))
+    lib["p"](t(w), packed)
+    lib["g"](t(x), packed, t(b), out)
+    bits = packed.numpy().astype(np.uint32) << 16
+    rounded = bits.view(np.float32).transpose(0, 2, 1).reshape(64, 37)  # panels back to W's rows
+    assert np.abs(rounded - w).max() <= np.abs(w).max() * 2 ** -8, "bf16 keeps 8 bits of mantissa"
+    expected = x @ rounded.T + b
+    np.testing.assert_allclose(out.numpy(), np.maximum(expected, 0) if relu else expected, rtol=1e-5, atol=1e-5)

@@ -106,9 +106,14 @@ def dense_func(shape: DenseShape, vector_lanes: int = 16, config: DenseConfig = 
     unrolled; the epilogue writes the tile out once."""
     from tvm import s_tir
 
-    bn = config.bn
-    sch = s_tir.Schedule(dense_compute(shape, bn))
-    mr = config.rows(shape, vector_lanes)
+    sch = s_tir.Schedule(dense_compute(shape, config.bn))
+    register_tiles(sch, config.rows(shape, vector_lanes), config.bn, bool(config.threads(shape)))
+    return sch.mod["main"].with_attr("global_symbol", shape.name)
+
+
+def register_tiles(sch, mr: int, bn: int, parallel: bool) -> None:
+    """The packed GEMM's schedule on blocks "dense" (the reduction) and "epilogue": mr x bn
+    accumulator tiles in registers, K inside the tile loop, the tiles in parallel when asked."""
     dense = sch.get_sblock("dense")
     epilogue = sch.get_sblock("epilogue")
     i, j, r = sch.get_loops(dense)
@@ -118,14 +123,13 @@ def dense_func(shape: DenseShape, vector_lanes: int = 16, config: DenseConfig = 
     sch.set_scope(dense, 0, "local")
     sch.reverse_compute_at(epilogue, io)
     tiles = sch.fuse(jo, io)
-    if config.threads(shape):
+    if parallel:
         sch.parallel(tiles)
     sch.vectorize(ji)
     sch.unroll(ii)
     init = sch.decompose_reduction(dense, r)
     for block in (init, epilogue):
         sch.vectorize(sch.get_loops(block)[-1])
-    return sch.mod["main"].with_attr("global_symbol", shape.name)
 
 
 def narrow_dense_func(shape: DenseShape, lanes: int = 16):

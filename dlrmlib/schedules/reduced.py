@@ -19,7 +19,7 @@ survive TVM's bf16 legalisation, see docs/precision.md.)
 """
 from __future__ import annotations
 
-from dlrmlib.schedules.dense import DenseShape, row_block
+from dlrmlib.schedules.dense import DenseShape, register_tiles, row_block
 from dlrmlib.schedules.script import parse_prim_func as _parse
 
 
@@ -279,22 +279,7 @@ def bf16_dense_func(shape: DenseShape, vector_lanes: int = 16, bn: int = BF16_PA
     out = te.compute((m, n), (lambda i, j: tirx.max(acc[i, j] + b[j], zero)) if shape.relu else
                      (lambda i, j: acc[i, j] + b[j]), name="epilogue")
     sch = s_tir.Schedule(te.create_prim_func([x, wp, b, out]))
-    mr = row_block(m, vector_lanes)
-    dense, epilogue = sch.get_sblock("dense"), sch.get_sblock("epilogue")
-    i, j, red = sch.get_loops(dense)
-    io, ii = sch.split(i, [None, mr])
-    jo, ji = sch.split(j, [None, bn])
-    sch.reorder(jo, io, red, ii, ji)
-    sch.set_scope(dense, 0, "local")
-    sch.reverse_compute_at(epilogue, io)
-    tiles = sch.fuse(jo, io)
-    if shape.parallel:
-        sch.parallel(tiles)
-    sch.vectorize(ji)
-    sch.unroll(ii)
-    init = sch.decompose_reduction(dense, red)
-    for block in (init, epilogue):
-        sch.vectorize(sch.get_loops(block)[-1])
+    register_tiles(sch, row_block(m, vector_lanes), bn, bool(shape.parallel))
     return sch.mod["main"].with_attr("global_symbol", f"bf16_{shape.name}")
 
 
