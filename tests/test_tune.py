@@ -13,6 +13,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from tune_process import start_tune
 
 from dlrmlib.backends.tvm import TvmBackend
 from dlrmlib.building.build import build
@@ -60,11 +61,7 @@ def plain_log(experiment):
 
 
 def _start_tuning(experiment, trials: int) -> subprocess.Popen:
-    code = ("from dlrmlib.tuning.metaschedule import tune; "
-            f"tune({NAME!r}, trials={trials}, trials_per_batch={BATCH}, progress=False, space='hand-written')")
-    env = {**os.environ, "DLRM_EXPERIMENTS_DIR": str(experiment.root.parent)}
-    return subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return start_tune(experiment, trials, BATCH, space="hand-written")
 
 
 def _wait_for_records(folder, at_least: int, process: subprocess.Popen, timeout: float = 240) -> None:

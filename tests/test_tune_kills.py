@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from tune_process import start_tune
 
 from dlrmlib.cli.main import main as dlrm
 from dlrmlib.formats.tuning_log import (
@@ -37,11 +38,7 @@ def experiment(experiments_root):
 
 
 def _start(experiment, trials: int) -> subprocess.Popen:
-    code = ("from dlrmlib.tuning.metaschedule import tune; "
-            f"tune({NAME!r}, trials={trials}, trials_per_batch={BATCH}, progress=False)")
-    env = {**os.environ, "DLRM_EXPERIMENTS_DIR": str(experiment.root.parent)}
-    return subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return start_tune(experiment, trials, BATCH)
 
 
 def _lines(path) -> int:
