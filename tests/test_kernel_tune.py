@@ -29,14 +29,20 @@ def _tune(experiment, folder):
 
 
 def test_kernel_log_records_every_candidate_per_pass_and_resumes(experiment, tmp_path):
+    import tvm
+
+    from dlrmlib.core.target import host_target
     from dlrmlib.schedules.knobs import LOG_FILE, read_log
+    from dlrmlib.schedules.rewrite import vector_lanes
     from dlrmlib.tuning.kernels import candidates, model_kernels
 
     kernels = model_kernels(experiment)
     assert {k.kind for k in kernels} == {"dense", "narrow", "interaction"}
     interaction = next(k for k in kernels if k.kind == "interaction")
     assert len(interaction.table_params) == 26
-    expected = sum(len(candidates(k, 16)) for k in kernels)
+    # the candidates follow the host's vector width (16 fp32 lanes with AVX-512, 8 with AVX2)
+    lanes = vector_lanes(tvm.target.Target(host_target()))
+    expected = sum(len(candidates(k, lanes)) for k in kernels)
 
     _tune(experiment, tmp_path)
     records = read_log(tmp_path)
