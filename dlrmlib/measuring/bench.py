@@ -24,7 +24,15 @@ from typing import Callable, Iterator
 import numpy as np
 
 from dlrmlib.backends import batch_inputs, predict_all
-from dlrmlib.backends.factory import DEFAULT_RUNTIMES, REFERENCE, RUNTIMES, TorchModule, make_backend
+from dlrmlib.backends.factory import (
+    CALIBRATED,
+    DEFAULT_RUNTIMES,
+    REFERENCE,
+    RUNTIMES,
+    TorchModule,
+    calibration_batches,
+    make_backend,
+)
 from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.experiment import Experiment
 from dlrmlib.core.files import write_json
@@ -96,17 +104,21 @@ def normalised_for_batch(exp: Experiment, batch_size: int) -> Iterator[Path]:
 
 
 def _make_backends(exp: Experiment, runtimes: list[str], config: Config, builds: dict[Path, dict],
-                   torch_module: TorchModule, log) -> tuple[list, list[dict]]:
+                   torch_module: TorchModule, log, data=None) -> tuple[list, list[dict]]:
     """The runtimes for one configuration (`builds`: each TVM manifest's path and content), and a
-    note for each one that could not run there."""
+    note for each one that could not run there; the CALIBRATED peers calibrate on `data`'s
+    calibration slice."""
     backends, notes = [], []
     peers = [r for r in runtimes if r != "tvm"]
+    calibration = (calibration_batches(data, config.batch_size) if data is not None and set(peers) & set(CALIBRATED)
+                   else None)
     if peers:
         with normalised_for_batch(exp, config.batch_size) as model_path:
             for runtime in peers:
                 try:
                     backends.append(make_backend(runtime, model_path=model_path, batch_size=config.batch_size,
-                                                 threads=config.threads, torch_module=torch_module))
+                                                 threads=config.threads, torch_module=torch_module,
+                                                 calibration=calibration))
                 except Exception as e:  # a peer that fails is reported, not fatal
                     notes.append(_note(runtime, config, f"failed to load: {_short(e)}"))
                     log(f"[bench] {runtime} at batch {config.batch_size}: {_short(e)}")
@@ -262,7 +274,7 @@ def bench(experiment: Experiment | str, batch_sizes: list[int] | None = None, th
     torch_module = TorchModule(exp)
     for config in configs:
         log(f"[bench] batch {config.batch_size}, {config.threads} thread(s) ({' + '.join(config.sweeps)} sweep)")
-        backends, notes = _make_backends(exp, list(runtimes), config, builds, torch_module, log)
+        backends, notes = _make_backends(exp, list(runtimes), config, builds, torch_module, log, data)
         rows = (run_config(backends, _batches(data, config.batch_size), repeats, warmup, log, pause_s)
                 if backends else [])
         _add_auc_ratios(rows, backends, data)
@@ -288,8 +300,10 @@ def bench(experiment: Experiment | str, batch_sizes: list[int] | None = None, th
 
 
 def _add_auc_ratios(rows: list[dict], backends: list, data) -> None:
-    """Each row's AUC over the test data against the fp32 reference's (reference.npy), and the
-    largest score difference: a reduced-precision row is only comparable with its accuracy."""
+    """Each row's AUC over the test data's scored samples (after the calibration slice, which a
+    statically quantised peer calibrated on) against the fp32 reference's (reference.npy), and
+    the largest score difference: a reduced-precision row is only comparable with its accuracy."""
+    data = data.scored()
     for row, backend in zip(rows, backends):
         batches = -(-len(data.dense) // backend.batch_size)
         # by the measured median, not the first call (a runtime's first call may compile, or meet a busy machine)
