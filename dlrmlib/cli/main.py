@@ -80,8 +80,12 @@ def cmd_build(args) -> int | None:
         if args.prepack is not None or args.tuning_log:
             raise DlrmError("--[no-]prepack and --tuning-log apply to MetaSchedule builds (--schedule default); custom "
                             "builds always prepack and take --kernel-log")
-        default_tag = ("custom" if args.precision == "fp32" else f"custom_{args.precision}") + suffix
-        recipe = recipes.Custom(Path(kernel_log) if kernel_log else None, args.tag or default_tag, args.precision)
+        if args.calibration and args.precision != "int8":
+            raise DlrmError("--calibration applies to --precision int8 (its activations' scales)")
+        static = "_static" if args.calibration == "static" else ""
+        default_tag = ("custom" if args.precision == "fp32" else f"custom_{args.precision}{static}") + suffix
+        recipe = recipes.Custom(Path(kernel_log) if kernel_log else None, args.tag or default_tag, args.precision,
+                                calibration=args.calibration or "dynamic")
     else:
         if args.kernel_log:
             raise DlrmError("--kernel-log applies to --schedule custom")
@@ -152,6 +156,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
                    help="the Dense layers' precision: int8 (VNNI, per-channel weights, per-row u8 activations) or "
                         "bf16 weights; gated on accuracy (docs/precision.md; default: %(default)s)")
+    p.add_argument("--calibration", choices=["dynamic", "static"],
+                   help="int8 activations: dynamic (a scale per row of every batch) or static (one per layer from the "
+                        "test data's calibration slice, docs/precision.md; tag custom_int8_static) (default: dynamic)")
     p.add_argument("--min-auc-ratio", type=float, default=0.999, metavar="R",
                    help="accuracy gate of a bf16/int8 build: AUC >= R x the fp32 reference's (default: %(default)s)")
     p.add_argument("--batch-size", type=batch_size,

@@ -36,10 +36,11 @@ from dlrmlib.backends.factory import (
 from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.experiment import Experiment
 from dlrmlib.core.files import write_json
-from dlrmlib.core.machine import ALLOWED_CPUS, provenance, tvm_pool_threads
+from dlrmlib.core.machine import ALLOWED_CPUS, precision_peaks, provenance, tvm_pool_threads
 from dlrmlib.core.metrics import accuracy, spread
 from dlrmlib.core.timing import PAUSE_S, interleaved, seconds_of
 from dlrmlib.formats.normalise import load_graph, normalise_model
+from dlrmlib.formats.presets import PRESETS
 from dlrmlib.formats.testdata import read_test_data
 from dlrmlib.formats.weights import read_manifest
 
@@ -272,6 +273,7 @@ def bench(experiment: Experiment | str, batch_sizes: list[int] | None = None, th
               "tvm_builds": {facts["build"]["tag"]: facts["batch_size"] for facts in builds.values()},
               "agreement_tolerance": AGREEMENT, "rows": []}
     torch_module = TorchModule(exp)
+    result["peaks"], flops = _peaks(exp, log)
     for config in configs:
         log(f"[bench] batch {config.batch_size}, {config.threads} thread(s) ({' + '.join(config.sweeps)} sweep)")
         backends, notes = _make_backends(exp, list(runtimes), config, builds, torch_module, log, data)
@@ -280,6 +282,9 @@ def bench(experiment: Experiment | str, batch_sizes: list[int] | None = None, th
         _add_auc_ratios(rows, backends, data)
         for row in rows:
             row.update(threads=config.threads, sweeps=list(config.sweeps))
+            if flops and row.get("samples_per_s"):  # the share of the peak of the row's own precision
+                peak = result["peaks"].get(row["precision"], result["peaks"]["fp32"])["gops"]
+                row["fraction_of_peak"] = row["samples_per_s"] * flops / 1e9 / peak
         result["rows"] += rows + notes
         _log_rows(rows, log)
         del backends
@@ -297,6 +302,15 @@ def bench(experiment: Experiment | str, batch_sizes: list[int] | None = None, th
                         f"{worst['runtime']} at batch {worst['batch_size']}, "
                         f"{worst['max_abs_diff_vs_onnxruntime']:.2e}); recorded as failed in {path}")
     return result
+
+
+def _peaks(exp: Experiment, log) -> tuple[dict, int | None]:
+    """The machine's peak per precision now (dlrmlib.core.machine.precision_peaks), and the
+    model's FLOPs per sample when it is a preset's (a model of your own: no share of the peak)."""
+    peaks = precision_peaks()
+    log("[bench] peaks now: " + ", ".join(f"{p} {v['gops']:.0f} G ops/s ({v['how']})" for p, v in peaks.items()))
+    preset = exp.params.get("preset")
+    return peaks, PRESETS[preset].flops_per_sample() if preset in PRESETS else None
 
 
 def _add_auc_ratios(rows: list[dict], backends: list, data) -> None:
@@ -345,6 +359,7 @@ def bench_table(result: dict, sweep: str | None = None):
         rows.append({"runtime": r["runtime"], "precision": r.get("precision", "fp32"), "auc ratio": r.get("auc_ratio"),
                      "batch size": r["batch_size"], "threads": r["threads"],
                      "samples/s": r.get("samples_per_s"), "ratio to onnxruntime": r.get("ratio_to_onnxruntime"),
+                     "% of its precision's peak": 100 * r["fraction_of_peak"] if r.get("fraction_of_peak") else None,
                      "latency ms (median)": lat.get("median"), "p10": lat.get("p10"), "p90": lat.get("p90"),
                      "runs": lat.get("n"), "first call s": r.get("first_call_s"),
                      "max |diff| vs onnxruntime": r.get("max_abs_diff_vs_onnxruntime"),
@@ -353,4 +368,4 @@ def bench_table(result: dict, sweep: str | None = None):
     if table.empty:
         return table
     return table.sort_values(["threads", "batch size", "runtime"]).reset_index(drop=True).round(
-        {"samples/s": 1, "ratio to onnxruntime": 4, "latency ms (median)": 3, "p10": 3, "p90": 3, "first call s": 2})
+        {"samples/s": 1, "ratio to onnxruntime": 4, "% of its precision's peak": 1, "latency ms (median)": 3, "p10": 3, "p90": 3, "first call s": 2})

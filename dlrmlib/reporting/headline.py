@@ -24,7 +24,7 @@ PEERS = ("onnxruntime", "openvino", "pytorch-eager", "pytorch-compile")
 TVM = "tvm"
 REDUCED_SUFFIXES = ("-bf16", "-int8", "-int8-static")  # peers at their best precision (dlrmlib.backends.factory)
 MISSING = "–"  # what a cell shows when there is nothing to show (never NaN)
-SHOWN = ("batch", TVM, "TVM build", "precision", "best peer", "its samples/s", "x best peer", "AUC / ref.")
+SHOWN = ("batch", TVM, "TVM build", "precision", "% peak", "best peer", "its samples/s", "x best peer", "AUC / ref.")
 
 
 def family(runtime: str) -> str:
@@ -98,6 +98,7 @@ def headline_frame(bench: dict, exp: Experiment | None = None) -> pd.DataFrame:
         tag = tvm["runtime"].removeprefix("tvm-") if tvm else None
         row["TVM build"] = tag
         row["precision"] = _precision(tvm) if tvm else None
+        row["% peak"] = 100 * tvm["fraction_of_peak"] if tvm and tvm.get("fraction_of_peak") else np.nan
         row["best peer"] = peer["runtime"] if peer else None
         row["its samples/s"] = peer["samples_per_s"] if peer else np.nan
         row["x best peer"] = tvm["samples_per_s"] / peer["samples_per_s"] if tvm and peer else np.nan
@@ -120,6 +121,8 @@ def headline_table(bench: dict, exp: Experiment | None = None) -> pd.DataFrame:
             shown[col] = values.astype(int).astype(str)
         elif col == "x best peer":
             shown[col] = [f"{v:.2f}x" if pd.notna(v) else MISSING for v in values]
+        elif col == "% peak":
+            shown[col] = [f"{v:.0f} %" if pd.notna(v) else MISSING for v in values]
         elif col == "AUC / ref.":
             shown[col] = [f"{v:.4f}" if pd.notna(v) else MISSING for v in values]
         elif col in ("TVM build", "precision", "best peer"):
@@ -136,7 +139,9 @@ def table_legend(bench: dict) -> str:
                  else f"peers: {', '.join(sorted(peers))}")
     return (f"samples/s of TVM's fastest build and of the fastest peer ({precision}; every runtime in the chart); "
             f"x best peer: TVM's over the fastest other "
-            f"runtime's that keeps {MIN_AUC_RATIO:.1%} of the reference AUC, at any precision; AUC / ref.: the TVM build's AUC on the test labels over ONNX Runtime's.")
+            f"runtime's that keeps {MIN_AUC_RATIO:.1%} of the reference AUC, at any precision; % peak: TVM's share of the machine's "
+            f"peak of its precision (fp32 sgemm, int8 GEMM through PyTorch/oneDNN); AUC / ref.: the TVM build's AUC on the "
+            f"test labels over ONNX Runtime's, after the calibration slice.")
 
 
 def headline_sentence(bench: dict) -> str:
