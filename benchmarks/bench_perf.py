@@ -282,6 +282,7 @@ def main(argv=None) -> int:
                    help="where shipped kernel logs live (<dir>/<machine>/<preset>/b<batch>); '' for default knobs")
     p.add_argument("--json", type=Path, help="also write the rows here")
     p.add_argument("--figure", type=Path, help="also save the chart (perf_vs_peers.png) into this folder")
+    p.add_argument("--replot", type=Path, metavar="JSON", help="only draw the chart again from an earlier run's --json")
     args = p.parse_args(argv)
 
     cores = os.sched_getaffinity(0)
@@ -293,7 +294,11 @@ def main(argv=None) -> int:
     from dlrmlib.backends.factory import make_backend
     from dlrmlib.formats.presets import PRESETS
 
+    if args.replot:  # the chart again from an earlier run's --json rows, nothing measured
+        print(f"chart: {chart(json.loads(args.replot.read_text()), args.figure or Path('.'))}")
+        return 0
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    machine = machine_caption()  # the load average at the start
     flops = PRESETS[args.preset].flops_per_sample()
     rows, source = [], None
     for batch in [int(b) for b in args.batches.split(",")]:
@@ -324,17 +329,31 @@ def main(argv=None) -> int:
         if any(r["mode"] == mode for r in rows):
             print(f"\n{mode}:")
             print_table([r for r in rows if r["mode"] == mode])
+    rows = [{**r, "machine": machine, "preset": args.preset, "threads": threads} for r in rows]
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     if args.figure:
-        from dlrmlib.core.machine import caption, provenance
-        from dlrmlib.core.target import machine_kind
-        from dlrmlib.reporting.plots import perf_vs_peers, save
-
-        text = (f"{machine_kind()}: {caption(provenance())}; {args.preset} preset, TVM {'/'.join(precisions)}, "
-                f"{threads} threads per runtime, medians of {args.repeats} interleaved rounds")
-        print(f"chart: {save(perf_vs_peers(rows, text), args.figure, 'perf_vs_peers')}")
+        print(f"chart: {chart(rows, args.figure)}")
     return 0
+
+
+def machine_caption() -> str:
+    """The machine kind, CPU, flags, load average now and versions: the chart's caption."""
+    from dlrmlib.core.machine import caption, provenance
+    from dlrmlib.core.target import machine_kind
+
+    return f"{machine_kind()}: {caption(provenance())}"
+
+
+def chart(rows: list[dict], folder: Path) -> Path:
+    """perf_vs_peers.png from a run's rows, captioned with the machine as it was at the run's start."""
+    from dlrmlib.reporting.plots import perf_vs_peers, save
+
+    first = rows[0]
+    built = sorted({r["precision"] for r in rows if r["runtime"].startswith("tvm")})
+    text = (f"{first.get('machine', '')}; {first.get('preset', '?')} preset, TVM builds {'/'.join(built)}, "
+            f"{first.get('threads', '?')} threads per runtime, medians of {first['repeats']} interleaved rounds")
+    return save(perf_vs_peers(rows, text), folder, "perf_vs_peers")
 
 
 if __name__ == "__main__":
