@@ -14,10 +14,13 @@ Two ways to use the cores, two tables:
   throughput a server gets.
 
 Reduced precision (`--precisions fp32,int8,bf16`): TVM builds `custom_int8` / `custom_bf16` beside
-`custom`, the peers at their best precision (OpenVINO bf16, ONNX Runtime int8 quantize_dynamic,
-PyTorch bf16 autocast) beside their fp32 runs; every row has its precision and its AUC over the
-test data against the fp32 reference's, and TVM's fastest build is compared with the fastest
-peer that passes the same 99.9 % gate.
+`custom`, the peers at their best precision (OpenVINO bf16 and int8 through NNCF, ONNX Runtime
+int8 quantize_dynamic and quantize_static, PyTorch bf16 autocast) beside their fp32 runs; every
+row has its precision and its AUC over the scored test samples (after the calibration slice the
+static peers calibrate on) against the fp32 reference's, and TVM's fastest build is compared
+with the fastest peer that passes the same 99.9 % gate. The machine's peak per precision (fp32
+sgemm, int8 GEMM through PyTorch/oneDNN, bf16 where the CPU has bf16 arithmetic) is timed after
+every round, and each row's share of the peak is of its own precision's.
 
     python benchmarks/bench_perf.py --preset small --batches 1,128,256,2048
 """
@@ -35,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 PEERS = ("onnxruntime", "openvino", "pytorch-eager")
-REDUCED_PEERS = ("onnxruntime-int8", "openvino-bf16", "pytorch-eager-bf16")
+REDUCED_PEERS = ("onnxruntime-int8", "onnxruntime-int8-static", "openvino-bf16", "openvino-int8", "pytorch-eager-bf16")
 WORK_S = 0.2  # timed work per runtime per repetition
 GATE = 0.999  # AUC ratio a row must reach to count as a peer (MLPerf's high-accuracy target)
 
@@ -85,17 +88,23 @@ def ensure_experiment(name: str, preset: str, batch: int, tag: str, log, source=
     return exp
 
 
+def precision_of(runtime: str) -> str:
+    """A parallel row's precision from its name (`onnxruntime-int8 x2`; the native TVM rows run fp32)."""
+    return next((p for p in ("int8", "bf16") if f"-{p}" in runtime), "fp32")
+
+
 def precision_tag(tag: str, precision: str) -> str:
     return tag if precision == "fp32" else f"{tag}_{precision}"
 
 
 def auc_ratios(exp, backends: list) -> dict:
-    """name -> (AUC over the test data / the fp32 reference's, largest score difference)."""
+    """name -> (AUC over the scored test samples, after the calibration slice / the fp32
+    reference's, largest score difference)."""
     from dlrmlib.backends import predict_all
     from dlrmlib.core.metrics import accuracy
     from dlrmlib.formats.testdata import read_test_data
 
-    data, found = read_test_data(exp.testdata_dir), {}
+    data, found = read_test_data(exp.testdata_dir).scored(), {}
     for b in backends:
         figures = accuracy(predict_all(b, data.dense, data.sparse), data.reference, data.labels)
         found[b.name] = (figures["auc"] / figures["reference_auc"], figures["max_abs_error"])
@@ -104,13 +113,16 @@ def auc_ratios(exp, backends: list) -> dict:
 
 def make_peers(exp, batch: int, names: list[str], threads: int, log) -> list:
     """The peers that load here; one that does not is reported and skipped."""
-    from dlrmlib.backends.factory import TorchModule, make_backend
+    from dlrmlib.backends.factory import CALIBRATED, TorchModule, calibration_batches, make_backend
+    from dlrmlib.formats.testdata import read_test_data
 
     torch_module, peers = TorchModule(exp), []
+    calibration = (calibration_batches(read_test_data(exp.testdata_dir), batch) if set(names) & set(CALIBRATED)
+                   else None)
     for name in names:
         try:
             peers.append(make_backend(name, model_path=exp.normalised_model, batch_size=batch, threads=threads,
-                                      torch_module=torch_module))
+                                      torch_module=torch_module, calibration=calibration))
         except Exception as e:  # noqa: BLE001 - a missing peer is a note, not a failure
             log(f"[perf] {name} unavailable at batch {batch}: {type(e).__name__}: {str(e)[:120]}")
     return peers
@@ -136,15 +148,15 @@ def seconds_per_batch(backend, batches: list[dict]) -> float:
     return statistics.median(times)
 
 
-def sgemm_gflops(n: int = 2048) -> float:
-    """This machine's practical fp32 peak now: a large numpy sgemm, best of 3."""
-    from dlrmlib.core.machine import measure_peak_gflops
+def peaks_now(n: int = 2048) -> dict[str, float]:
+    """This machine's practical peak per precision now (G ops/s; dlrmlib.core.machine.precision_peaks)."""
+    from dlrmlib.core.machine import precision_peaks
 
-    return measure_peak_gflops(n, repeats=3)
+    return {precision: p["gops"] for precision, p in precision_peaks(n, repeats=3).items()}
 
 
-def measure(backends: list, batches: list[dict], repeats: int, log) -> tuple[dict, list[float]]:
-    """Per runtime: seconds per batch, one per repetition; and the sgemm peak per repetition."""
+def measure(backends: list, batches: list[dict], repeats: int, log) -> tuple[dict, list[dict]]:
+    """Per runtime: seconds per batch, one per repetition; and the peaks per repetition."""
     for b in backends:  # warm-up, and every output must agree with ONNX Runtime's
         b.predict(batches[0])
     reference = backends[0].predict(batches[0])
@@ -155,13 +167,13 @@ def measure(backends: list, batches: list[dict], repeats: int, log) -> tuple[dic
                                   repeats)
 
 
-def interleaved_with_peaks(measures: dict, repeats: int) -> tuple[dict, list[float]]:
-    """dlrmlib's interleaved rounds, timing the sgemm peak after each: name -> one value per
-    repetition, and the peaks."""
+def interleaved_with_peaks(measures: dict, repeats: int) -> tuple[dict, list[dict]]:
+    """dlrmlib's interleaved rounds, timing the peaks per precision after each: name -> one
+    value per repetition, and the peaks (precision -> G ops/s) per repetition."""
     from dlrmlib.core.timing import interleaved  # after main() has set TVM_NUM_THREADS
 
-    peaks: list[float] = []
-    runs = interleaved(measures, repeats, after_round=lambda: peaks.append(sgemm_gflops()))
+    peaks: list[dict] = []
+    runs = interleaved(measures, repeats, after_round=lambda: peaks.append(peaks_now()))
     return runs, peaks
 
 
@@ -191,9 +203,9 @@ def parallel_sessions(exp, batch: int, name: str, streams: int, log) -> list:
 
 
 def measure_parallel(exp, batch: int, names: list[str], tag: str, streams: int, repeats: int,
-                     samples_per_s_guess: float, log) -> tuple[dict, list[float]]:
+                     samples_per_s_guess: float, log) -> tuple[dict, list[dict]]:
     """Samples/s per runtime with `streams` requests in flight, one per repetition (rotating
-    order), and the sgemm peak per repetition."""
+    order), and the peaks per repetition."""
     from dlrmlib.formats.testdata import read_test_data
     from dlrmlib.measuring.bench import parallel_samples_per_s
 
@@ -215,11 +227,12 @@ def measure_parallel(exp, batch: int, names: list[str], tag: str, streams: int, 
     return interleaved_with_peaks(measures, repeats)
 
 
-def rows_for_batch(batch: int, runs: dict, peaks: list[float], flops: float, tvm_name: str,
+def rows_for_batch(batch: int, runs: dict, peaks: list[dict], flops: float, tvm_name: str,
                    accuracy: dict | None = None, precisions: dict | None = None) -> list[dict]:
     """One row per runtime; the best peer is the fastest non-TVM runtime whose AUC ratio passes
-    the gate (every peer when the accuracy was not measured)."""
-    peak = statistics.median(peaks)
+    the gate (every peer when the accuracy was not measured); `fraction_of_peak` is of the peak
+    of the row's own precision (median over the rounds)."""
+    peak = {p: statistics.median(round_[p] for round_ in peaks) for p in peaks[0]}
     medians = {name: statistics.median(t) for name, t in runs.items()}
     accuracy, precisions = accuracy or {}, precisions or {}
     passing = [n for n in medians if not n.startswith("tvm") and accuracy.get(n, (1.0,))[0] >= GATE]
@@ -227,23 +240,29 @@ def rows_for_batch(batch: int, runs: dict, peaks: list[float], flops: float, tvm
     rows = []
     for name, sec in medians.items():
         ratio, diff = accuracy.get(name, (None, None))
-        rows.append({"batch": batch, "runtime": name, "precision": precisions.get(name, "fp32"), "auc_ratio": ratio,
+        precision = precisions.get(name, "fp32")
+        own_peak = peak.get(precision, peak["fp32"])
+        rows.append({"batch": batch, "runtime": name, "precision": precision, "auc_ratio": ratio,
                      "max_abs_diff_vs_reference": diff, "ms_per_batch": sec * 1e3, "samples_per_s": batch / sec,
-                     "gflops": batch * flops / sec / 1e9, "fraction_of_peak": batch * flops / sec / 1e9 / peak,
-                     "ratio_to_best_peer": medians[best_peer] / sec, "best_peer": best_peer,
+                     "gflops": batch * flops / sec / 1e9, "fraction_of_peak": batch * flops / sec / 1e9 / own_peak,
+                     "peak_gops": own_peak, "ratio_to_best_peer": medians[best_peer] / sec, "best_peer": best_peer,
                      "spread_ms": [min(runs[name]) * 1e3, max(runs[name]) * 1e3], "repeats": len(runs[name]),
-                     "sgemm_peak_gflops": peak})
+                     "sgemm_peak_gflops": peak["fp32"], "peaks_gops": peak})
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'batch':>5}  {'runtime':<26} {'prec':<5} {'AUC ratio':>9} {'ms/batch':>9} {'samples/s':>10} "
-          f"{'GFLOP/s':>8} {'% peak':>7} {'x best peer':>11}  sgemm peak")
+    """The rows; `% peak`: of the peak of the row's own precision (`peak`, G ops/s, same run)."""
+    print(f"{'batch':>5}  {'runtime':<30} {'prec':<5} {'AUC ratio':>9} {'ms/batch':>9} {'samples/s':>10} "
+          f"{'GFLOP/s':>8} {'% peak':>7} {'peak':>6} {'x best peer':>11}")
     for r in rows:
         auc = f"{r['auc_ratio']:.4f}" if r.get("auc_ratio") is not None else "-"
-        print(f"{r['batch']:>5}  {r['runtime']:<26} {r.get('precision', 'fp32'):<5} {auc:>9} {r['ms_per_batch']:>9.3f} "
+        print(f"{r['batch']:>5}  {r['runtime']:<30} {r.get('precision', 'fp32'):<5} {auc:>9} {r['ms_per_batch']:>9.3f} "
               f"{r['samples_per_s']:>10.0f} {r['gflops']:>8.1f} {100 * r['fraction_of_peak']:>6.1f}% "
-              f"{r['ratio_to_best_peer']:>10.2f}x  {r['sgemm_peak_gflops']:.0f} GFLOP/s")
+              f"{r.get('peak_gops', r['sgemm_peak_gflops']):>6.0f} {r['ratio_to_best_peer']:>10.2f}x")
+    if rows and rows[0].get("peaks_gops"):
+        print("   peaks (median of the rounds, G ops/s): " +
+              ", ".join(f"{p} {v:.0f}" for p, v in rows[0]["peaks_gops"].items()))
 
 
 def main(argv=None) -> int:
@@ -263,6 +282,7 @@ def main(argv=None) -> int:
                    help="where shipped kernel logs live (<dir>/<machine>/<preset>/b<batch>); '' for default knobs")
     p.add_argument("--json", type=Path, help="also write the rows here")
     p.add_argument("--figure", type=Path, help="also save the chart (perf_vs_peers.png) into this folder")
+    p.add_argument("--replot", type=Path, metavar="JSON", help="only draw the chart again from an earlier run's --json")
     args = p.parse_args(argv)
 
     cores = os.sched_getaffinity(0)
@@ -274,7 +294,11 @@ def main(argv=None) -> int:
     from dlrmlib.backends.factory import make_backend
     from dlrmlib.formats.presets import PRESETS
 
+    if args.replot:  # the chart again from an earlier run's --json rows, nothing measured
+        print(f"chart: {chart(json.loads(args.replot.read_text()), args.figure or Path('.'))}")
+        return 0
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    machine = machine_caption()  # the load average at the start
     flops = PRESETS[args.preset].flops_per_sample()
     rows, source = [], None
     for batch in [int(b) for b in args.batches.split(",")]:
@@ -297,22 +321,39 @@ def main(argv=None) -> int:
             guess = next(r["samples_per_s"] for r in latency_rows if r["runtime"].startswith("tvm"))
             runs, peaks = measure_parallel(exp, batch, args.peers.split(","), args.tag, streams, args.repeats,
                                            guess, log)
-            parallel_rows = rows_for_batch(batch, runs, peaks, flops, f"tvm-{args.tag} native x{streams}")
+            parallel_rows = rows_for_batch(batch, runs, peaks, flops, f"tvm-{args.tag} native x{streams}",
+                                           precisions={n: precision_of(n) for n in runs})
             rows += [{**r, "mode": "parallel", "streams": streams} for r in parallel_rows]
             print_table(parallel_rows)
     for mode in ("latency", "parallel"):
         if any(r["mode"] == mode for r in rows):
             print(f"\n{mode}:")
             print_table([r for r in rows if r["mode"] == mode])
+    rows = [{**r, "machine": machine, "preset": args.preset, "threads": threads} for r in rows]
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     if args.figure:
-        from dlrmlib.core.machine import caption, provenance
-        from dlrmlib.reporting.plots import perf_vs_peers, save
-
-        text = f"{args.preset} preset, {'/'.join(precisions)}, {threads} threads per runtime; {caption(provenance())}"
-        print(f"chart: {save(perf_vs_peers(rows, text), args.figure, 'perf_vs_peers')}")
+        print(f"chart: {chart(rows, args.figure)}")
     return 0
+
+
+def machine_caption() -> str:
+    """The machine kind, CPU, flags, load average now and versions: the chart's caption."""
+    from dlrmlib.core.machine import caption, provenance
+    from dlrmlib.core.target import machine_kind
+
+    return f"{machine_kind()}: {caption(provenance())}"
+
+
+def chart(rows: list[dict], folder: Path) -> Path:
+    """perf_vs_peers.png from a run's rows, captioned with the machine as it was at the run's start."""
+    from dlrmlib.reporting.plots import perf_vs_peers, save
+
+    first = rows[0]
+    built = sorted({r["precision"] for r in rows if r["runtime"].startswith("tvm")})
+    text = (f"{first.get('machine', '')}; {first.get('preset', '?')} preset, TVM builds {'/'.join(built)}, "
+            f"{first.get('threads', '?')} threads per runtime, medians of {first['repeats']} interleaved rounds")
+    return save(perf_vs_peers(rows, text), folder, "perf_vs_peers")
 
 
 if __name__ == "__main__":

@@ -103,7 +103,8 @@ def test_int8_build_passes_the_gate_and_records_it(experiment, int8_build):
     assert precision["quantization"]["layers"] and precision["quantization"]["calibration_samples"] == 0
     assert set(precision["quantization"]["layers"].values()) == {precision["isa"]}  # batch 16: whole AMX tiles
     accuracy = precision["accuracy"]
-    assert accuracy["passed"] and accuracy["auc_ratio"] >= 0.999 and accuracy["samples"] == SAMPLES
+    assert accuracy["passed"] and accuracy["auc_ratio"] >= 0.999 and accuracy["samples"] == SAMPLES - 256
+    assert accuracy["calibration_samples"] == 256  # the first 256 samples score nothing
     assert 0 < accuracy["max_abs_diff"] < 0.05
     assert accuracy["auc_ratio"] == pytest.approx(accuracy["auc"] / accuracy["reference_auc"])
     dtypes = {p["dtype"] for p in manifest["params"]}
@@ -125,18 +126,24 @@ def test_both_runners_run_the_int8_build(experiment, int8_build):
         read_manifest(int8_build.manifest)["precision"]["accuracy"]["max_abs_diff"])
     native = infer(experiment, int8_build.manifest, log=lambda _: None, iterations=1)
     assert native["max_abs_error"] == pytest.approx(np.abs(python - data.reference).max(), abs=1e-6)
-    assert native["auc"] == pytest.approx(read_manifest(int8_build.manifest)["precision"]["accuracy"]["auc"])
+    assert native["auc"] == pytest.approx(int8_build.verification["auc"])  # both over every sample
 
 
 def test_bf16_build_passes_the_gate_and_runs_natively(experiment):
-    result = _build(experiment, "bf16")
+    from dlrmlib.building.build import build
+    from dlrmlib.building.recipes import Custom
+
+    lines = []
+    result = build(experiment, Custom(tag="custom_bf16", precision="bf16"), log=lines.append)
+    check = next(line for line in lines if line.startswith("[verify]"))
+    assert "tolerance inf" not in check and "gated on AUC" in check and "256-sample calibration slice" in check
     manifest = read_manifest(result.manifest)
     assert manifest["precision"]["name"] == "bf16" and manifest["precision"]["accuracy"]["passed"]
     assert manifest["precision"]["isa"] == precision_isa("bf16")  # amx_bf16 where the host has it
     assert manifest["precision"]["accuracy"]["max_abs_diff"] < 1e-2
     assert "uint16" in {p["dtype"] for p in manifest["params"]}
     native = infer(experiment, result.manifest, log=lambda _: None, iterations=1)
-    assert native["auc"] == pytest.approx(manifest["precision"]["accuracy"]["auc"])
+    assert native["auc"] == pytest.approx(result.verification["auc"])  # both over every sample
 
 
 @needs_vnni
@@ -249,3 +256,88 @@ def test_bf16_storage_kernel_equals_fp32_math_on_its_rounded_weights(relu):
     assert np.abs(rounded - w).max() <= np.abs(w).max() * 2 ** -8, "bf16 keeps 8 bits of mantissa"
     expected = x @ rounded.T + b
     np.testing.assert_allclose(out.numpy(), np.maximum(expected, 0) if relu else expected, rtol=1e-5, atol=1e-5)
+
+
+def test_static_quantisation_kernel_matches_numpy():
+    """The calibrated int8 input kernel: one scale and zero point for every row, the dynamic
+    kernel's rounding and saturation, the same three outputs (any AVX2 host: no VNNI in it)."""
+    import tvm
+
+    from dlrmlib.core.target import host_target
+    from dlrmlib.schedules.static import quantize_static_func, scale_and_zero
+
+    m, k, kp = 16, 37, 40
+    lib = _compile({"q": quantize_static_func(m, k, kp, True)}, host_target())
+    x = (np.random.default_rng(4).standard_normal((m, k)) * 3).astype(np.float32)  # partly outside the range
+    scale, zero = scale_and_zero(-2.0, 5.0)
+    assert (scale, zero) == (pytest.approx(7 / 255), 73)
+    t = tvm.runtime.tensor
+    out = [t(np.zeros((m, kp), np.uint8)), t(np.zeros(m, np.float32)), t(np.zeros(m, np.int32))]
+    lib["q"](t(x), t(np.array([scale], np.float32)), t(np.array([zero], np.int32)), *out)
+    expected = np.clip(np.floor(x * (np.float32(1) / np.float32(scale)) + 0.5) + zero, 0, 255).astype(np.uint8)
+    assert (out[0].numpy()[:, :k] == expected).all() and (out[0].numpy()[:, k:] == 0).all()
+    assert (out[1].numpy() == np.float32(scale)).all() and (out[2].numpy() == zero).all()
+    assert scale_and_zero(0.0, 0.0) == (1.0, 0)  # an all-zero input: any scale, zero at 0
+
+
+def test_calibration_ranges_come_from_the_calibration_slice_only(experiment):
+    """Static calibration reads the test data's first 256 samples (2048 here), nothing after:
+    the first layer's input is the dense features, so its range is theirs over the slice."""
+    from dlrmlib.building.calibrate import activation_ranges
+
+    data = read_test_data(experiment.testdata_dir)
+    found = activation_ranges(experiment, log=lambda _: None)
+    assert found["samples"] == 256 and "0..255" in found["which"]
+    assert found["ranges"]["bot_l_0_weight"] == [float(data.dense[:256].min()), float(data.dense[:256].max())]
+    assert all(lo <= hi for lo, hi in found["ranges"].values()) and len(found["ranges"]) == 5
+
+
+def test_static_peers_calibrate_and_are_scored_after_the_slice(experiment):
+    """onnxruntime-int8-static (quantize_static QDQ S8S8) and openvino-int8 (NNCF): int8 rows with
+    an AUC ratio over the samples after the calibration slice; without the slice they refuse."""
+    from dlrmlib.backends.factory import make_backend
+    from dlrmlib.core.errors import DlrmError
+    from dlrmlib.measuring.bench import bench
+
+    result = bench(experiment, batch_sizes=[16], threads=[2], repeats=1, warmup=1, log=lambda _: None,
+                   runtimes=["onnxruntime", "onnxruntime-int8-static", "openvino-int8"])
+    rows = {r["runtime"]: r for r in result["rows"] if r.get("status") == "ok"}
+    for name in ("onnxruntime-int8-static", "openvino-int8"):
+        assert rows[name]["precision"] == "int8" and 0.8 < rows[name]["auc_ratio"] < 1.2
+        assert rows[name]["agrees"] is None and 0 < rows[name]["max_abs_diff_vs_reference"] < 0.2
+    with pytest.raises(DlrmError, match="calibration"):
+        make_backend("onnxruntime-int8-static", model_path=experiment.normalised_model, batch_size=16)
+
+
+@needs_vnni
+def test_static_int8_build_passes_the_gate_and_records_its_calibration(experiment):
+    from dlrmlib.building.build import build
+    from dlrmlib.building.recipes import Custom
+
+    result = build(experiment, Custom(tag="custom_int8_static", precision="int8", calibration="static"),
+                   log=lambda _: None)
+    manifest = read_manifest(result.manifest)
+    quantization, accuracy = manifest["precision"]["quantization"], manifest["precision"]["accuracy"]
+    assert quantization["calibration"] == "static" and quantization["calibration_samples"] == 256
+    assert set(quantization["activation_ranges"]) >= {"bot_l_0_weight", "top_l_0_weight"}
+    assert accuracy["passed"] and accuracy["samples"] == SAMPLES - 256
+    data = read_test_data(experiment.testdata_dir)
+    native = infer(experiment, result.manifest, log=lambda _: None, iterations=1)
+    python = predict_all(TvmBackend(result.manifest), data.dense, data.sparse)
+    assert native["max_abs_error"] == pytest.approx(np.abs(python - data.reference).max(), abs=1e-6)
+
+
+def test_calibration_and_batch_size_options(experiment, capfd):
+    """--calibration is int8's; --batch-size builds another batch size, tagged _b<N>."""
+    assert main(["build", "--experiment", experiment.name, "--precision", "bf16", "--calibration", "static"]) == 2
+    assert "applies to --precision int8" in capfd.readouterr().err
+    assert main(["build", "--experiment", experiment.name, "--schedule", "custom", "--batch-size", "32"]) == 0
+    manifest = read_manifest(experiment.manifest_path("custom_b32"))
+    assert manifest["batch_size"] == 32 and manifest["inputs"][0]["shape"] == [32, 13]
+
+
+def test_precision_peaks_have_every_precision():
+    from dlrmlib.core.machine import precision_peaks
+
+    peaks = precision_peaks(n=256, repeats=1)
+    assert set(peaks) == {"fp32", "int8", "bf16"} and all(p["gops"] > 0 and p["how"] for p in peaks.values())

@@ -70,6 +70,7 @@ def test_headline_shows_each_runtime_at_each_batch_size_and_tvm_across_them(repo
     assert frame.loc[frame["batch"] == 4, "TVM build"].item() == "custom_b4"
     assert frame["x best peer"].gt(0).all() and set(frame["precision"]) == {"fp32"}
     assert frame["AUC / ref."].between(0.9, 1.1).all()
+    assert frame["% peak"].gt(0).all(), "TVM's share of the peak of its precision"
     shown = headline.headline_table(bench, exp)
     assert "nan" not in shown.to_string().lower()
     # The unmeasured rows are sentences, each said once: untuned has no batch-4 build.

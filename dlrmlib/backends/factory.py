@@ -8,23 +8,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dlrmlib.backends.base import batch_inputs
 from dlrmlib.backends.onnxruntime import OnnxRuntimeBackend
 from dlrmlib.backends.openvino import OpenVinoBackend
 from dlrmlib.backends.pytorch import PyTorchBackend, compile_module, load_module
 from dlrmlib.backends.tvm import TvmBackend
 from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.experiment import Experiment
+from dlrmlib.formats.testdata import read_test_data
 from dlrmlib.formats.weights import extract_weights
 
 REFERENCE = "onnxruntime"  # the independent runtime every other one is checked against
 PEERS = ("onnxruntime", "openvino", "pytorch-eager", "pytorch-compile")
 # The peers at their best precision: OpenVINO's default on avx512_bf16 CPUs, ONNX Runtime's
-# quantize_dynamic, PyTorch's CPU autocast.
-REDUCED_PEERS = ("openvino-bf16", "onnxruntime-int8", "pytorch-eager-bf16")
+# quantize_dynamic and quantize_static, OpenVINO int8 through NNCF, PyTorch's CPU autocast.
+REDUCED_PEERS = ("openvino-bf16", "onnxruntime-int8", "onnxruntime-int8-static", "openvino-int8",
+                 "pytorch-eager-bf16")
+# Calibrated on the test data's calibration slice (dlrmlib.formats.testdata.calibration_samples).
+CALIBRATED = ("onnxruntime-int8-static", "openvino-int8")
 RUNTIMES = (*PEERS, *REDUCED_PEERS, "tvm")  # "tvm": a build of the experiment
-# What `dlrm bench` runs unless told: all but onnxruntime-int8, whose quantize_dynamic rewrites a
-# copy of the whole model (tables included) for every batch size of the sweep: ask for it by name.
-DEFAULT_RUNTIMES = tuple(r for r in RUNTIMES if r != "onnxruntime-int8")
+# What `dlrm bench` runs unless told: all but the int8 peers, which quantise a copy of the whole
+# model (tables included) for every batch size of the sweep: ask for them by name.
+DEFAULT_RUNTIMES = tuple(r for r in RUNTIMES if "-int8" not in r)
 
 
 class TorchModule:
@@ -50,15 +55,21 @@ class TorchModule:
 
 def make_backend(runtime: str, *, model_path: Path | None = None, manifest: Path | None = None,
                  batch_size: int | None = None, threads: int | None = None, streams: int = 1,
-                 torch_module: TorchModule | None = None):
+                 torch_module: TorchModule | None = None, calibration: list[dict] | None = None):
     """A runtime by name (see RUNTIMES): a peer on `model_path` at `batch_size` with `threads`
-    (OpenVINO with `streams` THROUGHPUT streams), or TVM on the build `manifest`."""
+    (OpenVINO with `streams` THROUGHPUT streams), or TVM on the build `manifest`. The CALIBRATED
+    peers take `calibration`, the model inputs of the test data's calibration slice
+    (calibration_batches)."""
+    if runtime in CALIBRATED and not calibration:
+        raise DlrmError(f"{runtime} needs the calibration slice's batches (calibration_batches)")
     if runtime == "tvm":
         return TvmBackend(manifest)
-    if runtime in ("onnxruntime", "onnxruntime-int8"):
-        return OnnxRuntimeBackend(model_path, batch_size, threads, precision=_precision(runtime))
-    if runtime in ("openvino", "openvino-bf16"):
-        return OpenVinoBackend(model_path, batch_size, threads, streams=streams, precision=_precision(runtime))
+    if runtime in ("onnxruntime", "onnxruntime-int8", "onnxruntime-int8-static"):
+        return OnnxRuntimeBackend(model_path, batch_size, threads, precision=_precision(runtime),
+                                  calibration=calibration if runtime in CALIBRATED else None)
+    if runtime in ("openvino", "openvino-bf16", "openvino-int8"):
+        return OpenVinoBackend(model_path, batch_size, threads, streams=streams, precision=_precision(runtime),
+                               calibration=calibration)
     if runtime in ("pytorch-eager", "pytorch-compile", "pytorch-eager-bf16"):
         if torch_module is None:
             raise DlrmError("a PyTorch backend needs the experiment's TorchModule")
@@ -70,7 +81,14 @@ def make_backend(runtime: str, *, model_path: Path | None = None, manifest: Path
 
 def _precision(runtime: str) -> str:
     """A peer's precision from its name (see REDUCED_PEERS)."""
-    return next((p for p in ("int8", "bf16") if runtime.endswith(f"-{p}")), "fp32")
+    return next((p for p in ("int8", "bf16") if f"-{p}" in runtime), "fp32")
+
+
+def calibration_batches(data, batch_size: int) -> list[dict]:
+    """The model inputs of the test data's calibration slice at `batch_size` (a short last batch
+    padded by repeating its last sample, which changes no min/max)."""
+    cal = data.calibration()
+    return batch_inputs(cal.dense, cal.sparse, batch_size)
 
 
 def experiment_backend(exp: Experiment, runtime: str = "tvm", manifest: Path | None = None,
@@ -79,5 +97,8 @@ def experiment_backend(exp: Experiment, runtime: str = "tvm", manifest: Path | N
     a peer on the normalised model at the experiment's batch size."""
     if runtime == "tvm":
         return make_backend("tvm", manifest=Path(manifest) if manifest else exp.latest_build())
+    calibration = (calibration_batches(read_test_data(exp.testdata_dir), exp.batch_size) if runtime in CALIBRATED
+                   else None)
     return make_backend(runtime, model_path=exp.normalised_model, batch_size=exp.batch_size, threads=threads,
-                        torch_module=torch_module or (TorchModule(exp) if runtime.startswith("pytorch") else None))
+                        torch_module=torch_module or (TorchModule(exp) if runtime.startswith("pytorch") else None),
+                        calibration=calibration)

@@ -162,12 +162,24 @@ def build_best(experiment: Experiment | str, log_dir: str | Path | None = None, 
 
 
 def build_custom_batches(experiment: Experiment | str, batch_sizes: list[int],
-                         log: Callable[[str], None] = print) -> list[BuildResult]:
+                         log: Callable[[str], None] = print, precision: str = "fp32") -> list[BuildResult]:
     """The hand-written kernels built for more batch sizes (`custom_b<N>`; the experiment's own
-    is the `custom` build), so that charts show TVM across batch sizes. Each is checked."""
+    is the `custom` build), so that charts show TVM across batch sizes; with `precision` bf16 or
+    int8, also `custom_<precision>_b<N>` (accuracy-gated: a refused one is said and left out, as
+    the gate may refuse one batch size's kernels and not another's). Each is checked."""
     experiment = Experiment.of(experiment)
-    return [build(experiment, Custom(tag=f"custom_b{b}"), log=log, batch_size=b)
-            for b in sorted(set(batch_sizes)) if b != experiment.batch_size]
+    results = []
+    for b in sorted(set(batch_sizes)):
+        if b == experiment.batch_size:
+            continue
+        results.append(build(experiment, Custom(tag=f"custom_b{b}"), log=log, batch_size=b))
+        if precision != "fp32":
+            try:
+                results.append(build(experiment, Custom(tag=f"custom_{precision}_b{b}", precision=precision), log=log,
+                                     batch_size=b))
+            except DlrmError as e:
+                log(f"[build] no {precision} build at batch {b}: {e}")
+    return results
 
 
 def build_variants(experiment: Experiment | str, log_dir: str | Path | None = None, prepack: bool | None = None,

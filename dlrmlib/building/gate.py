@@ -2,8 +2,9 @@
 AUC must reach 99.9 % of the fp32 reference's).
 
 The reference is ONNX Runtime's fp32 output on the same test samples (`reference.npy`); both
-AUCs are taken against the labels on the samples not used for calibration (the dynamic int8
-and bf16 builds calibrate on nothing, so on all of them)."""
+AUCs are taken against the labels on the samples after the test data's calibration slice
+(dlrmlib.formats.testdata.calibration_samples), whether or not the build calibrated on it, so
+that every build and peer is scored on the same samples."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,19 +16,22 @@ from dlrmlib.formats.weights import read_manifest, write_manifest
 MIN_AUC_RATIO = 0.999
 
 
-def gate_figures(verification: dict, min_auc_ratio: float, calibration_samples: int = 0) -> dict:
-    """The gate's figures from a build's verification (dlrmlib.building.verify)."""
-    ratio = verification["auc"] / verification["reference_auc"]
-    return {"auc": verification["auc"], "reference_auc": verification["reference_auc"], "auc_ratio": ratio,
-            "max_abs_diff": verification["max_abs_error"], "mean_abs_diff": verification["mean_abs_error"],
-            "samples": verification["samples"], "calibration_samples": calibration_samples,
+def gate_figures(verification: dict, min_auc_ratio: float) -> dict:
+    """The gate's figures from a build's verification (dlrmlib.building.verify): over the scored
+    samples; `calibration_samples` is the slice left out."""
+    scored = verification["scored"]
+    ratio = scored["auc"] / scored["reference_auc"]
+    return {"auc": scored["auc"], "reference_auc": scored["reference_auc"], "auc_ratio": ratio,
+            "max_abs_diff": scored["max_abs_error"], "mean_abs_diff": scored["mean_abs_error"],
+            "samples": scored["samples"], "calibration_samples": scored["calibration_samples"],
             "min_auc_ratio": min_auc_ratio, "passed": bool(ratio >= min_auc_ratio)}
 
 
 def describe(figures: dict) -> str:
     return (f"AUC {figures['auc']:.5f} = {figures['auc_ratio']:.5f} x the fp32 reference's "
             f"{figures['reference_auc']:.5f} (gate {figures['min_auc_ratio']:g}), largest score difference "
-            f"{figures['max_abs_diff']:.2e} over {figures['samples']} samples")
+            f"{figures['max_abs_diff']:.2e} over {figures['samples']} samples (after the {figures['calibration_samples']}-sample "
+            f"calibration slice)")
 
 
 def apply_gate(manifest_path: Path, library: Path, verification: dict, min_auc_ratio: float,
@@ -37,7 +41,7 @@ def apply_gate(manifest_path: Path, library: Path, verification: dict, min_auc_r
     may serve a later build) and the error carries the figures."""
     manifest = read_manifest(manifest_path)
     precision = manifest["precision"]
-    figures = gate_figures(verification, min_auc_ratio, precision["quantization"]["calibration_samples"])
+    figures = gate_figures(verification, min_auc_ratio)
     log(f"[gate] {precision['name']} build {manifest['build']['tag']}: {describe(figures)}: "
         f"{'passed' if figures['passed'] else 'REFUSED'}")
     if not figures["passed"]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from dlrmlib.building.calibrate import CALIBRATIONS, activation_ranges
 from dlrmlib.building.from_log import add_untuned, check_log_mode, tuned_pipeline
 from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.experiment import Experiment
@@ -185,6 +186,7 @@ class Custom:
     tag: str = "custom"
     precision: str = "fp32"
     isa: str | None = None  # None: the best this host has; "avx512_vnni" (int8) or "storage" (bf16): not AMX
+    calibration: str = "dynamic"  # int8 activations: scales per row of every batch, or "static" (calibrated)
 
     @contextmanager
     def lower(self, source: Source) -> Iterator[Lowering]:
@@ -199,12 +201,19 @@ class Custom:
             source.target = {**source.target, "mattr": MATTR}
         seen: dict = {}
         fallbacks: dict = {}
-        mod, plan = custom_module(source.mod, source.target, NUM_INPUTS, configs=knobs, seen=seen, fallbacks=fallbacks,
-                                  precision=self.precision, amx=amx)
+        calibrated = self.calibrated(source)
+        try:
+            mod, plan = custom_module(source.mod, source.target, NUM_INPUTS, configs=knobs, seen=seen,
+                                      fallbacks=fallbacks, precision=self.precision, amx=amx,
+                                      ranges=calibrated["ranges"] if calibrated else None)
+        except KeyError as e:  # a layer the calibration did not see
+            raise DlrmError(f"static calibration: {e.args[0]}") from None
         for layer, why in fallbacks.items():
             log(f"[build] {layer}: default lowering, no hand-written kernel ({why})")
         if self.precision != "fp32":
             precision["quantization"] = quantization_facts(self.precision, seen, precision["isa"])
+            if calibrated:
+                precision["quantization"].update(static_facts(calibrated))
             log(f"[build] {self.precision} kernels ({precision['isa']}) for "
                 f"{len(precision['quantization']['layers'])} Dense layers; the rest stays fp32")
         info = {"tuned": False, "trials": 0, "tuning_log": None, "pipeline": PIPELINE_NAME, "schedule": "custom",
@@ -215,6 +224,16 @@ class Custom:
             transform_id = self.transform_id({**knobs, "precision": self.precision, "isa": precision["isa"]})
             lowering.weights = lambda library: (*prepacked_weights(source, library, plan, transform_id), TRANSFORM)
         yield lowering
+
+    def calibrated(self, source: Source) -> dict | None:
+        """With `calibration="static"`: the Dense layers' input ranges over the calibration slice."""
+        if self.calibration not in CALIBRATIONS:
+            raise DlrmError(f"unknown calibration {self.calibration!r}: choose one of {', '.join(CALIBRATIONS)}")
+        if self.calibration == "dynamic":
+            return None
+        if self.precision != "int8":
+            raise DlrmError(f"--calibration static calibrates int8 activations; a {self.precision} build has none")
+        return activation_ranges(source.experiment, source.log)
 
     def precision_facts(self, target: dict) -> dict:
         """The manifest's `precision` (its `accuracy` filled in by the build's gate); a clear
@@ -239,6 +258,14 @@ class Custom:
         packing): a change to either never reuses a folder packed the old way."""
         code = b"".join(p.read_bytes() for p in sorted((PACKAGE_DIR / "schedules").glob("*.py")))
         return hashlib.sha256(code + json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def static_facts(calibrated: dict) -> dict:
+    """The manifest's quantization fields of a statically calibrated int8 build."""
+    return {"activations": "uint8, asymmetric, one scale and zero point per layer from the min/max of its input over "
+                           "the calibration slice (static)",
+            "calibration": "static", "calibration_samples": calibrated["samples"],
+            "calibration_slice": calibrated["which"], "activation_ranges": calibrated["ranges"]}
 
 
 def _target_has(target: dict, feature: str) -> bool:

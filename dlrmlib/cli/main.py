@@ -69,6 +69,8 @@ def cmd_build(args) -> int | None:
     from dlrmlib.building.build import build  # deferred, as above
 
     exp = Experiment.open(args.experiment)
+    other_batch = args.batch_size not in (None, exp.batch_size)
+    suffix = f"_b{args.batch_size}" if other_batch else ""  # as build_custom_batches tags them
     schedule = args.schedule or ("custom" if args.precision != "fp32" else "default")
     kernel_log = args.kernel_log or (args.log if schedule == "custom" else None)
     tuning_log = args.tuning_log or (args.log if schedule == "default" else None)
@@ -78,15 +80,23 @@ def cmd_build(args) -> int | None:
         if args.prepack is not None or args.tuning_log:
             raise DlrmError("--[no-]prepack and --tuning-log apply to MetaSchedule builds (--schedule default); custom "
                             "builds always prepack and take --kernel-log")
-        default_tag = "custom" if args.precision == "fp32" else f"custom_{args.precision}"
-        recipe = recipes.Custom(Path(kernel_log) if kernel_log else None, args.tag or default_tag, args.precision)
+        if args.calibration and args.precision != "int8":
+            raise DlrmError("--calibration applies to --precision int8 (its activations' scales)")
+        static = "_static" if args.calibration == "static" else ""
+        default_tag = ("custom" if args.precision == "fp32" else f"custom_{args.precision}{static}") + suffix
+        recipe = recipes.Custom(Path(kernel_log) if kernel_log else None, args.tag or default_tag, args.precision,
+                                calibration=args.calibration or "dynamic")
     else:
         if args.kernel_log:
             raise DlrmError("--kernel-log applies to --schedule custom")
         recipe = recipes.best_recipe(exp, Path(tuning_log) if tuning_log else None, args.prepack)
-        if args.tag and isinstance(recipe, recipes.Untuned):
-            recipe = recipes.Untuned(args.tag)
-    build(exp, recipe, verify=not args.no_verify, min_auc_ratio=args.min_auc_ratio)
+        if other_batch and not isinstance(recipe, recipes.Untuned):
+            raise DlrmError(f"--batch-size {args.batch_size}: a tuning log holds schedules for the batch size it was "
+                            f"tuned at ({exp.batch_size} here); build --schedule custom at another batch size, or "
+                            f"prepare an experiment with --batch-size {args.batch_size} and tune it")
+        if isinstance(recipe, recipes.Untuned) and (args.tag or suffix):
+            recipe = recipes.Untuned(args.tag or f"untuned{suffix}")
+    build(exp, recipe, verify=not args.no_verify, min_auc_ratio=args.min_auc_ratio, batch_size=args.batch_size)
 
 
 def cmd_infer(args) -> None:
@@ -146,10 +156,18 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
                    help="the Dense layers' precision: int8 (VNNI, per-channel weights, per-row u8 activations) or "
                         "bf16 weights; gated on accuracy (docs/precision.md; default: %(default)s)")
+    p.add_argument("--calibration", choices=["dynamic", "static"],
+                   help="int8 activations: dynamic (a scale per row of every batch) or static (one per layer from the "
+                        "test data's calibration slice, docs/precision.md; tag custom_int8_static) (default: dynamic)")
     p.add_argument("--min-auc-ratio", type=float, default=0.999, metavar="R",
                    help="accuracy gate of a bf16/int8 build: AUC >= R x the fp32 reference's (default: %(default)s)")
-    p.add_argument("--tag", help="tag of an untuned or custom build (default: untuned, or custom); a build from a "
-                                 "tuning log is tagged with the log's record count")
+    p.add_argument("--batch-size", type=batch_size,
+                   help="build for this batch size instead of the experiment's (`dlrm prepare --batch-size`): the "
+                        "model normalised again, same weights; custom or untuned builds, tagged <tag>_b<N> "
+                        "(default: the experiment's)")
+    p.add_argument("--tag", help="tag of an untuned or custom build (default: untuned, or custom; with another "
+                                 "--batch-size N, untuned_bN or custom_bN); a build from a tuning log is tagged with "
+                                 "the log's record count")
     p.add_argument("--tuning-log", metavar="DIR", help="MetaSchedule tuning log to build from (default: the "
                    "experiment's tune/prepack/, or tune/ with --no-prepack, whenever it has records)")
     p.add_argument("--prepack", action=argparse.BooleanOptionalAction, default=None,

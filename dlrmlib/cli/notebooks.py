@@ -53,8 +53,9 @@ def run_notebook(name: str, experiment: str, parameters: dict | None = None,
 
 def demo_parameters(name: str, preset: str, batch_size: int, samples: int) -> dict:
     """Each notebook's parameters in the demo: a small tuning budget, the custom kernels built
-    and every runtime measured at DEMO_BATCHES (and the experiment's batch size), and an int8
-    build beside fp32 where the CPU has the instructions (the peers run at their best precision too)."""
+    and every runtime measured at DEMO_BATCHES (and the experiment's batch size), and int8
+    builds beside fp32 at each of them where the CPU has the instructions (the peers run at their
+    best precision too)."""
     batches = sorted({*DEMO_BATCHES, batch_size})
     precision = "int8" if precision_isa("int8") else "fp32"
     return {"01_setup": {"preset": preset, "batch_size": batch_size, "samples": samples},

@@ -158,6 +158,49 @@ def measure_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2.0 * n ** 3 / seconds / 1e9
 
 
+def precision_peaks(n: int = 2048, repeats: int = 3) -> dict[str, dict]:
+    """This machine's practical peak per precision, now: precision -> {"gops": G multiply-adds x 2
+    per second, "how": what was timed}. fp32: numpy's sgemm; int8: PyTorch's quantised Linear
+    on oneDNN (u8 x s8 -> s32, n x n x n); bf16: a bf16 torch.matmul (oneDNN) where the CPU has
+    bf16 arithmetic (avx512_bf16, amx_bf16), else the fp32 peak: a bf16 build there widens to
+    fp32 and runs fp32 FMAs (PyTorch's bf16 matmul falls back to a scalar loop, 0.3 GFLOP/s on Zen 3)."""
+    flops = 2.0 * n ** 3
+    fp32 = measure_peak_gflops(n, repeats)
+    peaks = {"fp32": {"gops": fp32, "how": f"numpy sgemm {n}^3"}}
+    try:
+        import torch
+    except ImportError:
+        return peaks
+    threads = torch.get_num_threads()
+    torch.set_num_threads(len(usable_cores()))
+    try:
+        peaks["int8"] = {"gops": flops / _best_seconds(_int8_gemm(torch, n), repeats) / 1e9,
+                         "how": f"torch quantized.linear (oneDNN, u8 x s8) {n}^3"}
+        if {"avx512_bf16", "amx_bf16"} & set(cpu_flags()):
+            a, b = (torch.randn(n, n).bfloat16() for _ in range(2))
+            peaks["bf16"] = {"gops": flops / _best_seconds(lambda: torch.matmul(a, b), repeats) / 1e9,
+                             "how": f"torch.matmul bf16 (oneDNN) {n}^3"}
+        else:
+            peaks["bf16"] = {"gops": fp32, "how": "no bf16 arithmetic on this CPU: the fp32 sgemm peak"}
+    finally:
+        torch.set_num_threads(threads)
+    return peaks
+
+
+def _int8_gemm(torch, n: int):
+    """A call running one n x n x n int8 GEMM through PyTorch's quantised Linear on oneDNN."""
+    import warnings
+
+    torch.backends.quantized.engine = "onednn" if "onednn" in torch.backends.quantized.supported_engines else "x86"
+    with warnings.catch_warnings():  # PyTorch deprecates its quantised tensors (not the GEMM they run)
+        warnings.simplefilter("ignore")
+        x = torch.quantize_per_tensor(torch.randn(n, n), 0.05, 128, torch.quint8)
+        w = torch.quantize_per_channel(torch.randn(n, n), torch.full((n,), 0.02), torch.zeros(n, dtype=torch.long),
+                                       0, torch.qint8)
+        packed = torch.ops.quantized.linear_prepack(w, None)
+    return lambda: torch.ops.quantized.linear(x, packed, 0.1, 128)
+
+
 def measure_bandwidth_gbs(mib: int = 512, repeats: int = 5) -> float:
     """Practical memory bandwidth: a large memcpy (bytes read + bytes written), best of runs."""
     src = np.ones(mib * 2**20 // 4, dtype=np.float32)

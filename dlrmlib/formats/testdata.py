@@ -21,6 +21,16 @@ ID_POLICIES = ("reject", "modulo")
 # table (each gathered as a [K x B, dim] block in the normalised model) well inside memory;
 # MLPerf's multi-hot DLRMv2 data has at most 100 ids in a bag.
 MAX_IDS_PER_BAG = 1024
+# The calibration slice: the test data's first samples calibrate a statically quantised build's
+# activation scales (ONNX Runtime's quantize_static, OpenVINO's NNCF, TVM's --calibration
+# static) and never score accuracy; every AUC ratio is taken over the samples after it.
+CALIBRATION_SAMPLES = 256
+
+
+def calibration_samples(n: int) -> int:
+    """How many of `n` test samples form the calibration slice (the first ones):
+    CALIBRATION_SAMPLES, and never more than a quarter of the data."""
+    return min(CALIBRATION_SAMPLES, n // 4)
 
 
 def ids_per_bag(sparse: np.ndarray) -> int:
@@ -42,6 +52,18 @@ class TestData:
     def head(self, n: int) -> "TestData":
         return TestData(self.dense[:n], self.sparse[:n], self.labels[:n],
                         None if self.reference is None else self.reference[:n])
+
+    def tail(self, start: int) -> "TestData":
+        return TestData(self.dense[start:], self.sparse[start:], self.labels[start:],
+                        None if self.reference is None else self.reference[start:])
+
+    def calibration(self) -> "TestData":
+        """The calibration slice (calibration_samples): for calibrating, never for scoring."""
+        return self.head(calibration_samples(len(self)))
+
+    def scored(self) -> "TestData":
+        """The samples after the calibration slice: the ones every AUC ratio is taken over."""
+        return self.tail(calibration_samples(len(self)))
 
 
 def synthesize_inputs(samples: int, tables: list[int], seed: int = 0,

@@ -24,14 +24,23 @@ from typing import Callable, Iterator
 import numpy as np
 
 from dlrmlib.backends import batch_inputs, predict_all
-from dlrmlib.backends.factory import DEFAULT_RUNTIMES, REFERENCE, RUNTIMES, TorchModule, make_backend
+from dlrmlib.backends.factory import (
+    CALIBRATED,
+    DEFAULT_RUNTIMES,
+    REFERENCE,
+    RUNTIMES,
+    TorchModule,
+    calibration_batches,
+    make_backend,
+)
 from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.experiment import Experiment
 from dlrmlib.core.files import write_json
-from dlrmlib.core.machine import ALLOWED_CPUS, provenance, tvm_pool_threads
+from dlrmlib.core.machine import ALLOWED_CPUS, precision_peaks, provenance, tvm_pool_threads
 from dlrmlib.core.metrics import accuracy, spread
 from dlrmlib.core.timing import PAUSE_S, interleaved, seconds_of
 from dlrmlib.formats.normalise import load_graph, normalise_model
+from dlrmlib.formats.presets import PRESETS
 from dlrmlib.formats.testdata import read_test_data
 from dlrmlib.formats.weights import read_manifest
 
@@ -96,17 +105,21 @@ def normalised_for_batch(exp: Experiment, batch_size: int) -> Iterator[Path]:
 
 
 def _make_backends(exp: Experiment, runtimes: list[str], config: Config, builds: dict[Path, dict],
-                   torch_module: TorchModule, log) -> tuple[list, list[dict]]:
+                   torch_module: TorchModule, log, data=None) -> tuple[list, list[dict]]:
     """The runtimes for one configuration (`builds`: each TVM manifest's path and content), and a
-    note for each one that could not run there."""
+    note for each one that could not run there; the CALIBRATED peers calibrate on `data`'s
+    calibration slice."""
     backends, notes = [], []
     peers = [r for r in runtimes if r != "tvm"]
+    calibration = (calibration_batches(data, config.batch_size) if data is not None and set(peers) & set(CALIBRATED)
+                   else None)
     if peers:
         with normalised_for_batch(exp, config.batch_size) as model_path:
             for runtime in peers:
                 try:
                     backends.append(make_backend(runtime, model_path=model_path, batch_size=config.batch_size,
-                                                 threads=config.threads, torch_module=torch_module))
+                                                 threads=config.threads, torch_module=torch_module,
+                                                 calibration=calibration))
                 except Exception as e:  # a peer that fails is reported, not fatal
                     notes.append(_note(runtime, config, f"failed to load: {_short(e)}"))
                     log(f"[bench] {runtime} at batch {config.batch_size}: {_short(e)}")
@@ -260,14 +273,18 @@ def bench(experiment: Experiment | str, batch_sizes: list[int] | None = None, th
               "tvm_builds": {facts["build"]["tag"]: facts["batch_size"] for facts in builds.values()},
               "agreement_tolerance": AGREEMENT, "rows": []}
     torch_module = TorchModule(exp)
+    result["peaks"], flops = _peaks(exp, log)
     for config in configs:
         log(f"[bench] batch {config.batch_size}, {config.threads} thread(s) ({' + '.join(config.sweeps)} sweep)")
-        backends, notes = _make_backends(exp, list(runtimes), config, builds, torch_module, log)
+        backends, notes = _make_backends(exp, list(runtimes), config, builds, torch_module, log, data)
         rows = (run_config(backends, _batches(data, config.batch_size), repeats, warmup, log, pause_s)
                 if backends else [])
         _add_auc_ratios(rows, backends, data)
         for row in rows:
             row.update(threads=config.threads, sweeps=list(config.sweeps))
+            if flops and row.get("samples_per_s"):  # the share of the peak of the row's own precision
+                peak = result["peaks"].get(row["precision"], result["peaks"]["fp32"])["gops"]
+                row["fraction_of_peak"] = row["samples_per_s"] * flops / 1e9 / peak
         result["rows"] += rows + notes
         _log_rows(rows, log)
         del backends
@@ -287,9 +304,20 @@ def bench(experiment: Experiment | str, batch_sizes: list[int] | None = None, th
     return result
 
 
+def _peaks(exp: Experiment, log) -> tuple[dict, int | None]:
+    """The machine's peak per precision now (dlrmlib.core.machine.precision_peaks), and the
+    model's FLOPs per sample when it is a preset's (a model of your own: no share of the peak)."""
+    peaks = precision_peaks()
+    log("[bench] peaks now: " + ", ".join(f"{p} {v['gops']:.0f} G ops/s ({v['how']})" for p, v in peaks.items()))
+    preset = exp.params.get("preset")
+    return peaks, PRESETS[preset].flops_per_sample() if preset in PRESETS else None
+
+
 def _add_auc_ratios(rows: list[dict], backends: list, data) -> None:
-    """Each row's AUC over the test data against the fp32 reference's (reference.npy), and the
-    largest score difference: a reduced-precision row is only comparable with its accuracy."""
+    """Each row's AUC over the test data's scored samples (after the calibration slice, which a
+    statically quantised peer calibrated on) against the fp32 reference's (reference.npy), and
+    the largest score difference: a reduced-precision row is only comparable with its accuracy."""
+    data = data.scored()
     for row, backend in zip(rows, backends):
         batches = -(-len(data.dense) // backend.batch_size)
         # by the measured median, not the first call (a runtime's first call may compile, or meet a busy machine)
@@ -331,6 +359,7 @@ def bench_table(result: dict, sweep: str | None = None):
         rows.append({"runtime": r["runtime"], "precision": r.get("precision", "fp32"), "auc ratio": r.get("auc_ratio"),
                      "batch size": r["batch_size"], "threads": r["threads"],
                      "samples/s": r.get("samples_per_s"), "ratio to onnxruntime": r.get("ratio_to_onnxruntime"),
+                     "% of its precision's peak": 100 * r["fraction_of_peak"] if r.get("fraction_of_peak") else None,
                      "latency ms (median)": lat.get("median"), "p10": lat.get("p10"), "p90": lat.get("p90"),
                      "runs": lat.get("n"), "first call s": r.get("first_call_s"),
                      "max |diff| vs onnxruntime": r.get("max_abs_diff_vs_onnxruntime"),
@@ -339,4 +368,4 @@ def bench_table(result: dict, sweep: str | None = None):
     if table.empty:
         return table
     return table.sort_values(["threads", "batch size", "runtime"]).reset_index(drop=True).round(
-        {"samples/s": 1, "ratio to onnxruntime": 4, "latency ms (median)": 3, "p10": 3, "p90": 3, "first call s": 2})
+        {"samples/s": 1, "ratio to onnxruntime": 4, "% of its precision's peak": 1, "latency ms (median)": 3, "p10": 3, "p90": 3, "first call s": 2})

@@ -36,7 +36,19 @@ RUNTIME_STYLE = {  # the same runtime keeps its colour and marker in every chart
     "pytorch-compile": ("tab:orange", "v"), "python-vm": ("tab:gray", "x"),
     # a peer at its reduced precision: its fp32 colour, another marker (hatched bars)
     "onnxruntime-int8": ("tab:blue", "P"), "openvino-bf16": ("tab:purple", "P"), "pytorch-eager-bf16": ("tab:red", "P"),
+    "onnxruntime-int8-static": ("tab:blue", "X"), "openvino-int8": ("tab:purple", "X"),
 }
+# bars of reduced-precision runs: hatched by how they got there (calibrated int8: crossed)
+HATCHES = {"bf16": "..", "int8": "//"}
+CALIBRATED_HATCH = "xx"
+
+
+def hatch(runtime: str, precision: str) -> str | None:
+    """The bar hatch of a row: none for fp32, dots for bf16, lines for int8, crosses for int8
+    calibrated on the calibration slice (onnxruntime-int8-static, openvino-int8)."""
+    if precision == "int8" and runtime.split(" x")[0] in ("onnxruntime-int8-static", "openvino-int8"):
+        return CALIBRATED_HATCH
+    return HATCHES.get(precision)
 TVM_COLOURS = ("tab:green", "tab:olive", "tab:cyan", "tab:brown", "tab:pink")
 BUCKET_COLOURS = dict(zip(BUCKETS, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:gray")))
 
@@ -276,10 +288,12 @@ def id_rank_frequency(exp: Experiment, tables: int = 26) -> Path:
 
 def perf_vs_peers(rows: list[dict], caption: str = ""):
     """benchmarks/bench_perf.py's rows: per batch size, every runtime's share of the machine's
-    measured sgemm peak, TVM's bar labelled with its ratio to the best peer; one panel per way
-    of using the cores (one request at a time on all of them; parallel single-thread requests)."""
+    measured peak of its own precision (reduced precision hatched; the legend has each row's
+    precision and AUC ratio per batch size), TVM's bars labelled with their ratio to the best peer that
+    keeps 99.9 % of the AUC; one panel per way of using the cores (one request at a time on all
+    of them; parallel single-thread requests)."""
     modes = [m for m in ("latency", "parallel") if any(r.get("mode", "latency") == m for r in rows)]
-    fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(modes), figsize=(10 * len(modes), 4.6), squeeze=False)
     for ax, mode in zip(axes[0], modes):
         mine = [r for r in rows if r.get("mode", "latency") == mode]
         batches = sorted({r["batch"] for r in mine})
@@ -291,12 +305,13 @@ def perf_vs_peers(rows: list[dict], caption: str = ""):
             colour = style(base)[0] if not base.startswith("tvm") else style(name, tvm_names)[0]
             by_batch = {r["batch"]: r for r in mine if r["runtime"] == name}
             first = next(iter(by_batch.values()))
-            auc = f", AUC {first['auc_ratio']:.4f}x" if first.get("auc_ratio") is not None else ""
+            aucs = [_auc_text(by_batch[b].get("auc_ratio")) for b in batches if b in by_batch]
+            auc = f", AUC {' / '.join(aucs)}" if any(a != "-" for a in aucs) else ""
             label = f"{name} ({first.get('precision', 'fp32')}{auc})"
             xs = [i + (k - (len(names) - 1) / 2) * width for i, b in enumerate(batches) if b in by_batch]
             ys = [100 * by_batch[b]["fraction_of_peak"] for b in batches if b in by_batch]
-            ax.bar(xs, ys, width, color=colour, label=label,
-                   hatch="//" if first.get("precision", "fp32") != "fp32" else None)
+            ax.bar(xs, ys, width, color=colour, label=label, hatch=hatch(name, first.get("precision", "fp32")),
+                   edgecolor="white" if base.startswith("tvm") else None)
             if name.startswith("tvm"):
                 for x, b in zip(xs, [b for b in batches if b in by_batch]):
                     r = by_batch[b]
@@ -304,15 +319,23 @@ def perf_vs_peers(rows: list[dict], caption: str = ""):
                                 ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(len(batches)), [str(b) for b in batches])
         ax.set_xlabel("batch size")
-        ax.set_ylabel("% of this machine's sgemm peak (same run)")
+        ax.set_ylabel("% of the machine's peak of its precision\n(fp32 sgemm, int8 GEMM; same run)", fontsize=9)
         title = ("one request at a time, all cores" if mode == "latency"
                  else f"{mine[0].get('streams', 2)} requests in flight, 1 thread each")
-        ax.set_title(f"{title}\n(label: TVM samples/s / best peer's)", fontsize=10)
-        ax.legend(fontsize=7, loc="upper left")
+        ax.set_title(f"{title}\n(label: TVM samples/s / best peer's that keeps 99.9 % of the AUC)", fontsize=10)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never on them
         ax.grid(axis="y", alpha=0.3)
+    fig.subplots_adjust(left=0.07, right=0.62 if len(modes) == 1 else 0.8, wspace=0.9)  # the legends on the right
     if caption:
         add_caption(fig, caption)
     return fig
+
+
+def _auc_text(ratio: float | None, gate: float = 0.999) -> str:
+    """An AUC ratio for a legend: 4 decimals, and whether it fails the 99.9 % gate."""
+    if ratio is None:
+        return "-"
+    return f"{ratio:.4f}" + (" (fails)" if ratio < gate else "")
 
 
 REFERENCES = {"onnxruntime": ("ONNX Runtime", "tab:blue"), "python_vm_custom": ("custom kernels", "tab:red")}

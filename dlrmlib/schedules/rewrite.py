@@ -26,6 +26,7 @@ from dlrmlib.schedules.reduced import (
     padded_k,
     quantize_rows_func,
 )
+from dlrmlib.schedules.static import static_quantized_input
 from dlrmlib.schedules.interaction import (
     PREFETCH_LOCALITY,
     PREFETCH_SAMPLES,
@@ -120,16 +121,19 @@ def vector_lanes(target: tvm.target.Target) -> int:
 
 
 def use_dense_kernels(target: tvm.target.Target, configs: dict | None = None, seen: dict | None = None,
-                      fallbacks: dict | None = None, precision: str = "fp32", amx: bool = False):
+                      fallbacks: dict | None = None, precision: str = "fp32", amx: bool = False,
+                      ranges: dict | None = None):
     """Module pass: every float32 Dense(+bias)(+ReLU) with a packable width -> packed GEMM (int8
     or bf16 weights with `precision`, on AMX tiles with `amx`); one narrower than a panel (the
     last layer) -> a dot product per output, in fp32. A width that is neither keeps the default
-    lowering, and `fallbacks` says so (layer name -> why)."""
+    lowering, and `fallbacks` says so (layer name -> why). `ranges` (int8): each layer's calibrated
+    input range by weight name, for static activation scales (dlrmlib.schedules.static)."""
 
     @tvm.transform.module_pass(opt_level=0, name="UseDenseKernels")
     def _pass(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
         builder = relax.BlockBuilder(mod)
         kernels = _KernelTable(builder, configs, seen, fallbacks, precision, amx)
+        kernels.ranges = ranges
         lanes = vector_lanes(target)
         (with_relu, plain), vars_ = _dense_patterns()
         updates = {}
@@ -175,9 +179,12 @@ def _reduced_dense(kernels: _KernelTable, shape: DenseShape, x, w, b, lanes: int
     amx = kernels.amx and amx_supported(shape)
     kernels.seen[shape.name] = ("int8", shape, "amx_int8" if amx else "avx512_vnni")
     kp = padded_k(k, K_STEP if amx else 4)
-    quantize = kernels.get(f"quantize_u8_m{m}_k{k}_kp{kp}", lambda: quantize_rows_func(m, k, kp, shape.parallel))
-    q = relax.call_tir(quantize, [x], [relax.TensorType((m, kp), "uint8"), relax.TensorType((m,), "float32"),
-                                       relax.TensorType((m,), "int32")])
+    if getattr(kernels, "ranges", None) is not None:  # calibrated: dlrmlib.schedules.static
+        q = static_quantized_input(kernels, x, w, m, k, kp, shape.parallel)
+    else:
+        quantize = kernels.get(f"quantize_u8_m{m}_k{k}_kp{kp}", lambda: quantize_rows_func(m, k, kp, shape.parallel))
+        q = relax.call_tir(quantize, [x], [relax.TensorType((m, kp), "uint8"), relax.TensorType((m,), "float32"),
+                                           relax.TensorType((m,), "int32")])
     weights = [relax.call_tir(kernels.get(f"int8_{what}_n{n}_k{k}_kp{kp}", lambda f=make: f(n, k, kp)), [w],
                               relax.TensorType(s, dt))
                for what, make, s, dt in (("pack", int8_pack_func, (n // 16, kp // 4, 64), "int8"),
