@@ -76,9 +76,9 @@ def ensure_experiment(name: str, preset: str, batch: int, tag: str, log, source=
         manifest = exp.manifest_path(precision_tag(tag, precision))
         if not manifest.exists() or read_manifest(manifest)["build"].get("kernel_knobs") != knobs:
             try:
-                name, _, isa = precision.partition("_")  # int8_vnni: the VNNI kernels on an AMX host
+                name, _, isa = precision.partition("_")  # int8_vnni / int8_avx2: lesser kernels on a stronger host
                 build(exp, Custom(kernel_log, precision_tag(tag, precision), name,
-                                  {"vnni": "avx512_vnni", "storage": "storage"}.get(isa)), log=log)
+                                  {"vnni": "avx512_vnni", "avx2": "avx2", "storage": "storage"}.get(isa)), log=log)
             except DlrmError as e:  # e.g. refused by the accuracy gate: said, and left out
                 log(f"[perf] batch {batch}: no {precision} build: {e}")
     log(f"[perf] batch {batch}: kernels {'from ' + str(kernel_log) if kernel_log else 'with default knobs'}")

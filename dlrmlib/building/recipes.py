@@ -35,6 +35,7 @@ from dlrmlib.formats.weights import ParamSpec, extract_weights, layout_id
 from dlrmlib.frontend.relax import NUM_INPUTS
 from dlrmlib.schedules import PIPELINE_NAME, custom_module
 from dlrmlib.schedules.amx import MATTR
+from dlrmlib.schedules.avx2_int8 import avx2_quantization_facts
 from dlrmlib.schedules.reduced import PRECISIONS, quantization_facts
 from dlrmlib.schedules.knobs import default_kernel_log, kernel_configs
 from dlrmlib.schedules.prepack import TRANSFORM, transformed_param_specs, write_transformed_weights
@@ -173,6 +174,10 @@ class FromLog:
         return (*prepacked_weights(source, library, plan, facts["transform_id"]), TRANSFORM)
 
 
+# (precision, forced instruction set) -> the flags ignored to reach it on a stronger host
+LESSER = {("int8", "avx512_vnni"): ("amx",), ("bf16", "storage"): ("amx",), ("int8", "avx2"): ("amx", "avx512_vnni")}
+
+
 @dataclass(frozen=True)
 class Custom:
     """The hand-written kernels (packed GEMM + bias/ReLU, narrow last layer, fused gather +
@@ -184,7 +189,7 @@ class Custom:
     kernel_log: Path | None = None
     tag: str = "custom"
     precision: str = "fp32"
-    isa: str | None = None  # None: the best this host has; "avx512_vnni" (int8) or "storage" (bf16): not AMX
+    isa: str | None = None  # None: the best this host has; "avx512_vnni" / "avx2" (int8), "storage" (bf16): lesser ones
 
     @contextmanager
     def lower(self, source: Source) -> Iterator[Lowering]:
@@ -200,11 +205,12 @@ class Custom:
         seen: dict = {}
         fallbacks: dict = {}
         mod, plan = custom_module(source.mod, source.target, NUM_INPUTS, configs=knobs, seen=seen, fallbacks=fallbacks,
-                                  precision=self.precision, amx=amx)
+                                  precision=self.precision, amx=amx, avx2=precision["isa"] == "avx2")
         for layer, why in fallbacks.items():
             log(f"[build] {layer}: default lowering, no hand-written kernel ({why})")
         if self.precision != "fp32":
-            precision["quantization"] = quantization_facts(self.precision, seen, precision["isa"])
+            precision["quantization"] = (avx2_quantization_facts(seen) if precision["isa"] == "avx2" else
+                                         quantization_facts(self.precision, seen, precision["isa"]))
             log(f"[build] {self.precision} kernels ({precision['isa']}) for "
                 f"{len(precision['quantization']['layers'])} Dense layers; the rest stays fp32")
         info = {"tuned": False, "trials": 0, "tuning_log": None, "pipeline": PIPELINE_NAME, "schedule": "custom",
@@ -223,14 +229,16 @@ class Custom:
             raise DlrmError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         isa = precision_isa(self.precision)
         if isa is not None and self.isa not in (None, isa):
-            # an AMX host can also run the AVX-512 kernels, not the other way round
-            without_amx = precision_isa(self.precision, [f for f in cpu_flags() if not f.startswith("amx")])
-            if (self.precision, self.isa) not in (("int8", "avx512_vnni"), ("bf16", "storage")) or without_amx is None:
+            # a lesser instruction set on a stronger host (AMX -> AVX-512 -> AVX2), not the other way round
+            dropped = LESSER.get((self.precision, self.isa))
+            lesser = precision_isa(self.precision, [f for f in cpu_flags() if not f.startswith(dropped)]) if dropped else None
+            if lesser is None or (self.isa != "storage" and lesser != self.isa):
                 raise DlrmError(f"{self.precision} kernels for {self.isa!r} cannot run here (this host: {isa})")
-            isa = without_amx
-        if isa is None or (isa == "avx512_vnni" and not _target_has(target, "avx512vnni")):
-            raise DlrmError(f"a {self.precision} build needs AVX512-VNNI (vpdpbusd) on this CPU and in the target "
-                            f"({target['mcpu']}); this host has none: build fp32 or bf16")
+            isa = lesser
+        if isa is None or (isa == "avx512_vnni" and not _target_has(target, "avx512vnni")) or (
+                isa == "avx2" and not _target_has(target, "avx2")):
+            raise DlrmError(f"a {self.precision} build needs AVX2 (or AVX512-VNNI, AMX) on this CPU and in the "
+                            f"target ({target['mcpu']}); this host has none: build fp32 or bf16")
         return {**fp32_precision(), "name": self.precision, "isa": isa}
 
     @staticmethod

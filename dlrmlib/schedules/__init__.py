@@ -21,13 +21,14 @@ PIPELINE_NAME = ("custom kernels (dlrmlib.schedules: packed GEMM + bias/ReLU, na
 
 
 def custom_module(mod, target: dict, num_input: int, configs: dict | None = None, seen: dict | None = None,
-                  fallbacks: dict | None = None, precision: str = "fp32", amx: bool = False):
+                  fallbacks: dict | None = None, precision: str = "fp32", amx: bool = False, avx2: bool = False):
     """(rewritten module, LiftPlan) for `tvm.compile` with the default pipeline. `configs`:
     tuned knobs per kernel name (dlrmlib.schedules.knobs); `seen` collects the kernels made;
     `fallbacks` the layers left to the default lowering (name -> why): a shape no kernel was
     written for is lowered as an untuned build would, never forced into a kernel. `precision`:
     the Dense layers' (dlrmlib.schedules.reduced); `amx`: int8/bf16 on AMX tiles
-    (dlrmlib.schedules.amx; the target needs amx.MATTR)."""
+    (dlrmlib.schedules.amx; the target needs amx.MATTR); `avx2`: int8 with vpmaddubsw, no VNNI
+    (dlrmlib.schedules.avx2_int8)."""
     import tvm
 
     tvm_target = tvm.target.Target(target)
@@ -37,5 +38,5 @@ def custom_module(mod, target: dict, num_input: int, configs: dict | None = None
     if not any(kind == "interaction" for kind, _, _ in seen.values()):
         fallbacks["interaction"] = ("the gathers + dot interaction are not in the form the fused kernel matches "
                                     "(one id per bag, tables read from lS_i rows, pairs j < i by a constant index)")
-    mod = use_dense_kernels(tvm_target, configs, seen, fallbacks, precision=precision, amx=amx)(mod)
+    mod = use_dense_kernels(tvm_target, configs, seen, fallbacks, precision=precision, amx=amx, avx2=avx2)(mod)
     return lift_weight_transforms(mod, num_input)
