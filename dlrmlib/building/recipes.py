@@ -35,7 +35,7 @@ from dlrmlib.formats.weights import ParamSpec, extract_weights, layout_id
 from dlrmlib.frontend.relax import NUM_INPUTS
 from dlrmlib.schedules import PIPELINE_NAME, custom_module
 from dlrmlib.schedules.amx import MATTR
-from dlrmlib.schedules.avx2_int8 import avx2_quantization_facts
+from dlrmlib.schedules.avx2_int8 import DEFAULT_OPERANDS, avx2_quantization_facts
 from dlrmlib.schedules.reduced import PRECISIONS, quantization_facts
 from dlrmlib.schedules.knobs import default_kernel_log, kernel_configs
 from dlrmlib.schedules.prepack import TRANSFORM, transformed_param_specs, write_transformed_weights
@@ -190,6 +190,7 @@ class Custom:
     tag: str = "custom"
     precision: str = "fp32"
     isa: str | None = None  # None: the best this host has; "avx512_vnni" / "avx2" (int8), "storage" (bf16): lesser ones
+    operands: str = DEFAULT_OPERANDS  # int8 on AVX2: "s16" (exact 8-bit) or "u8s8" (7-bit activations, faster)
 
     @contextmanager
     def lower(self, source: Source) -> Iterator[Lowering]:
@@ -200,16 +201,17 @@ class Custom:
             log(f"[build] kernel knobs from {kernel_log} ({len(knobs)} kernels tuned)")
         precision = self.precision_facts(source.target)
         amx = precision["isa"] in ("amx_int8", "amx_bf16")
+        avx2 = self.operands if precision["isa"] == "avx2" else None
         if amx:  # LLVM's mcpu for the host may not list AMX (a VM's CPUID): the manifest says what was used
             source.target = {**source.target, "mattr": MATTR}
         seen: dict = {}
         fallbacks: dict = {}
         mod, plan = custom_module(source.mod, source.target, NUM_INPUTS, configs=knobs, seen=seen, fallbacks=fallbacks,
-                                  precision=self.precision, amx=amx, avx2=precision["isa"] == "avx2")
+                                  precision=self.precision, amx=amx, avx2=avx2)
         for layer, why in fallbacks.items():
             log(f"[build] {layer}: default lowering, no hand-written kernel ({why})")
         if self.precision != "fp32":
-            precision["quantization"] = (avx2_quantization_facts(seen) if precision["isa"] == "avx2" else
+            precision["quantization"] = (avx2_quantization_facts(seen, avx2) if avx2 else
                                          quantization_facts(self.precision, seen, precision["isa"]))
             log(f"[build] {self.precision} kernels ({precision['isa']}) for "
                 f"{len(precision['quantization']['layers'])} Dense layers; the rest stays fp32")
@@ -218,7 +220,8 @@ class Custom:
                 "kernel_knobs": knobs, "kernel_fallbacks": fallbacks}
         lowering = Lowering(mod, None, info, precision=precision)
         if not plan.identity:
-            transform_id = self.transform_id({**knobs, "precision": self.precision, "isa": precision["isa"]})
+            transform_id = self.transform_id({**knobs, "precision": self.precision, "isa": precision["isa"],
+                                              **({"operands": avx2} if avx2 else {})})
             lowering.weights = lambda library: (*prepacked_weights(source, library, plan, transform_id), TRANSFORM)
         yield lowering
 
@@ -231,7 +234,8 @@ class Custom:
         if isa is not None and self.isa not in (None, isa):
             # a lesser instruction set on a stronger host (AMX -> AVX-512 -> AVX2), not the other way round
             dropped = LESSER.get((self.precision, self.isa))
-            lesser = precision_isa(self.precision, [f for f in cpu_flags() if not f.startswith(dropped)]) if dropped else None
+            flags = [f for f in cpu_flags() if not f.startswith(dropped)] if dropped else None
+            lesser = precision_isa(self.precision, flags) if dropped else None
             if lesser is None or (self.isa != "storage" and lesser != self.isa):
                 raise DlrmError(f"{self.precision} kernels for {self.isa!r} cannot run here (this host: {isa})")
             isa = lesser

@@ -144,8 +144,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="custom: hand-written packed-GEMM and interaction kernels (dlrmlib.schedules), "
                         "weights prepacked at build time (default: default; custom with --precision bf16/int8)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
-                   help="the Dense layers' precision: int8 (VNNI, per-channel weights, per-row u8 activations) or "
-                        "bf16 weights; gated on accuracy (docs/precision.md; default: %(default)s)")
+                   help="the Dense layers' precision: int8 (AMX, VNNI or AVX2; per-channel weights, per-row u8 "
+                        "activations) or bf16 weights; gated on accuracy (docs/precision.md; default: %(default)s)")
     p.add_argument("--min-auc-ratio", type=float, default=0.999, metavar="R",
                    help="accuracy gate of a bf16/int8 build: AUC >= R x the fp32 reference's (default: %(default)s)")
     p.add_argument("--tag", help="tag of an untuned or custom build (default: untuned, or custom); a build from a "

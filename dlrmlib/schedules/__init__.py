@@ -21,14 +21,15 @@ PIPELINE_NAME = ("custom kernels (dlrmlib.schedules: packed GEMM + bias/ReLU, na
 
 
 def custom_module(mod, target: dict, num_input: int, configs: dict | None = None, seen: dict | None = None,
-                  fallbacks: dict | None = None, precision: str = "fp32", amx: bool = False, avx2: bool = False):
+                  fallbacks: dict | None = None, precision: str = "fp32", amx: bool = False,
+                  avx2: str | None = None):
     """(rewritten module, LiftPlan) for `tvm.compile` with the default pipeline. `configs`:
     tuned knobs per kernel name (dlrmlib.schedules.knobs); `seen` collects the kernels made;
     `fallbacks` the layers left to the default lowering (name -> why): a shape no kernel was
     written for is lowered as an untuned build would, never forced into a kernel. `precision`:
     the Dense layers' (dlrmlib.schedules.reduced); `amx`: int8/bf16 on AMX tiles
-    (dlrmlib.schedules.amx; the target needs amx.MATTR); `avx2`: int8 with vpmaddubsw, no VNNI
-    (dlrmlib.schedules.avx2_int8)."""
+    (dlrmlib.schedules.amx; the target needs amx.MATTR); `avx2`: int8 on AVX2 alone, no VNNI, with these
+    operands (dlrmlib.schedules.avx2_int8: "s16" or "u8s8")."""
     import tvm
 
     tvm_target = tvm.target.Target(target)

@@ -58,11 +58,11 @@ class _KernelTable:
     (kind, shape, extra)), for the tuner."""
 
     def __init__(self, builder: relax.BlockBuilder, configs: dict | None = None, seen: dict | None = None,
-                 fallbacks: dict | None = None, precision: str = "fp32", amx: bool = False, avx2: bool = False):
+                 fallbacks: dict | None = None, precision: str = "fp32", amx: bool = False, avx2: str | None = None):
         self.builder = builder
         self.precision = precision
         self.amx = amx
-        self.avx2 = avx2  # int8 with vpmaddubsw (dlrmlib.schedules.avx2_int8), for hosts without VNNI
+        self.avx2 = avx2  # int8 on AVX2 alone (dlrmlib.schedules.avx2_int8): its operands, "s16" or "u8s8"
         self.known: dict[str, tvm.ir.GlobalVar] = {}
         self.configs = configs or {}
         self.seen = seen if seen is not None else {}
@@ -123,9 +123,10 @@ def vector_lanes(target: tvm.target.Target) -> int:
 
 def use_dense_kernels(target: tvm.target.Target, configs: dict | None = None, seen: dict | None = None,
                       fallbacks: dict | None = None, precision: str = "fp32", amx: bool = False,
-                      avx2: bool = False):
+                      avx2: str | None = None):
     """Module pass: every float32 Dense(+bias)(+ReLU) with a packable width -> packed GEMM (int8
-    or bf16 weights with `precision`, on AMX tiles with `amx`, int8 with AVX2 only with `avx2`); one narrower than a panel (the
+    or bf16 weights with `precision`, on AMX tiles with `amx`, int8 on AVX2 alone with `avx2`, the
+    operands' name); one narrower than a panel (the
     last layer) -> a dot product per output, in fp32. A width that is neither keeps the default
     lowering, and `fallbacks` says so (layer name -> why)."""
 
@@ -174,7 +175,7 @@ def _reduced_dense(kernels: _KernelTable, shape: DenseShape, x, w, b, lanes: int
         packed = relax.call_tir(pack, [w], relax.TensorType((n // 32, k, 32), "uint16"))
         return relax.call_tir(dense, [x, packed, b], out)
     if kernels.avx2:
-        return avx2_int8_layer(kernels, shape, x, w, b)
+        return avx2_int8_layer(kernels, shape, x, w, b, kernels.avx2)
     if not int8_supported(shape):
         return None
     amx = kernels.amx and amx_supported(shape)
