@@ -78,8 +78,8 @@ def ensure_experiment(name: str, preset: str, batch: int, tag: str, log, source=
             try:
                 # int8_vnni / int8_avx2: lesser kernels on a stronger host; int8_u8s8: AVX2's 7-bit-activation kernels
                 name, _, isa = precision.partition("_")
-                build(exp, Custom(kernel_log, precision_tag(tag, precision), name,
-                                  {"vnni": "avx512_vnni", "avx2": "avx2", "u8s8": "avx2", "storage": "storage"}.get(isa),
+                isa_name = {"vnni": "avx512_vnni", "avx2": "avx2", "u8s8": "avx2", "storage": "storage"}.get(isa)
+                build(exp, Custom(kernel_log, precision_tag(tag, precision), name, isa_name,
                                   **({"operands": "u8s8"} if isa == "u8s8" else {})), log=log)
             except DlrmError as e:  # e.g. refused by the accuracy gate: said, and left out
                 log(f"[perf] batch {batch}: no {precision} build: {e}")

@@ -56,11 +56,12 @@ def avx2_int8_supported(shape: DenseShape) -> bool:
     return shape.n % LANES == 0 and not shape.narrow
 
 
-def avx2_int8_tile(shape: DenseShape, mr: int = 0, nb: int = 0) -> tuple[int, int]:
+def avx2_int8_tile(shape: DenseShape, mr: int = 0, nb: int = 0, operands: str = DEFAULT_OPERANDS) -> tuple[int, int]:
     """(mr rows, nb 8-wide panels) of the register tile: given, or the widest panel group that
-    divides N (at most 4) and then the most rows that divide M within the accumulator budget."""
+    divides N (at most 4 for u8s8, 2 for s16: its weight vectors hold half the k, so rows reuse
+    them more) and then the most rows that divide M within the accumulator budget."""
     panels = shape.n // LANES
-    nb = nb or next(b for b in (4, 2, 1) if panels % b == 0)
+    nb = nb or next(b for b in ((4, 2, 1) if operands == "u8s8" else (2, 1)) if panels % b == 0)
     limit = max(1, min(MAX_ACCUMULATORS // nb, shape.m))
     mr = mr or next(r for r in range(limit, 0, -1) if shape.m % r == 0)
     return mr, nb
@@ -127,7 +128,7 @@ def avx2_int8_dense_func(shape: DenseShape, mr: int = 0, nb: int = 0, operands: 
     op = OPERANDS[operands]
     m, k, n, g = shape.m, shape.k, shape.n, op.group
     kp = padded_k(k, g)
-    mr, nb = avx2_int8_tile(shape, mr, nb)
+    mr, nb = avx2_int8_tile(shape, mr, nb, operands)
     row_blocks = m // mr
     name = f"avx2_int8_{operands}_{shape.name}"
     acc = f"acc[T.ramp((ii * {nb} + jj) * 8, 1, 8)]"
