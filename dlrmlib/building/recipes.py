@@ -35,7 +35,7 @@ from dlrmlib.formats.weights import ParamSpec, extract_weights, layout_id
 from dlrmlib.frontend.relax import NUM_INPUTS
 from dlrmlib.schedules import PIPELINE_NAME, custom_module
 from dlrmlib.schedules.amx import MATTR
-from dlrmlib.schedules.avx2_int8 import DEFAULT_OPERANDS, avx2_quantization_facts
+from dlrmlib.schedules.avx2_int8 import DEFAULT_OPERANDS, OPERANDS, avx2_quantization_facts
 from dlrmlib.schedules.reduced import PRECISIONS, quantization_facts
 from dlrmlib.schedules.knobs import default_kernel_log, kernel_configs
 from dlrmlib.schedules.prepack import TRANSFORM, transformed_param_specs, write_transformed_weights
@@ -230,6 +230,8 @@ class Custom:
         error when this CPU or target cannot run the precision's kernels."""
         if self.precision not in PRECISIONS:
             raise DlrmError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.operands not in OPERANDS:
+            raise DlrmError(f"unknown int8 operands {self.operands!r}: choose one of {', '.join(OPERANDS)}")
         isa = precision_isa(self.precision)
         if isa is not None and self.isa not in (None, isa):
             # a lesser instruction set on a stronger host (AMX -> AVX-512 -> AVX2), not the other way round

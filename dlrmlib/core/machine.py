@@ -31,7 +31,7 @@ def precision_isa(precision: str, flags: list[str] | None = None) -> str | None:
     """The instruction set a build of `precision` uses on a CPU with these flags (this one's by
     default); None when the CPU cannot run that precision's kernels. int8: AMX tiles (tdpbusd)
     where the CPU has amx_int8 and Linux grants the tile state, else VNNI (vpdpbusd), else AVX2
-    (vpmaddubsw + vpmaddwd, 7-bit weights); bf16: AMX
+    (vpmaddwd on the 8-bit values widened to int16); bf16: AMX
     tiles (tdpbf16ps) likewise, else bf16 weights widened to fp32 in registers (any AVX2/AVX-512 CPU)."""
     have = set(cpu_flags() if flags is None else flags)
     vector = "avx512f" if "avx512f" in have else "avx2" if "avx2" in have else None
