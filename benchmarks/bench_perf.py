@@ -79,9 +79,11 @@ def ensure_experiment(name: str, preset: str, batch: int, tag: str, log, source=
         manifest = exp.manifest_path(precision_tag(tag, precision))
         if not manifest.exists() or read_manifest(manifest)["build"].get("kernel_knobs") != knobs:
             try:
-                name, _, isa = precision.partition("_")  # int8_vnni: the VNNI kernels on an AMX host
-                build(exp, Custom(kernel_log, precision_tag(tag, precision), name,
-                                  {"vnni": "avx512_vnni", "storage": "storage"}.get(isa)), log=log)
+                # int8_vnni / int8_avx2: lesser kernels on a stronger host; int8_u8s8: AVX2's 7-bit-activation kernels
+                name, _, isa = precision.partition("_")
+                isa_name = {"vnni": "avx512_vnni", "avx2": "avx2", "u8s8": "avx2", "storage": "storage"}.get(isa)
+                build(exp, Custom(kernel_log, precision_tag(tag, precision), name, isa_name,
+                                  **({"operands": "u8s8"} if isa == "u8s8" else {})), log=log)
             except DlrmError as e:  # e.g. refused by the accuracy gate: said, and left out
                 log(f"[perf] batch {batch}: no {precision} build: {e}")
     log(f"[perf] batch {batch}: kernels {'from ' + str(kernel_log) if kernel_log else 'with default knobs'}")
@@ -272,7 +274,8 @@ def main(argv=None) -> int:
     p.add_argument("--peers", default=",".join(PEERS + REDUCED_PEERS))
     p.add_argument("--precisions", default="fp32",
                    help="TVM builds to compare: fp32 (tag), int8 / bf16 (tag_int8, tag_bf16), int8_vnni / bf16_storage "
-                        "(the AVX-512 kernels where the host also has AMX), comma-separated")
+                        "(the AVX-512 kernels where the host also has AMX), int8_avx2 / int8_u8s8 (the AVX2 int8 "
+                        "kernels, int16 or u8 x s8 operands, on any AVX2 host), comma-separated")
     p.add_argument("--repeats", type=int, default=11, help="interleaved repetitions; medians are reported")
     p.add_argument("--threads", type=int, default=0, help="threads per runtime (0: every usable core)")
     p.add_argument("--tag", default="custom", help="TVM build tag to compare (built if missing)")

@@ -36,6 +36,7 @@ from dlrmlib.formats.weights import ParamSpec, extract_weights, layout_id
 from dlrmlib.frontend.relax import NUM_INPUTS
 from dlrmlib.schedules import PIPELINE_NAME, custom_module
 from dlrmlib.schedules.amx import MATTR
+from dlrmlib.schedules.avx2_int8 import DEFAULT_OPERANDS, OPERANDS, avx2_quantization_facts
 from dlrmlib.schedules.reduced import PRECISIONS, quantization_facts
 from dlrmlib.schedules.knobs import default_kernel_log, kernel_configs
 from dlrmlib.schedules.prepack import TRANSFORM, transformed_param_specs, write_transformed_weights
@@ -174,6 +175,10 @@ class FromLog:
         return (*prepacked_weights(source, library, plan, facts["transform_id"]), TRANSFORM)
 
 
+# (precision, forced instruction set) -> the flags ignored to reach it on a stronger host
+LESSER = {("int8", "avx512_vnni"): ("amx",), ("bf16", "storage"): ("amx",), ("int8", "avx2"): ("amx", "avx512_vnni")}
+
+
 @dataclass(frozen=True)
 class Custom:
     """The hand-written kernels (packed GEMM + bias/ReLU, narrow last layer, fused gather +
@@ -185,8 +190,9 @@ class Custom:
     kernel_log: Path | None = None
     tag: str = "custom"
     precision: str = "fp32"
-    isa: str | None = None  # None: the best this host has; "avx512_vnni" (int8) or "storage" (bf16): not AMX
+    isa: str | None = None  # None: the best this host has; "avx512_vnni" / "avx2" (int8), "storage" (bf16): lesser ones
     calibration: str = "dynamic"  # int8 activations: scales per row of every batch, or "static" (calibrated)
+    operands: str = DEFAULT_OPERANDS  # int8 on AVX2: "s16" (exact 8-bit) or "u8s8" (7-bit activations, faster)
 
     @contextmanager
     def lower(self, source: Source) -> Iterator[Lowering]:
@@ -197,6 +203,7 @@ class Custom:
             log(f"[build] kernel knobs from {kernel_log} ({len(knobs)} kernels tuned)")
         precision = self.precision_facts(source.target)
         amx = precision["isa"] in ("amx_int8", "amx_bf16")
+        avx2 = self.operands if precision["isa"] == "avx2" else None
         if amx:  # LLVM's mcpu for the host may not list AMX (a VM's CPUID): the manifest says what was used
             source.target = {**source.target, "mattr": MATTR}
         seen: dict = {}
@@ -205,13 +212,14 @@ class Custom:
         try:
             mod, plan = custom_module(source.mod, source.target, NUM_INPUTS, configs=knobs, seen=seen,
                                       fallbacks=fallbacks, precision=self.precision, amx=amx,
-                                      ranges=calibrated["ranges"] if calibrated else None)
+                                      ranges=calibrated["ranges"] if calibrated else None, avx2=avx2)
         except KeyError as e:  # a layer the calibration did not see
             raise DlrmError(f"static calibration: {e.args[0]}") from None
         for layer, why in fallbacks.items():
             log(f"[build] {layer}: default lowering, no hand-written kernel ({why})")
         if self.precision != "fp32":
-            precision["quantization"] = quantization_facts(self.precision, seen, precision["isa"])
+            precision["quantization"] = (avx2_quantization_facts(seen, avx2) if avx2 else
+                                         quantization_facts(self.precision, seen, precision["isa"]))
             if calibrated:
                 precision["quantization"].update(static_facts(calibrated))
             log(f"[build] {self.precision} kernels ({precision['isa']}) for "
@@ -221,7 +229,8 @@ class Custom:
                 "kernel_knobs": knobs, "kernel_fallbacks": fallbacks}
         lowering = Lowering(mod, None, info, precision=precision)
         if not plan.identity:
-            transform_id = self.transform_id({**knobs, "precision": self.precision, "isa": precision["isa"]})
+            transform_id = self.transform_id({**knobs, "precision": self.precision, "isa": precision["isa"],
+                                              **({"operands": avx2} if avx2 else {})})
             lowering.weights = lambda library: (*prepacked_weights(source, library, plan, transform_id), TRANSFORM)
         yield lowering
 
@@ -240,16 +249,21 @@ class Custom:
         error when this CPU or target cannot run the precision's kernels."""
         if self.precision not in PRECISIONS:
             raise DlrmError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.operands not in OPERANDS:
+            raise DlrmError(f"unknown int8 operands {self.operands!r}: choose one of {', '.join(OPERANDS)}")
         isa = precision_isa(self.precision)
         if isa is not None and self.isa not in (None, isa):
-            # an AMX host can also run the AVX-512 kernels, not the other way round
-            without_amx = precision_isa(self.precision, [f for f in cpu_flags() if not f.startswith("amx")])
-            if (self.precision, self.isa) not in (("int8", "avx512_vnni"), ("bf16", "storage")) or without_amx is None:
+            # a lesser instruction set on a stronger host (AMX -> AVX-512 -> AVX2), not the other way round
+            dropped = LESSER.get((self.precision, self.isa))
+            flags = [f for f in cpu_flags() if not f.startswith(dropped)] if dropped else None
+            lesser = precision_isa(self.precision, flags) if dropped else None
+            if lesser is None or (self.isa != "storage" and lesser != self.isa):
                 raise DlrmError(f"{self.precision} kernels for {self.isa!r} cannot run here (this host: {isa})")
-            isa = without_amx
-        if isa is None or (isa == "avx512_vnni" and not _target_has(target, "avx512vnni")):
-            raise DlrmError(f"a {self.precision} build needs AVX512-VNNI (vpdpbusd) on this CPU and in the target "
-                            f"({target['mcpu']}); this host has none: build fp32 or bf16")
+            isa = lesser
+        if isa is None or (isa == "avx512_vnni" and not _target_has(target, "avx512vnni")) or (
+                isa == "avx2" and not _target_has(target, "avx2")):
+            raise DlrmError(f"a {self.precision} build needs AVX2 (or AVX512-VNNI, AMX) on this CPU and in the "
+                            f"target ({target['mcpu']}); this host has none: build fp32 or bf16")
         return {**fp32_precision(), "name": self.precision, "isa": isa}
 
     @staticmethod
@@ -262,8 +276,8 @@ class Custom:
 
 def static_facts(calibrated: dict) -> dict:
     """The manifest's quantization fields of a statically calibrated int8 build."""
-    return {"activations": "uint8, asymmetric, one scale and zero point per layer from the min/max of its input over "
-                           "the calibration slice (static)",
+    return {"activations": "asymmetric, one scale and zero point per layer from the min/max of its input over the "
+                           "calibration slice (static)",
             "calibration": "static", "calibration_samples": calibrated["samples"],
             "calibration_slice": calibrated["which"], "activation_ranges": calibrated["ranges"]}
 

@@ -154,8 +154,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="custom: hand-written packed-GEMM and interaction kernels (dlrmlib.schedules), "
                         "weights prepacked at build time (default: default; custom with --precision bf16/int8)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
-                   help="the Dense layers' precision: int8 (VNNI, per-channel weights, per-row u8 activations) or "
-                        "bf16 weights; gated on accuracy (docs/precision.md; default: %(default)s)")
+                   help="the Dense layers' precision: int8 (AMX, VNNI or AVX2; per-channel weights, per-row u8 "
+                        "activations) or bf16 weights; gated on accuracy (docs/precision.md; default: %(default)s)")
     p.add_argument("--calibration", choices=["dynamic", "static"],
                    help="int8 activations: dynamic (a scale per row of every batch) or static (one per layer from the "
                         "test data's calibration slice, docs/precision.md; tag custom_int8_static) (default: dynamic)")

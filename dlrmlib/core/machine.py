@@ -30,14 +30,15 @@ def cpu_flags() -> list[str]:
 def precision_isa(precision: str, flags: list[str] | None = None) -> str | None:
     """The instruction set a build of `precision` uses on a CPU with these flags (this one's by
     default); None when the CPU cannot run that precision's kernels. int8: AMX tiles (tdpbusd)
-    where the CPU has amx_int8 and Linux grants the tile state, else VNNI (vpdpbusd); bf16: AMX
+    where the CPU has amx_int8 and Linux grants the tile state, else VNNI (vpdpbusd), else AVX2
+    (vpmaddwd on the 8-bit values widened to int16); bf16: AMX
     tiles (tdpbf16ps) likewise, else bf16 weights widened to fp32 in registers (any AVX2/AVX-512 CPU)."""
     have = set(cpu_flags() if flags is None else flags)
     vector = "avx512f" if "avx512f" in have else "avx2" if "avx2" in have else None
     if precision == "int8":
         if {"amx_tile", "amx_int8", "avx512bw"} <= have and (flags is not None or amx_permitted()):
             return "amx_int8"
-        return "avx512_vnni" if {"avx512_vnni", "avx512bw"} <= have else None
+        return "avx512_vnni" if {"avx512_vnni", "avx512bw"} <= have else "avx2" if "avx2" in have else None
     if precision == "bf16":
         if {"amx_tile", "amx_bf16"} <= have and (flags is not None or amx_permitted()):
             return "amx_bf16"

@@ -22,14 +22,15 @@ PIPELINE_NAME = ("custom kernels (dlrmlib.schedules: packed GEMM + bias/ReLU, na
 
 def custom_module(mod, target: dict, num_input: int, configs: dict | None = None, seen: dict | None = None,
                   fallbacks: dict | None = None, precision: str = "fp32", amx: bool = False,
-                  ranges: dict | None = None):
+                  ranges: dict | None = None, avx2: str | None = None):
     """(rewritten module, LiftPlan) for `tvm.compile` with the default pipeline. `configs`:
     tuned knobs per kernel name (dlrmlib.schedules.knobs); `seen` collects the kernels made;
     `fallbacks` the layers left to the default lowering (name -> why): a shape no kernel was
     written for is lowered as an untuned build would, never forced into a kernel. `precision`:
     the Dense layers' (dlrmlib.schedules.reduced); `amx`: int8/bf16 on AMX tiles
     (dlrmlib.schedules.amx; the target needs amx.MATTR); `ranges`: int8 with static activation
-    scales from these calibrated input ranges (dlrmlib.schedules.static)."""
+    scales from these calibrated input ranges (dlrmlib.schedules.static); `avx2`: int8 on AVX2
+    alone, no VNNI, with these operands (dlrmlib.schedules.avx2_int8: "s16" or "u8s8")."""
     import tvm
 
     tvm_target = tvm.target.Target(target)
@@ -39,5 +40,6 @@ def custom_module(mod, target: dict, num_input: int, configs: dict | None = None
     if not any(kind == "interaction" for kind, _, _ in seen.values()):
         fallbacks["interaction"] = ("the gathers + dot interaction are not in the form the fused kernel matches "
                                     "(one id per bag, tables read from lS_i rows, pairs j < i by a constant index)")
-    mod = use_dense_kernels(tvm_target, configs, seen, fallbacks, precision=precision, amx=amx, ranges=ranges)(mod)
+    mod = use_dense_kernels(tvm_target, configs, seen, fallbacks, precision=precision, amx=amx, ranges=ranges,
+                            avx2=avx2)(mod)
     return lift_weight_transforms(mod, num_input)

@@ -164,17 +164,20 @@ QUANTIZE_ROWS = 8  # rows per task: a buffer declared inside a parallel loop cos
 MINMAX_CHAINS = 4  # 16-lane min/max accumulators per row, folded into one after the pass
 
 
-def quantize_rows_func(m: int, k: int, kp: int, parallel: bool, lanes: int = 16, chains: int = MINMAX_CHAINS):
+def quantize_rows_func(m: int, k: int, kp: int, parallel: bool, lanes: int = 16, chains: int = MINMAX_CHAINS,
+                       levels: int = 255, dtype: str = "uint8"):
     """x[M, K] f32 -> (xq[M, Kp] u8, s_x[M], z_x[M]): per row, the range [min(x, 0), max(x, 0)]
-    mapped onto 0..255 (zero exactly representable; ReLU outputs get z = 0). No scalar
+    mapped onto 0..levels (zero exactly representable; ReLU outputs get z = 0). No scalar
     temporaries: TVMScript makes each a buffer, which inside a parallel loop is a heap allocation.
-    `chains` independent min/max accumulators per row (1: the former kernel, kept to compare)."""
+    `chains` independent min/max accumulators per row (1: the former kernel, kept to compare);
+    `dtype` int16: the same values widened (AVX2's vpmaddwd operands)."""
     main = k - k % lanes
     rows = next(r for r in (QUANTIZE_ROWS, 4, 2, 1) if m % r == 0)
     # independent min/max chains: one chain waits on vminps' latency for every vector
     chains = chains if main // lanes >= chains else 1
     vectors, blocked = main // lanes, main // lanes // chains * chains
-    name = f"quantize_u8_m{m}_k{k}_kp{kp}"
+    name = f"quantize_u8_m{m}_k{k}_kp{kp}" + ("" if levels == 255 else f"_l{levels}") + (
+        "" if dtype == "uint8" else f"_{dtype}")
     i = f"t * {rows} + ii"
     tail_minmax = "" if main == k else (
         f"\n            for r in range({main}, {k}):\n"
@@ -186,11 +189,11 @@ def quantize_rows_func(m: int, k: int, kp: int, parallel: bool, lanes: int = 16,
                      f"                lo[l] = T.min(lo[l], lo[l + {h}])\n                hi[l] = T.max(hi[l], hi[l + {h}])"
                      for h in (8, 4, 2, 1) if h < lanes)
     # floor(v + 0.5), not nearbyint: TVM's vectoriser leaves a loop with nearbyint scalar
-    quant = (f"T.Cast('uint8', T.max(T.min(T.floor(x[{i}, {{c}}] * (T.float32(1) / xs[{i}]) + T.float32(0.5)) + "
-             f"T.Cast('float32', xz[{i}]), T.float32(255)), T.float32(0)))")
+    quant = (f"T.Cast('{dtype}', T.max(T.min(T.floor(x[{i}, {{c}}] * (T.float32(1) / xs[{i}]) + T.float32(0.5)) + "
+             f"T.Cast('float32', xz[{i}]), T.float32({levels})), T.float32(0)))")
     source = f'''
 @T.prim_func(s_tir=True)
-def {name}(x: T.Buffer(({m}, {k}), "float32"), xq: T.Buffer(({m}, {kp}), "uint8"),
+def {name}(x: T.Buffer(({m}, {k}), "float32"), xq: T.Buffer(({m}, {kp}), "{dtype}"),
            xs: T.Buffer(({m},), "float32"), xz: T.Buffer(({m},), "int32")):
     T.func_attr({{"tirx.noalias": True}})
     for t in {"T.parallel" if parallel else "range"}({m // rows}):
@@ -210,7 +213,7 @@ def {name}(x: T.Buffer(({m}, {k}), "float32"), xq: T.Buffer(({m}, {kp}), "uint8"
                     lo[l] = T.min(lo[l], x[{i}, r0 * {lanes} + l])
                     hi[l] = T.max(hi[l], x[{i}, r0 * {lanes} + l])
 {fold}{tail_minmax}
-            xs[{i}] = T.if_then_else(hi[0] > lo[0], (hi[0] - lo[0]) / T.float32(255), T.float32(1))
+            xs[{i}] = T.if_then_else(hi[0] > lo[0], (hi[0] - lo[0]) / T.float32({levels}), T.float32(1))
             xz[{i}] = T.Cast("int32", T.nearbyint(T.float32(0) - lo[0] / xs[{i}]))
             for r0 in range({main // lanes}):
                 for l in T.vectorized({lanes}):
@@ -218,7 +221,7 @@ def {name}(x: T.Buffer(({m}, {k}), "float32"), xq: T.Buffer(({m}, {kp}), "uint8"
             for r in range({main}, {k}):
                 xq[{i}, r] = {quant.format(c="r")}
             for r in range({k}, {kp}):
-                xq[{i}, r] = T.uint8(0)
+                xq[{i}, r] = T.Cast("{dtype}", 0)
 '''
     return parse_prim_func(source, name, root_block=True)
 

@@ -13,6 +13,7 @@ from tvm.relax.dpl import is_op, wildcard
 
 from dlrmlib.schedules.dense import DenseConfig, DenseShape, dense_func, narrow_dense_func, pack_func, pack_name
 from dlrmlib.schedules.amx import K_STEP, amx_bf16_dense_func, amx_int8_dense_func, amx_supported
+from dlrmlib.schedules.avx2_int8 import avx2_int8_layer
 from dlrmlib.schedules.reduced import (
     bf16_dense_func,
     bf16_pack_func,
@@ -58,10 +59,11 @@ class _KernelTable:
     (kind, shape, extra)), for the tuner."""
 
     def __init__(self, builder: relax.BlockBuilder, configs: dict | None = None, seen: dict | None = None,
-                 fallbacks: dict | None = None, precision: str = "fp32", amx: bool = False):
+                 fallbacks: dict | None = None, precision: str = "fp32", amx: bool = False, avx2: str | None = None):
         self.builder = builder
         self.precision = precision
         self.amx = amx
+        self.avx2 = avx2  # int8 on AVX2 alone (dlrmlib.schedules.avx2_int8): its operands, "s16" or "u8s8"
         self.known: dict[str, tvm.ir.GlobalVar] = {}
         self.configs = configs or {}
         self.seen = seen if seen is not None else {}
@@ -122,9 +124,10 @@ def vector_lanes(target: tvm.target.Target) -> int:
 
 def use_dense_kernels(target: tvm.target.Target, configs: dict | None = None, seen: dict | None = None,
                       fallbacks: dict | None = None, precision: str = "fp32", amx: bool = False,
-                      ranges: dict | None = None):
+                      ranges: dict | None = None, avx2: str | None = None):
     """Module pass: every float32 Dense(+bias)(+ReLU) with a packable width -> packed GEMM (int8
-    or bf16 weights with `precision`, on AMX tiles with `amx`); one narrower than a panel (the
+    or bf16 weights with `precision`, on AMX tiles with `amx`, int8 on AVX2 alone with `avx2`, the
+    operands' name); one narrower than a panel (the
     last layer) -> a dot product per output, in fp32. A width that is neither keeps the default
     lowering, and `fallbacks` says so (layer name -> why). `ranges` (int8): each layer's calibrated
     input range by weight name, for static activation scales (dlrmlib.schedules.static)."""
@@ -132,7 +135,7 @@ def use_dense_kernels(target: tvm.target.Target, configs: dict | None = None, se
     @tvm.transform.module_pass(opt_level=0, name="UseDenseKernels")
     def _pass(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
         builder = relax.BlockBuilder(mod)
-        kernels = _KernelTable(builder, configs, seen, fallbacks, precision, amx)
+        kernels = _KernelTable(builder, configs, seen, fallbacks, precision, amx, avx2)
         kernels.ranges = ranges
         lanes = vector_lanes(target)
         (with_relu, plain), vars_ = _dense_patterns()
@@ -174,6 +177,8 @@ def _reduced_dense(kernels: _KernelTable, shape: DenseShape, x, w, b, lanes: int
         dense = kernels.get(f"bf16_{shape.name}", lambda: bf16_dense_func(shape, lanes))
         packed = relax.call_tir(pack, [w], relax.TensorType((n // 32, k, 32), "uint16"))
         return relax.call_tir(dense, [x, packed, b], out)
+    if kernels.avx2:
+        return avx2_int8_layer(kernels, shape, x, w, b, kernels.avx2)
     if not int8_supported(shape):
         return None
     amx = kernels.amx and amx_supported(shape)
