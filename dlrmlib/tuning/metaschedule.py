@@ -59,7 +59,7 @@ from dlrmlib.schedules.space import concat_space, dense_shape, dense_space, gath
 from dlrmlib.tuning import DEFAULT_TRIALS, MAX_TRIALS, MAX_TRIALS_WHY, ROOF_MARGIN
 from dlrmlib.tuning import session as ts
 from dlrmlib.tuning.rpc import RpcMeasurement
-from dlrmlib.tuning.written import kernel_knobs, measure_written, with_written
+from dlrmlib.tuning.written import kernel_knobs, measure_seeds, measure_written, seed_candidates, with_written
 
 ROOF_GEMM = 1536  # the peak's sgemm size: big enough for the BLAS to reach it, a second or so
 CI_TRIALS = 16  # under CI=true, as TVM's tutorials skip their expensive tuning there
@@ -361,9 +361,15 @@ def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batc
         try:
             _untuned_latencies(tasks, session.tasks, target, builder, runner, folder, log)
             _written_latencies(folder, tasks, kept["mod"], target_dict, knobs, prepack, builder, runner, session, log)
+            if space != "default":  # each Dense kernel's first trial: the hand-written kernel
+                measure_seeds(seed_candidates(contexts, tasks, session, target_dict, knobs), contexts, session,
+                              folder, target, builder, runner, log)
+            built, ran, looped = builder.seconds, runner.seconds, time.perf_counter()
             with _stop_after_batch_on_interrupt(session, log):
                 _run_tasks(contexts, session, folder, trials - done, cap, batch, builder, runner, seed, progress,
                            f"tune {experiment.name}")
+            _log_phases(session.new_trials, time.perf_counter() - looped, builder.seconds - built,
+                        runner.seconds - ran, log)
         finally:
             builder.close()
     result = TuneResult(folder, count_records(folder), session.new_trials, time.perf_counter() - started,
@@ -381,6 +387,15 @@ def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batc
     if session.stop_requested:
         raise KeyboardInterrupt(f"tuning stopped at {result.trials} trials; run again to continue")
     return result
+
+
+def _log_phases(trials: int, total: float, build: float, run: float, log) -> None:
+    """Where a trial's time went in the tuning loop: search (candidates, cost model, database),
+    build (the workers), measurement."""
+    if trials:
+        search = max(0.0, total - build - run)
+        log(f"[tune] per trial: search {search / trials:.2f} s, build {build / trials:.2f} s, "
+            f"measure {run / trials:.2f} s ({trials} trials, {total:.0f} s in the loop)")
 
 
 def _new_session(experiment, folder: Path, tasks: list, target: dict, prepack: bool, trials: int, done: int,

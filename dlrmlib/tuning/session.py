@@ -89,11 +89,15 @@ class PooledBuilder(PyBuilder):
     def __init__(self, workers: int, timeout_s: float = BUILD_TIMEOUT_S, uses: int = 256) -> None:
         super().__init__()
         self.timeout_s = timeout_s
+        self.seconds = 0.0  # spent building, over the run (where a trial's time goes)
         self.pool = PopenPoolExecutor(max_workers=workers, timeout=timeout_s, maximum_process_uses=uses)
 
     def build(self, build_inputs):
+        started = time.perf_counter()
         jobs = [(build_candidate, None, b.mod, b.target, _serialize_params(b.params)) for b in build_inputs]
-        return [self._result(r) for r in self.pool.map_with_error_catching(lambda job: _worker_func(*job), jobs)]
+        results = [self._result(r) for r in self.pool.map_with_error_catching(lambda job: _worker_func(*job), jobs)]
+        self.seconds += time.perf_counter() - started
+        return results
 
     def _result(self, outcome) -> BuilderResult:
         if outcome.status == StatusKind.COMPLETE:
@@ -124,9 +128,12 @@ class MeasureAloneRunner(PyRunner):
     def __init__(self, inner) -> None:
         super().__init__()
         self.inner = inner
+        self.seconds = 0.0  # spent measuring, over the run
 
     def run(self, runner_inputs):
+        started = time.perf_counter()
         results = [future.result() for future in self.inner.run(runner_inputs)]
+        self.seconds += time.perf_counter() - started
         return [RunnerFuture(lambda: True, lambda r=r: r) for r in results]
 
 

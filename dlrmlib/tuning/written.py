@@ -82,3 +82,64 @@ def measure_written(folder: Path, tasks: list, module, target: dict, knobs: dict
                          for name, latency in zip(fixed, latencies[len(dense):])}}
     write_json(folder / WRITTEN_FILE, written)
     return written
+
+
+def seed_candidates(contexts: list, tasks: list, session, target: dict, knobs: dict) -> list:
+    """(task index, schedule) of the hand-written space with the custom build's decisions
+    (dlrmlib.schedules.space.written_decisions), postprocessed as the search would, for each
+    Dense task without a trial yet: so that a kernel's first trial is the hand-written kernel,
+    and the evolutionary search starts from it (it draws from the database's best)."""
+    import tvm
+    from tvm import s_tir
+
+    from dlrmlib.schedules.dense import row_block  # deferred: only with seeding
+    from dlrmlib.schedules.space import dense_space, written_decisions
+
+    lanes = vector_lanes(tvm.target.Target(target))
+    seeds = []
+    for i, (context, task, state) in enumerate(zip(contexts, tasks, session.tasks)):
+        shape = dense_shape(task.dispatched[0])
+        if shape is None or state.trials:
+            continue
+        m, k, n = shape
+        layer = DenseShape(m=m, k=k, n=n, relu="relu" in task.task_name)
+        config = DenseConfig(**knobs.get(layer.name, {}))
+        if layer.narrow or not layer.packable(config.bn):
+            continue
+        mr = config.mr or row_block(m, lanes)
+        sch = s_tir.Schedule(context.mod, debug_mask="all")
+        if dense_space(sch, decisions=written_decisions(m, n, mr, config.bn, config.threads(layer))) is None:
+            continue
+        if all(p.apply(sch) for p in context.space_generator.postprocs):
+            seeds.append((i, sch))
+    return seeds
+
+
+def measure_seeds(seeds: list, contexts: list, session, folder: Path, target, builder, runner, log) -> None:
+    """Build and time the seed schedules like trials, commit them to the database and the
+    trials file (each kernel's first trial)."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+    from tvm.s_tir.meta_schedule.builder import BuilderInput
+    from tvm.s_tir.meta_schedule.runner import RunnerInput
+
+    if not seeds:
+        return
+    log(f"[tune] first trial of {len(seeds)} Dense kernels: the hand-written space with the custom build's knobs")
+    built = builder.build([BuilderInput(sch.mod, target) for _, sch in seeds])
+    args = [ArgInfo.from_entry_func(sch.mod, remove_preproc=True) for _, sch in seeds]
+    ready = [j for j, b in enumerate(built) if b.error_msg is None]
+    ran = dict(zip(ready, runner.run([RunnerInput(built[j].artifact_path, "cpu", args[j]) for j in ready])))
+    database = ms.database.JSONDatabase(work_dir=str(folder))
+    for j, (i, sch) in enumerate(seeds):
+        result = ran[j].result() if j in ran else None
+        error = built[j].error_msg or (result.error_msg if result is not None else None)
+        latency = ts.mean_seconds(result.run_secs) if error is None else None
+        if latency is not None:
+            database.commit_tuning_record(ms.database.TuningRecord(
+                sch.trace, database.commit_workload(contexts[i].mod), [latency], target, args[j]))
+        session.record(i, [latency], [None if error is None else "seed: " + str(error).splitlines()[0][:200]])
+        if built[j].artifact_path:
+            import shutil
+
+            shutil.rmtree(Path(built[j].artifact_path).parent, ignore_errors=True)
