@@ -204,6 +204,11 @@ def _untuned_latencies(tasks, states, target, builder, runner, folder: Path, log
     """Every kernel's untuned latency, measured once per log (`untuned.json`)."""
 
     known = read_untuned(folder)
+    skipped = [s.name for s in states if s.name not in known and s.written_s is not None]
+    if skipped:  # a naive GEMM takes seconds a run, and never beats the hand-written kernel
+        log(f"[tune] not timing {len(skipped)} untuned kernels that have a hand-written kernel (their start)")
+        known.update({name: None for name in skipped})
+        write_json(folder / UNTUNED_FILE, known)
     missing = [i for i, s in enumerate(states) if s.name not in known]
     if missing:
         log(f"[tune] timing {len(missing)} untuned kernels once (the curve's starting point)")
@@ -359,8 +364,9 @@ def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batc
         if rpc is not None:
             log(f"[tune] measuring on {rpc.servers} RPC server(s) with key {rpc.key!r} via the tracker at {rpc.tracker}")
         try:
-            _untuned_latencies(tasks, session.tasks, target, builder, runner, folder, log)
             _written_latencies(folder, tasks, kept["mod"], target_dict, knobs, prepack, builder, runner, session, log)
+            once = ts.make_runner(rpc, repeat=ts.ONCE_REPEATS)
+            _untuned_latencies(tasks, session.tasks, target, builder, once, folder, log)
             if space != "default":  # each Dense kernel's first trial: the hand-written kernel
                 measure_seeds(seed_candidates(contexts, tasks, session, target_dict, knobs), contexts, session,
                               folder, target, builder, runner, log)
