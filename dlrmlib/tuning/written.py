@@ -135,9 +135,10 @@ def measure_seeds(seeds: list, contexts: list, session, folder: Path, target, bu
         result = ran[j].result() if j in ran else None
         error = built[j].error_msg or (result.error_msg if result is not None else None)
         latency = ts.mean_seconds(result.run_secs) if error is None else None
-        if latency is not None:
-            database.commit_tuning_record(ms.database.TuningRecord(
-                sch.trace, database.commit_workload(contexts[i].mod), [latency], target, args[j]))
+        # failed too, as MetaSchedule commits them: the trials file numbers trials by record
+        database.commit_tuning_record(ms.database.TuningRecord(
+            sch.trace, database.commit_workload(contexts[i].mod), [latency if latency is not None else 1e10],
+            target, args[j]))
         session.record(i, [latency], [None if error is None else "seed: " + str(error).splitlines()[0][:200]])
         if built[j].artifact_path:
             import shutil
