@@ -10,15 +10,16 @@ defaults).
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from dlrmlib.core.files import write_json
 from dlrmlib.formats.tuning_log import WRITTEN_FILE, read_written
 from dlrmlib.schedules import written_kernels
-from dlrmlib.schedules.dense import DenseConfig, DenseShape, dense_func
+from dlrmlib.schedules.dense import DenseConfig, DenseShape, dense_func, row_block
 from dlrmlib.schedules.knobs import default_kernel_log, kernel_configs
 from dlrmlib.schedules.rewrite import vector_lanes
-from dlrmlib.schedules.space import dense_shape
+from dlrmlib.schedules.space import dense_shape, dense_space, written_decisions
 from dlrmlib.tuning import session as ts
 
 
@@ -92,9 +93,6 @@ def seed_candidates(contexts: list, tasks: list, session, target: dict, knobs: d
     import tvm
     from tvm import s_tir
 
-    from dlrmlib.schedules.dense import row_block  # deferred: only with seeding
-    from dlrmlib.schedules.space import dense_space, written_decisions
-
     lanes = vector_lanes(tvm.target.Target(target))
     seeds = []
     for i, (context, task, state) in enumerate(zip(contexts, tasks, session.tasks)):
@@ -110,6 +108,7 @@ def seed_candidates(contexts: list, tasks: list, session, target: dict, knobs: d
         sch = s_tir.Schedule(context.mod, debug_mask="all")
         if dense_space(sch, decisions=written_decisions(m, n, mr, config.bn, config.threads(layer))) is None:
             continue
+        sch.enter_postproc()  # as the search does: a replay of the trace drops what follows
         if all(p.apply(sch) for p in context.space_generator.postprocs):
             seeds.append((i, sch))
     return seeds
@@ -141,6 +140,4 @@ def measure_seeds(seeds: list, contexts: list, session, folder: Path, target, bu
             target, args[j]))
         session.record(i, [latency], [None if error is None else "seed: " + str(error).splitlines()[0][:200]])
         if built[j].artifact_path:
-            import shutil
-
             shutil.rmtree(Path(built[j].artifact_path).parent, ignore_errors=True)
