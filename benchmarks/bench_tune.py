@@ -23,6 +23,7 @@ from pathlib import Path
 
 from dlrmlib.backends import measure
 from dlrmlib.backends.onnxruntime import OnnxRuntimeBackend
+from dlrmlib.backends.openvino import OpenVinoBackend
 from dlrmlib.backends.tvm import TvmBackend
 from dlrmlib.building.build import build
 from dlrmlib.building.recipes import Custom, FromLog
@@ -89,6 +90,7 @@ def main() -> None:
     custom = build(exp, Custom(shipped_kernel_log()), log=lambda _: None)
     data = read_test_data(exp.testdata_dir)
     rates = interleaved_rates({"onnxruntime": OnnxRuntimeBackend(exp.normalised_model, BATCH),
+                               "openvino": OpenVinoBackend(exp.normalised_model, BATCH),  # f32
                                "tvm untuned": TvmBackend(untuned.manifest),
                                "tvm custom kernels": TvmBackend(custom.manifest),
                                f"tvm tuned ({tuned.tag})": TvmBackend(tuned.manifest)}, data)
@@ -107,6 +109,8 @@ def main() -> None:
         "tuned_over_onnxruntime": round(rates[f"tvm tuned ({tuned.tag})"] / rates["onnxruntime"], 3),
         "tuned_over_custom": round(rates[f"tvm tuned ({tuned.tag})"] / rates["tvm custom kernels"], 3),
         "custom_over_onnxruntime": round(rates["tvm custom kernels"] / rates["onnxruntime"], 3),
+        "tuned_over_openvino": round(rates[f"tvm tuned ({tuned.tag})"] / rates["openvino"], 3),
+        "load_average": os.getloadavg(),
         "curve_reaches": crossings,
         "untuned_over_onnxruntime": round(rates["tvm untuned"] / rates["onnxruntime"], 4),
         "max_abs_error": tuned.verification["max_abs_error"],
@@ -120,12 +124,14 @@ def main() -> None:
         print(f"  {name:28s} {value:>10,} samples/s")
     print(f"tuned / untuned: {report['tuned_over_untuned']}x; tuned / ONNX Runtime: "
           f"{report['tuned_over_onnxruntime']}x; tuned / custom kernels: {report['tuned_over_custom']}x; "
+          f"tuned / OpenVINO f32: {report['tuned_over_openvino']}x; "
           f"custom / ONNX Runtime: {report['custom_over_onnxruntime']}x; untuned / ONNX Runtime: "
           f"{report['untuned_over_onnxruntime']}x; max |tuned - reference| = {report['max_abs_error']:.2e}")
     for name, met in crossings.items():
         print(f"the curve's estimate reaches {name}'s measured latency: "
               + (f"at trial {met['trial']} ({met['t']:.0f} s)" if met else f"not within {result.trials} trials"))
-    print("(ratios from one interleaved run in this process; on a shared machine only the ratios mean anything)")
+    print(f"(ratios from one interleaved run in this process; load average {report['load_average'][0]:.1f} at the end: "
+          "on a shared machine only the ratios mean anything)")
 
 
 def shipped_kernel_log() -> Path | None:

@@ -25,6 +25,8 @@ from dlrmlib.formats.tuning_log import (
     count_records,
     crossing,
     log_mode,
+    read_tasks,
+    read_written,
     repair_log,
     resolve_prepack,
     task_table,
@@ -155,6 +157,10 @@ def test_prepacked_build_from_its_log_matches_onnx_runtime(experiment, plain_log
     assert any(p.name.startswith("main_transform_params") for p in params), "nothing was prepacked"
     records = (tuning_log_dir(experiment, prepack=True) / RECORDS_FILE).read_text()
     assert '"SetScope"' in records, "no schedule of the hand-written space in the log (the killed run's)"
+    written = read_written(tuning_log_dir(experiment, prepack=True))  # used as written: no task
+    assert any(name.startswith("interaction") for name in written["fixed"]) and written["dense"]
+    assert not any("concat" in t["name"] or "take" in t["name"]
+                   for t in read_tasks(tuning_log_dir(experiment, prepack=True))["tasks"])
     tables = [p for p in params if p.name.startswith("emb_l.")]
     assert len(tables) == 26  # untouched, and hard-linked from the plain weights folder, not copied
     assert all((folder / p.file).stat().st_nlink >= 2 for p in tables)
@@ -194,6 +200,21 @@ def test_curve_draws_its_peers_and_where_it_crosses_them(experiment, plain_log):
     caption = fig.texts[0].get_text() if fig.texts else fig._suptitle.get_text()
     assert f"reached at trial {met['trial']}" in caption and "custom kernels" in caption and "not reached" in caption
     assert (experiment.figures_dir / "tuning_curve.png").is_file()
+
+
+def test_a_stalled_search_stops_its_kernel_and_the_run_says_why():
+    from dlrmlib.tuning.session import STALL_BATCHES, Session, TaskState
+
+    improving = TaskState("improving", 1.0, 2e9, history=[5.0, 4.0, 3.0, 2.0, 1.0])
+    flat = TaskState("flat", 1.0, 2e9, history=[5.0, 1.0, 0.999, 0.998, 0.997])
+    young = TaskState("young", 1.0, 2e9, history=[1.0] * STALL_BATCHES)  # too few batches to judge
+    assert flat.stalled() and not improving.stalled() and not young.stalled()
+    session = Session([improving, flat], budget=3000, trials=700, trials_file=None, at_roof=["improving"],
+                      stalled=["flat"])
+    assert session.end_reason() == ("every kernel is done (1 within the roof margin, 1 no gain in "
+                                    f"{STALL_BATCHES} batches) at 700 of 3000 trials")
+    session.trials = 3000
+    assert session.end_reason() is None  # the budget ended it
 
 
 def test_kernels_at_their_compute_roof_stop_once_and_only_with_a_margin():

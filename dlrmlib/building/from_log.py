@@ -14,14 +14,18 @@ from pathlib import Path
 from dlrmlib.core.errors import DlrmError
 from dlrmlib.formats.tuning_log import RECORDS_FILE, UNTUNED_DB, read_tasks, snapshot_log
 from dlrmlib.frontend.relax import NUM_INPUTS, front_passes
+from dlrmlib.schedules import written_kernels
 from dlrmlib.schedules.prepack import TRANSFORM, lift_weight_transforms
 
 
-def tuned_pipeline(target: dict, database_dir: Path | None, prepack: bool, facts: dict):
-    """The Relax pipeline for a build from a tuning log: the front passes, the database's best
-    schedule for every kernel it knows, weight prepacking if asked, then the default CPU
-    lowering. Records in `facts` how many kernels the log covered and, with prepacking, what
-    `main_transform_params` computes."""
+def tuned_pipeline(target: dict, database_dir: Path | None, prepack: bool, facts: dict,
+                   written: tuple[frozenset[str], dict] | None = None):
+    """The Relax pipeline for a build from a tuning log: with `written` (Dense kernels to use as
+    written, knobs), the hand-written kernels first (dlrmlib.schedules.written_kernels: the
+    gather + interaction, the narrow last layer, those Dense layers), then the front passes,
+    the database's best schedule for every other kernel it knows, weight prepacking if asked,
+    then the default CPU lowering. Records in `facts` how many kernels the log covered and,
+    with prepacking, what `main_transform_params` computes."""
     import tvm  # deferred: TVM takes ~1.5 s to import
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
@@ -31,15 +35,19 @@ def tuned_pipeline(target: dict, database_dir: Path | None, prepack: bool, facts
     @tvm.transform.module_pass(opt_level=0, name="dlrm_tuned_pipeline")
     def _pipeline(mod, _ctx):
         with tvm_target:
-            mod = tvm.transform.Sequential(front_passes(tvm_target, prepack))(mod)
+            if written is not None:
+                mod = written_kernels(mod, target, written[0] if prepack else frozenset(), written[1])
+            mod = _not_layout_free(tvm.transform.Sequential(front_passes(tvm_target, prepack))(mod))
+            facts["written_kernels"] = _count_scheduled(mod)[1]
             if database_dir is not None:
                 mod = relax.transform.MetaScheduleApplyDatabase(str(database_dir))(mod)
-            facts["kernels"], facts["tuned_kernels"] = _count_scheduled(mod)
+            facts["kernels"], scheduled = _count_scheduled(mod)
+            facts["tuned_kernels"] = scheduled - facts["written_kernels"]
             if database_dir is not None and facts["tuned_kernels"] == 0:
                 raise DlrmError("the tuning log has no record for any kernel of this model: it was tuned for "
                                 "another model, batch size or weight layout (plain vs --prepack)")
             if prepack:
-                mod = relax.transform.SplitLayoutRewritePreproc()(mod)
+                mod = _beside_written(relax.transform.SplitLayoutRewritePreproc(), mod)
                 mod, facts["plan"] = lift_weight_transforms(mod, NUM_INPUTS)
                 mod = relax.transform.FoldConstant()(mod)
                 facts["transform_id"] = _transform_id(mod)
@@ -48,6 +56,35 @@ def tuned_pipeline(target: dict, database_dir: Path | None, prepack: bool, facts
         return mod
 
     return _pipeline
+
+
+def _beside_written(apply, mod):
+    """`apply(mod)` with the hand-written kernels set aside meanwhile: MetaSchedule's layout
+    splitting checks every PrimFunc for a root block, which TVMScript kernels written as plain
+    loops have not; it has nothing to do in them anyway."""
+    import tvm  # deferred, as above
+    from tvm import s_tir
+
+    aside = {gv: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)
+             and not isinstance(f.body, s_tir.SBlockRealize)}
+    kept = tvm.IRModule({gv: f for gv, f in mod.functions.items() if gv not in aside}, attrs=mod.attrs)
+    out = apply(kept)
+    for gv, func in aside.items():
+        out[gv] = func
+    return out
+
+
+def _not_layout_free(mod):
+    """The hand-written kernels (scheduled before the front passes) take their weights as they
+    are (their packing is a call of its own, lifted like any weight transform): no layout is
+    for MetaSchedule to rewrite, and its layout splitting would refuse them (no root block)."""
+    import tvm  # deferred, as above
+
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, tvm.tirx.PrimFunc) and func.attrs and func.attrs.get("tirx.is_scheduled", False) \
+                and "layout_free_buffers" in func.attrs:
+            mod[gv] = func.without_attr("layout_free_buffers")
+    return mod
 
 
 def _transform_id(mod) -> str | None:

@@ -31,6 +31,7 @@ from dlrmlib.formats.tuning_log import (
     resolve_prepack,
     snapshot_log,
     tuning_log_dir,
+    written_choice,
 )
 from dlrmlib.formats.weights import ParamSpec, extract_weights, layout_id
 from dlrmlib.frontend.relax import NUM_INPUTS
@@ -153,14 +154,17 @@ class FromLog:
             info = {"tuned": records > 0, "trials": records, "schedule": "default", "prepack": prepack,
                     "tuning_log": os.path.relpath(folder, experiment.builds_dir) if database else None,
                     "pipeline": f"dlrmlib.building.from_log.tuned_pipeline ({', '.join(parts)})"}
-            lowering = Lowering(source.mod, tuned_pipeline(source.target, database, prepack, facts), info,
+            written = written_choice(folder) if database else None  # the hand-written kernels it uses
+            lowering = Lowering(source.mod, tuned_pipeline(source.target, database, prepack, facts, written), info,
                                 tag=self.tag_for(records, prepack))
             if prepack:
                 lowering.weights = lambda library: self._weights(source, library, facts)
             if database is not None:
                 lowering.after.append(lambda: log(
                     f"[build] {facts['tuned_kernels']} of {facts['kernels']} kernels took their schedule from "
-                    "the tuning log (the best trial, or the untuned kernel where that was faster)"))
+                    "the tuning log (the best trial, or the untuned kernel where that was faster); "
+                    f"{facts['written_kernels']} hand-written (gather + interaction, narrow last layer, and the "
+                    f"Dense layers where the packed GEMM beat every trial: {', '.join(written[0]) or 'none'})"))
             yield lowering
 
     @staticmethod

@@ -7,6 +7,9 @@ different functions) holds:
 - `tasks.json`: the kernels tuned, their weights and FLOPs, the target and batch size,
 - `untuned.json`, `untuned/`: each kernel's latency before tuning (the curve starts there),
   and the untuned kernels as records, so that a build takes a tuned kernel only if faster,
+- `written.json`: the hand-written kernels measured once per log like a trial: each Dense
+  kernel's packed GEMM (with its knobs), which a build uses where it beat every trial, and the
+  kernels the tuned build always uses as written (gather + interaction, narrow last layer),
 - `trials.jsonl`: one line per measured trial (time, task, latency): the tuning curve,
 - `logs/`: MetaSchedule's own per-task logs.
 This module reads and repairs those files; `dlrmlib.tuning` writes them and
@@ -33,6 +36,7 @@ RECORDS_FILE = "database_tuning_record.json"
 TASKS_FILE = "tasks.json"
 UNTUNED_FILE = "untuned.json"
 UNTUNED_DB = "untuned"
+WRITTEN_FILE = "written.json"
 TRIALS_FILE = "trials.jsonl"
 PREPACK_LOG = "prepack"
 DAMAGED_SUFFIX = ".damaged"  # damaged lines set aside: database_tuning_record.json.damaged, trials.jsonl.damaged
@@ -308,10 +312,54 @@ def read_untuned(folder: Path) -> dict[str, float | None]:
     return read_json(path) if path.is_file() else {}
 
 
+def read_written(folder: Path) -> dict:
+    """`written.json`: {"dense": {task: {"kernel", "latency_s", "knobs"}}, "fixed": {kernel:
+    {"latency_s", "weight"}}}, empty parts for a log from before it."""
+    path = Path(folder) / WRITTEN_FILE
+    written = read_json(path) if path.is_file() else {}
+    return {"dense": written.get("dense", {}), "fixed": written.get("fixed", {})}
+
+
+def baselines(folder: Path) -> dict[str, float | None]:
+    """Per task, what a build uses before any trial: the faster of the untuned kernel and the
+    hand-written one (where the log measured one)."""
+    written = read_written(folder)["dense"]
+    out = {}
+    for name, untuned in read_untuned(folder).items():
+        mine = (written.get(name) or {}).get("latency_s")
+        out[name] = min((x for x in (untuned, mine) if x is not None), default=None)
+    return out
+
+
+def fixed_latency(folder: Path) -> float:
+    """Seconds per batch of the kernels the tuned build uses as written (no task)."""
+    return sum(k["latency_s"] * k.get("weight", 1) for k in read_written(folder)["fixed"].values()
+               if k.get("latency_s") is not None)
+
+
+def written_choice(folder: Path) -> tuple[frozenset[str], dict]:
+    """(Dense kernels a build uses as written, knobs per kernel): those whose hand-written
+    packed GEMM was faster than the untuned kernel and every trial of its task."""
+    written = read_written(folder)["dense"]
+    if not written:
+        return frozenset(), {}
+    trials = trials_frame(folder)
+    best = trials.groupby("task")["latency_s"].min() if not trials.empty else {}
+    untuned = read_untuned(folder)
+    chosen = set()
+    for task, kernel in written.items():
+        others = [x for x in (best.get(task), untuned.get(task)) if x is not None and x == x]
+        if kernel.get("latency_s") is not None and all(kernel["latency_s"] < x for x in others):
+            chosen.add(kernel["kernel"])
+    knobs = {k["kernel"]: k.get("knobs", {}) for k in written.values()}
+    return frozenset(chosen), knobs
+
+
 def tuning_curve(folder: Path) -> "pd.DataFrame":
     """Estimated end-to-end latency per batch after each trial: the sum over kernels of
-    weight x the faster of the best trial so far and the untuned kernel, i.e. what a build
-    from the log at that point would take, kernel by kernel. Row 0 is the untuned model."""
+    weight x the fastest of the best trial so far, the untuned and the hand-written kernel,
+    plus the kernels used as written, i.e. what a build from the log at that point would take,
+    kernel by kernel. Row 0 is the model before any trial."""
     import pandas as pd
 
     tasks = read_tasks(folder)
@@ -319,18 +367,19 @@ def tuning_curve(folder: Path) -> "pd.DataFrame":
     if not tasks:
         return pd.DataFrame(columns=columns)
     weights = pd.Series({t["name"]: t["weight"] for t in tasks["tasks"]})
-    known = read_untuned(folder)
+    known = baselines(folder)
+    fixed = fixed_latency(folder)
     untuned = pd.Series({name: known.get(name) for name in weights.index}, dtype=float)
     trials = trials_frame(folder)
     trials = trials[trials["task"].isin(weights.index)]
     best = (trials.pivot_table(index="trial", columns="task", values="latency_s", aggfunc="min")
             .reindex(index=trials["trial"].unique(), columns=weights.index).ffill().cummin())
     used = best.fillna(untuned).clip(upper=untuned, axis=1)  # a build takes the faster of the two
-    estimate = (used * weights).sum(axis=1, min_count=len(weights))
+    estimate = (used * weights).sum(axis=1, min_count=len(weights)) + fixed
     times = trials.groupby("trial")["t"].first()
     curve = pd.DataFrame({"trial": [0, *best.index],
                           "t": [0.0, *times.reindex(best.index).values],
-                          "estimated_latency_s": [(untuned * weights).sum(min_count=len(weights)),
+                          "estimated_latency_s": [(untuned * weights).sum(min_count=len(weights)) + fixed,
                                                   *estimate.values]})
     return curve.dropna().reset_index(drop=True)
 
@@ -355,6 +404,7 @@ def task_table(folder: Path) -> "pd.DataFrame":
     if not tasks:
         return pd.DataFrame()
     untuned = read_untuned(folder)
+    written = read_written(folder)
     trials = trials_frame(folder)
     rows = []
     for task in tasks["tasks"]:
@@ -362,12 +412,20 @@ def task_table(folder: Path) -> "pd.DataFrame":
         best = mine["latency_s"].min() if mine["latency_s"].notna().any() else np.nan
         before = untuned.get(task["name"])
         before = np.nan if before is None else before
-        used = np.fmin(best, before)  # a build takes the faster of the two
+        hand = (written["dense"].get(task["name"]) or {}).get("latency_s")
+        hand = np.nan if hand is None else hand
+        used = np.fmin(np.fmin(best, before), hand)  # a build takes the fastest
         rows.append({"task": task["name"], "weight": task["weight"], "trials": len(mine),
                      "failed": int(mine["latency_s"].isna().sum()), "untuned_us": before * 1e6,
-                     "best_us": best * 1e6, "speedup": before / used if used > 0 else np.nan,
-                     "weighted_us": used * 1e6 * task["weight"],
+                     "written_us": hand * 1e6, "best_us": best * 1e6,
+                     "speedup": before / used if used > 0 else np.nan, "weighted_us": used * 1e6 * task["weight"],
                      "gflops": task["flop"] / used / 1e9 if task["flop"] and used > 0 else np.nan})
+    for name, kernel in written["fixed"].items():  # used as written: no task, no trials
+        latency = kernel.get("latency_s")
+        latency = np.nan if latency is None else latency
+        rows.append({"task": f"{name} (as written)", "weight": kernel.get("weight", 1), "trials": 0, "failed": 0,
+                     "untuned_us": np.nan, "written_us": latency * 1e6, "best_us": np.nan, "speedup": np.nan,
+                     "weighted_us": latency * 1e6 * kernel.get("weight", 1), "gflops": np.nan})
     table = pd.DataFrame(rows).set_index("task")
     table.insert(table.columns.get_loc("weighted_us") + 1, "share", table["weighted_us"] / table["weighted_us"].sum())
     return table.sort_values("weighted_us", ascending=False)

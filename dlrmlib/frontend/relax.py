@@ -68,12 +68,14 @@ def front_passes(target, prepack: bool) -> list:
     return passes
 
 
-def fused_module(experiment: Experiment, target, prepack: bool):
-    """The experiment's model imported exactly as `build` does, through the front passes."""
+def fused_module(experiment: Experiment, target, prepack: bool, before=None):
+    """The experiment's model imported exactly as `build` does, through the front passes;
+    `before(mod)` first, if given (the tuned build's hand-written kernels)."""
     import tvm
 
-
     mod = import_relax(load_graph(experiment.normalised_model))
+    if before is not None:
+        mod = before(mod)
     with target, quiet_tvm_log():
         return tvm.transform.Sequential(front_passes(target, prepack))(mod)
 

@@ -12,7 +12,7 @@ from dlrmlib.schedules.dense import PANEL, DenseConfig, DenseShape, dense_func, 
 from dlrmlib.schedules.prepack import TRANSFORM, LiftPlan, lift_weight_transforms, write_transformed_weights
 from dlrmlib.schedules.rewrite import use_dense_kernels, use_interaction_kernel
 
-__all__ = ["PANEL", "PIPELINE_NAME", "TRANSFORM", "DenseConfig", "DenseShape", "LiftPlan", "custom_module",
+__all__ = ["PANEL", "PIPELINE_NAME", "TRANSFORM", "DenseConfig", "DenseShape", "LiftPlan", "custom_module", "written_kernels",
            "dense_func", "lift_weight_transforms", "pack_func", "write_transformed_weights"]
 
 SCHEDULES = ("default", "custom")
@@ -43,3 +43,22 @@ def custom_module(mod, target: dict, num_input: int, configs: dict | None = None
     mod = use_dense_kernels(tvm_target, configs, seen, fallbacks, precision=precision, amx=amx, ranges=ranges,
                             avx2=avx2)(mod)
     return lift_weight_transforms(mod, num_input)
+
+
+def written_kernels(mod, target: dict, dense: frozenset[str] = frozenset(), configs: dict | None = None,
+                    seen: dict | None = None):
+    """The tuned build's hand-written kernels, used as written: the fused gather + interaction +
+    concatenation and the narrow last layer always, the packed GEMM for the Dense layers named
+    in `dense` (where the tuning log measured it faster than every trial). Each is marked
+    scheduled, so MetaSchedule neither extracts it as a task nor replaces it; the rest of the
+    module is left as imported, for the tuned kernels. `configs`: knobs per kernel name."""
+    import tvm
+
+    seen = seen if seen is not None else {}
+    before = {gv.name_hint for gv in mod.functions}
+    mod = use_interaction_kernel(configs=configs, seen=seen)(mod)
+    mod = use_dense_kernels(tvm.target.Target(target), configs, seen, only=set(dense))(mod)
+    for gv, func in list(mod.functions.items()):
+        if gv.name_hint not in before and isinstance(func, tvm.tirx.PrimFunc):
+            mod[gv] = func.with_attr("tirx.is_scheduled", True)
+    return mod

@@ -79,7 +79,7 @@ class _KernelTable:
         return self.known[name]
 
 
-def _dense_rewriter(kernels: _KernelTable, relu: bool, vars_, vector_lanes: int):
+def _dense_rewriter(kernels: _KernelTable, relu: bool, vars_, vector_lanes: int, only=None):
     x_pat, w_pat, b_pat = vars_
 
     def rewrite(expr, matches):
@@ -90,8 +90,8 @@ def _dense_rewriter(kernels: _KernelTable, relu: bool, vars_, vector_lanes: int)
         if any(str(e.ty.dtype) != "float32" for e in (x, w, b)) or not isinstance(w, relax.Var):
             return expr
         shape = DenseShape(m=xs[0], k=xs[1], n=ws[0], relu=relu)
-        if ws[1] != shape.k:
-            return expr
+        if ws[1] != shape.k or (only is not None and not shape.narrow and shape.name not in only):
+            return expr  # with `only`: a layer the tuned build leaves to its tuned kernels
         if shape.narrow:
             kernels.seen[shape.name] = ("narrow", shape, None)
             dense = kernels.get(shape.name, lambda: narrow_dense_func(shape))
@@ -124,13 +124,15 @@ def vector_lanes(target: tvm.target.Target) -> int:
 
 def use_dense_kernels(target: tvm.target.Target, configs: dict | None = None, seen: dict | None = None,
                       fallbacks: dict | None = None, precision: str = "fp32", amx: bool = False,
-                      ranges: dict | None = None, avx2: str | None = None):
+                      ranges: dict | None = None, avx2: str | None = None, only: set[str] | None = None):
     """Module pass: every float32 Dense(+bias)(+ReLU) with a packable width -> packed GEMM (int8
     or bf16 weights with `precision`, on AMX tiles with `amx`, int8 on AVX2 alone with `avx2`, the
     operands' name); one narrower than a panel (the
     last layer) -> a dot product per output, in fp32. A width that is neither keeps the default
     lowering, and `fallbacks` says so (layer name -> why). `ranges` (int8): each layer's calibrated
-    input range by weight name, for static activation scales (dlrmlib.schedules.static)."""
+    input range by weight name, for static activation scales (dlrmlib.schedules.static). `only`: the
+    packed GEMM for these layer names alone (the narrow kernel always), the rest left as imported
+    (the tuned build)."""
 
     @tvm.transform.module_pass(opt_level=0, name="UseDenseKernels")
     def _pass(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
@@ -143,8 +145,8 @@ def use_dense_kernels(target: tvm.target.Target, configs: dict | None = None, se
         for gv, func in mod.functions.items():
             if not isinstance(func, relax.Function):
                 continue
-            func = relax.dpl.rewrite_call(with_relu, _dense_rewriter(kernels, True, vars_, lanes), func)
-            func = relax.dpl.rewrite_call(plain, _dense_rewriter(kernels, False, vars_, lanes), func)
+            func = relax.dpl.rewrite_call(with_relu, _dense_rewriter(kernels, True, vars_, lanes, only), func)
+            func = relax.dpl.rewrite_call(plain, _dense_rewriter(kernels, False, vars_, lanes, only), func)
             updates[gv] = func
         out = builder.get()
         for gv, func in updates.items():

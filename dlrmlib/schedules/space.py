@@ -51,35 +51,50 @@ def _plan(mod) -> tuple[str, list[str], tuple[int, int, int]] | None:
     return (names[at], names[at + 1:], (m, k, n)) if n % PANELS[0] == 0 else None
 
 
-def dense_space(sch, lanes: int = 16):
+def written_decisions(m: int, n: int, mr: int, bn: int, parallel: bool) -> dict:
+    """The decisions that make `dense_space` the custom build's kernel (rows per tile `mr`,
+    panel `bn`, every tile its own parallel job or all on one thread, no explicit unrolling):
+    the search's first trial of a Dense kernel."""
+    tiles = (m // mr) * (n // bn)
+    return {"rows": [m // mr, mr], "bn": bn, "jobs": [tiles, 1] if parallel else [1, tiles], "unroll": 0}
+
+
+def dense_space(sch, lanes: int = 16, decisions: dict | None = None):
     """The schedule function (`ms.space_generator.ScheduleFn`): applies the packed-GEMM
-    structure to `sch` in place, its knobs sampled. Returns None on a workload it does not fit."""
+    structure to `sch` in place, its knobs sampled (or, with `decisions`, as given:
+    `written_decisions`). Returns None on a workload it does not fit."""
     plan = _plan(sch.mod)
     if plan is None:
         return None
+    fixed = decisions or {}
     matmul_name, after, (m, _, n) = plan
     panels = [p for p in PANELS if n % p == 0 and p % lanes == 0] or [PANELS[0]]
+    if "bn" in fixed and fixed["bn"] not in panels:
+        return None
     root = sch.get_sblock("root")
     matmul = sch.get_sblock(matmul_name)
     for name in after[:-1]:  # bias, activation: one epilogue block
         sch.compute_inline(sch.get_sblock(name))
     epilogue = sch.get_sblock(after[-1]) if after else sch.cache_write(matmul, 0, "global")
     i, j, k = sch.get_loops(matmul)
-    _, mr = sch.sample_perfect_tile(i, n=2, max_innermost_factor=min(MAX_ROWS, m))
-    bn = sch.sample_categorical(panels, [1.0 / len(panels)] * len(panels))
+    _, mr = sch.sample_perfect_tile(i, n=2, max_innermost_factor=min(MAX_ROWS, m), decision=fixed.get("rows"))
+    bn = sch.sample_categorical(panels, [1.0 / len(panels)] * len(panels),
+                                decision=panels.index(fixed["bn"]) if "bn" in fixed else None)
     io, ii = sch.split(i, [None, mr])
     jo, ji = sch.split(j, [None, bn])
     sch.reorder(jo, io, k, ii, ji)
     sch.set_scope(matmul, 0, "local")
     sch.reverse_compute_at(epilogue, io, preserve_unit_loops=True)  # a fixed loop count: replayable
     tiles = sch.fuse(jo, io)
-    jobs, _ = sch.split(tiles, sch.sample_perfect_tile(tiles, n=2, max_innermost_factor=MAX_TILES_PER_JOB))
+    jobs, _ = sch.split(tiles, sch.sample_perfect_tile(tiles, n=2, max_innermost_factor=MAX_TILES_PER_JOB,
+                                                       decision=fixed.get("jobs")))
     sch.parallel(jobs)  # tiles per job: 1 (every tile its own job) ... all (one thread)
     sch.vectorize(ji)
     sch.unroll(ii)
     sch.decompose_reduction(matmul, k)
     sch.vectorize(sch.get_loops(epilogue)[-1])
-    unroll = sch.sample_categorical(list(UNROLL_STEPS), [1.0 / len(UNROLL_STEPS)] * len(UNROLL_STEPS))
+    unroll = sch.sample_categorical(list(UNROLL_STEPS), [1.0 / len(UNROLL_STEPS)] * len(UNROLL_STEPS),
+                                    decision=fixed.get("unroll"))
     sch.annotate(root, "meta_schedule.unroll_explicit", unroll)
     return sch
 

@@ -42,6 +42,7 @@ from dlrmlib.formats.tuning_log import (
     UNTUNED_DB,
     UNTUNED_FILE,
     WORKLOADS_FILE,
+    WRITTEN_FILE,
     count_records,
     read_tasks,
     read_trials,
@@ -58,6 +59,7 @@ from dlrmlib.schedules.space import concat_space, dense_shape, dense_space, gath
 from dlrmlib.tuning import DEFAULT_TRIALS, MAX_TRIALS, MAX_TRIALS_WHY, ROOF_MARGIN
 from dlrmlib.tuning import session as ts
 from dlrmlib.tuning.rpc import RpcMeasurement
+from dlrmlib.tuning.written import kernel_knobs, measure_seeds, measure_written, seed_candidates, with_written
 
 ROOF_GEMM = 1536  # the peak's sgemm size: big enough for the BLAS to reach it, a second or so
 CI_TRIALS = 16  # under CI=true, as TVM's tutorials skip their expensive tuning there
@@ -88,7 +90,7 @@ def clear_log(experiment: Experiment | str, prepack: bool | None = None) -> None
     experiment = Experiment.of(experiment)
     folder = tuning_log_dir(experiment, resolve_prepack(experiment, prepack))
     with tuning_lock(experiment):
-        for name in (WORKLOADS_FILE, RECORDS_FILE, TASKS_FILE, UNTUNED_FILE, TRIALS_FILE):
+        for name in (WORKLOADS_FILE, RECORDS_FILE, TASKS_FILE, UNTUNED_FILE, TRIALS_FILE, WRITTEN_FILE):
             (folder / name).unlink(missing_ok=True)
         for name in (UNTUNED_DB, "logs"):
             shutil.rmtree(folder / name, ignore_errors=True)
@@ -110,7 +112,14 @@ def extract_tasks(mod, target) -> list:
     from tvm.s_tir import meta_schedule as ms
 
     tasks = ms.relax_integration.extract_tasks(mod, target)
-    return [t for t in tasks if not t.mod.attrs or not t.mod.attrs.get("tirx.is_scheduled", False)]
+    return [t for t in tasks if not _scheduled(t.mod) and not _scheduled(t.dispatched[0])]
+
+
+def _scheduled(mod) -> bool:
+    """A module (or its function) already scheduled: a hand-written kernel, used as written."""
+    funcs = [f for f in mod.functions.values() if hasattr(f, "attrs")]
+    return bool(mod.attrs and mod.attrs.get("tirx.is_scheduled", False)) or any(
+        f.attrs and f.attrs.get("tirx.is_scheduled", False) for f in funcs)
 
 
 def _task_flop(task) -> float:
@@ -195,6 +204,11 @@ def _untuned_latencies(tasks, states, target, builder, runner, folder: Path, log
     """Every kernel's untuned latency, measured once per log (`untuned.json`)."""
 
     known = read_untuned(folder)
+    skipped = [s.name for s in states if s.name not in known and s.written_s is not None]
+    if skipped:  # a naive GEMM takes seconds a run, and never beats the hand-written kernel
+        log(f"[tune] not timing {len(skipped)} untuned kernels that have a hand-written kernel (their start)")
+        known.update({name: None for name in skipped})
+        write_json(folder / UNTUNED_FILE, known)
     missing = [i for i, s in enumerate(states) if s.name not in known]
     if missing:
         log(f"[tune] timing {len(missing)} untuned kernels once (the curve's starting point)")
@@ -205,6 +219,17 @@ def _untuned_latencies(tasks, states, target, builder, runner, folder: Path, log
         write_json(folder / UNTUNED_FILE, known)
     for state in states:
         state.untuned_s = known.get(state.name)
+
+
+def _written_latencies(folder, tasks, module, target, knobs, prepack, builder, runner, session, log) -> None:
+    """The hand-written kernels' latencies (`written.json`, measured once per log): a Dense
+    task's packed GEMM is where its trials start from; the kernels used as written count in
+    every estimate."""
+    written = measure_written(folder, tasks, module, target, knobs, prepack, builder, runner, log)
+    for state in session.tasks:
+        state.written_s = (written["dense"].get(state.name) or {}).get("latency_s")
+    session.fixed_s = sum(k["latency_s"] * k.get("weight", 1) for k in written["fixed"].values()
+                          if k.get("latency_s") is not None)
 
 
 SPACES = ("union", "default", "hand-written")
@@ -323,7 +348,9 @@ def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batc
     target = tvm.target.Target(target_dict)
     log(f"[tune] {experiment.name}: extracting kernels for {target_dict['mcpu']}, batch "
         f"{experiment.batch_size}, {'weights prepacked' if prepack else 'plain weights (per-batch transposes)'}")
-    tasks = extract_tasks(per_batch_kernels(fused_module(experiment, target, prepack), target, prepack), target)
+    knobs, kept = kernel_knobs(experiment), {}
+    fused = fused_module(experiment, target, prepack, before=with_written(target_dict, knobs, kept))
+    tasks = extract_tasks(per_batch_kernels(fused, target, prepack), target)
     session = _new_session(experiment, folder, tasks, target_dict, prepack, trials, done, cap)
     if roof_margin is not None:
         _set_roofs(session, roof_margin, log)
@@ -337,10 +364,18 @@ def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batc
         if rpc is not None:
             log(f"[tune] measuring on {rpc.servers} RPC server(s) with key {rpc.key!r} via the tracker at {rpc.tracker}")
         try:
-            _untuned_latencies(tasks, session.tasks, target, builder, runner, folder, log)
+            _written_latencies(folder, tasks, kept["mod"], target_dict, knobs, prepack, builder, runner, session, log)
+            once = ts.make_runner(rpc, repeat=ts.ONCE_REPEATS)
+            _untuned_latencies(tasks, session.tasks, target, builder, once, folder, log)
+            if space != "default":  # each Dense kernel's first trial: the hand-written kernel
+                measure_seeds(seed_candidates(contexts, tasks, session, target_dict, knobs), contexts, session,
+                              folder, target, builder, runner, log)
+            built, ran, looped = builder.seconds, runner.seconds, time.perf_counter()
             with _stop_after_batch_on_interrupt(session, log):
                 _run_tasks(contexts, session, folder, trials - done, cap, batch, builder, runner, seed, progress,
                            f"tune {experiment.name}")
+            _log_phases(session.new_trials, time.perf_counter() - looped, builder.seconds - built,
+                        runner.seconds - ran, log)
         finally:
             builder.close()
     result = TuneResult(folder, count_records(folder), session.new_trials, time.perf_counter() - started,
@@ -351,9 +386,22 @@ def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batc
         f"the log holds {result.trials}; {estimate}")
     if session.at_roof:
         log(f"[tune] within {session.roof_margin:.0%} of the compute roof, no more trials: {', '.join(session.at_roof)}")
+    if session.stalled:
+        log(f"[tune] converged (no gain of {ts.STALL_GAIN:.0%} in {ts.STALL_BATCHES} batches): {', '.join(session.stalled)}")
+    if session.end_reason():
+        log(f"[tune] ended early: {session.end_reason()}")
     if session.stop_requested:
         raise KeyboardInterrupt(f"tuning stopped at {result.trials} trials; run again to continue")
     return result
+
+
+def _log_phases(trials: int, total: float, build: float, run: float, log) -> None:
+    """Where a trial's time went in the tuning loop: search (candidates, cost model, database),
+    build (the workers), measurement."""
+    if trials:
+        search = max(0.0, total - build - run)
+        log(f"[tune] per trial: search {search / trials:.2f} s, build {build / trials:.2f} s, "
+            f"measure {run / trials:.2f} s ({trials} trials, {total:.0f} s in the loop)")
 
 
 def _new_session(experiment, folder: Path, tasks: list, target: dict, prepack: bool, trials: int, done: int,

@@ -48,6 +48,8 @@ from dlrmlib.tuning.workers import alloc_in_range, alloc_in_range_remote, build_
 
 INTRINSICS_BY_MACHINE = {"x86_64": "x86", "amd64": "x86", "aarch64": "arm_cpu", "arm64": "arm_cpu",
                          "riscv64": "riscv_cpu"}
+STALL_BATCHES = 3  # a kernel whose last this many batches gained less than STALL_GAIN stops
+STALL_GAIN = 0.01
 FAILED = 1e9  # the latency MetaSchedule's schedulers give a batch with no valid candidate
 # CPU measurement: every repeat flushes the cache and runs once, so a kernel is timed with
 # its weights cold (as when the previous layer's data displaced them), and builds never
@@ -87,11 +89,15 @@ class PooledBuilder(PyBuilder):
     def __init__(self, workers: int, timeout_s: float = BUILD_TIMEOUT_S, uses: int = 256) -> None:
         super().__init__()
         self.timeout_s = timeout_s
+        self.seconds = 0.0  # spent building, over the run (where a trial's time goes)
         self.pool = PopenPoolExecutor(max_workers=workers, timeout=timeout_s, maximum_process_uses=uses)
 
     def build(self, build_inputs):
+        started = time.perf_counter()
         jobs = [(build_candidate, None, b.mod, b.target, _serialize_params(b.params)) for b in build_inputs]
-        return [self._result(r) for r in self.pool.map_with_error_catching(lambda job: _worker_func(*job), jobs)]
+        results = [self._result(r) for r in self.pool.map_with_error_catching(lambda job: _worker_func(*job), jobs)]
+        self.seconds += time.perf_counter() - started
+        return results
 
     def _result(self, outcome) -> BuilderResult:
         if outcome.status == StatusKind.COMPLETE:
@@ -104,10 +110,15 @@ class PooledBuilder(PyBuilder):
         self.pool.shutdown()
 
 
-def make_runner(rpc=None):
+ONCE_REPEATS = 3  # the untuned kernels, timed once per log (the curve's start): they take
+# seconds each (a naive 1024 x 1024 GEMM), and 10 runs of each made the start-up take minutes
+
+
+def make_runner(rpc=None, repeat: int | None = None):
     """LocalRunner, or with `rpc` (dlrmlib.tuning.rpc.RpcMeasurement) TVM's RPCRunner on the tracker's
-    servers; either way with in-range ids and waiting for each batch's measurement."""
-    evaluator = ms.runner.EvaluatorConfig(**EVALUATOR)
+    servers; either way with in-range ids and waiting for each batch's measurement. `repeat`:
+    runs per candidate (EVALUATOR's by default)."""
+    evaluator = ms.runner.EvaluatorConfig(**{**EVALUATOR, **({"repeat": repeat} if repeat else {})})
     if rpc is not None:
         return MeasureAloneRunner(rpc.runner(evaluator, RUN_TIMEOUT_S, alloc_in_range_remote))
     inner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=evaluator,
@@ -122,9 +133,12 @@ class MeasureAloneRunner(PyRunner):
     def __init__(self, inner) -> None:
         super().__init__()
         self.inner = inner
+        self.seconds = 0.0  # spent measuring, over the run
 
     def run(self, runner_inputs):
+        started = time.perf_counter()
         results = [future.result() for future in self.inner.run(runner_inputs)]
+        self.seconds += time.perf_counter() - started
         return [RunnerFuture(lambda: True, lambda r=r: r) for r in results]
 
 
@@ -170,16 +184,32 @@ class TaskState:
     untuned_s: float | None = None
     history: list[float] = field(default_factory=list)  # best after each batch, earlier runs included
     floor_s: float | None = None  # compute roof: FLOPs at the machine's measured sgemm peak
+    written_s: float | None = None  # the hand-written kernel (a Dense layer's packed GEMM), if any
+
+    def used_s(self) -> float | None:
+        """What a build uses: the fastest of the best trial, the untuned and the hand-written kernel."""
+        return min((x for x in (self.best_s, self.untuned_s, self.written_s) if x is not None), default=None)
 
     def at_roof(self, margin: float | None) -> bool:
-        """Within `margin` (0.05: 5 %) of the compute roof: more trials cannot gain much.
-        Kernels without a FLOP estimate (gathers, copies) never stop this way."""
+        """Its best trial within `margin` (0.05: 5 %) of the compute roof: more trials cannot
+        gain much. Kernels without a FLOP estimate (gathers, copies) never stop this way. (Not
+        the hand-written kernel: on a loaded machine the measured peak is low, and every Dense
+        kernel stopped before its first batch.)"""
         return (margin is not None and self.floor_s is not None and self.best_s is not None
                 and self.best_s <= self.floor_s * (1.0 + margin))
 
+    def stalled(self, batches: int = STALL_BATCHES, gain: float = STALL_GAIN) -> bool:
+        """Its last `batches` batches brought its best trial down by less than `gain` (a
+        fraction): the search has converged. A kernel with no valid trial never stalls here."""
+        history = self.history
+        if len(history) <= batches or history[-1] >= FAILED:
+            return False
+        return history[-1] > history[-1 - batches] * (1.0 - gain)
+
     def cost(self) -> float:
-        """Seconds per batch before tuning (FLOPs when the untuned kernel could not be timed)."""
-        return self.weight * (self.untuned_s if self.untuned_s is not None else self.flop * 1e-9)
+        """Seconds per batch before tuning (FLOPs when no kernel could be timed)."""
+        used = self.used_s()
+        return self.weight * (used if used is not None else self.flop * 1e-9)
 
     def add_trial(self, latency: float | None) -> None:
         self.trials += 1
@@ -208,17 +238,21 @@ class Session:
     stop_requested: bool = False  # Ctrl-C: no new batch
     roof_margin: float | None = None  # stop a kernel within this fraction of its compute roof
     at_roof: list[str] = field(default_factory=list)  # kernels stopped there, in order
+    fixed_s: float = 0.0  # the kernels used as written, per batch (no task)
+    stalled: list[str] = field(default_factory=list)  # kernels whose search converged, in order
+    capped: list[str] = field(default_factory=list)  # kernels at max_trials_per_task
+    converge: bool = True  # stop a kernel whose search stalled (STALL_BATCHES)
 
     def elapsed(self) -> float:
         return self.time_offset + time.perf_counter() - self.started
 
     def estimated_latency(self) -> float | None:
-        """Sum over tasks of weight x the faster of best trial and untuned kernel: what a
-        build from the log would take, kernel by kernel."""
-        latencies = [min((x for x in (t.best_s, t.untuned_s) if x is not None), default=None) for t in self.tasks]
+        """Sum over tasks of weight x the fastest of best trial, untuned and hand-written kernel,
+        plus the kernels used as written: what a build from the log would take, kernel by kernel."""
+        latencies = [t.used_s() for t in self.tasks]
         if any(latency is None for latency in latencies):
             return None
-        return sum(t.weight * latency for t, latency in zip(self.tasks, latencies))
+        return self.fixed_s + sum(t.weight * latency for t, latency in zip(self.tasks, latencies))
 
     def roof_stops(self, alive: list[int]) -> list[int]:
         """The tasks among `alive` whose best trial is now within the margin of their compute
@@ -226,6 +260,15 @@ class Session:
         stops = [i for i in alive if self.tasks[i].at_roof(self.roof_margin)]
         self.at_roof += [self.tasks[i].name for i in stops]
         return stops
+
+    def end_reason(self) -> str | None:
+        """Why the run ended before its budget (None when it did not): every kernel done."""
+        if self.trials >= self.budget or self.stop_requested:
+            return None
+        parts = [f"{len(names)} {why}" for names, why in ((self.at_roof, "within the roof margin"),
+                                                         (self.stalled, f"no gain in {STALL_BATCHES} batches"),
+                                                         (self.capped, "at the per-kernel cap")) if names]
+        return f"every kernel is done ({', '.join(parts) or 'none left'}) at {self.trials} of {self.budget} trials"
 
     def record(self, task_id: int, latencies: list[float | None], errors: list[str | None]) -> None:
         """One measured batch: update the task, append its trials to the file, move the bar."""
@@ -298,14 +341,10 @@ class CommittingScheduler(PyTaskScheduler):
             scheduler.touch_task(i)  # joins a measured batch: callbacks commit it
         if self.session.trials >= self.session.budget or self.session.stop_requested:
             return -1
-        cap = self.session.max_trials_per_task
-        for i in self.session.roof_stops([i for i in range(len(records)) if not records[i].is_terminated]):
-            scheduler.terminate_task(i)
-        for i, task in enumerate(self.session.tasks):
-            if cap and task.trials >= cap and not records[i].is_terminated:
-                scheduler.terminate_task(i)
+        self._stop_done(scheduler, records)
         alive = [i for i in range(len(records)) if not records[i].is_terminated]
         if not alive:
+            self._say_why()
             return -1
         scores = {i: self._score(i) for i in alive}
         best = max(scores.values())
@@ -313,6 +352,26 @@ class CommittingScheduler(PyTaskScheduler):
         if best >= FAILED:  # still exploring: fewest batches first, then where the time goes
             return min(tied, key=lambda i: (len(self.session.tasks[i].history), -self.session.tasks[i].cost(), i))
         return tied[0] if len(tied) == 1 else self.random.choice(tied)
+
+    def _stop_done(self, scheduler, records) -> None:
+        """Terminate the kernels that need no more trials: at their roof, converged, capped."""
+        session, cap = self.session, self.session.max_trials_per_task
+        for i in session.roof_stops([i for i in range(len(records)) if not records[i].is_terminated]):
+            scheduler.terminate_task(i)
+        for i, task in enumerate(session.tasks):
+            if records[i].is_terminated:
+                continue
+            if cap and task.trials >= cap:
+                session.capped.append(task.name)
+                scheduler.terminate_task(i)
+            elif session.converge and task.stalled():
+                session.stalled.append(task.name)
+                scheduler.terminate_task(i)
+
+    def _say_why(self) -> None:
+        reason = self.session.end_reason()
+        if reason and self.session.progress is not None:
+            self.session.progress.set_postfix_str(f"ended early: {reason}", refresh=True)
 
     def _score(self, i: int) -> float:
         """The expected latency gain per trial of tuning task i further (TVM's formula)."""

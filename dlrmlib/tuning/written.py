@@ -1,0 +1,143 @@
+"""The hand-written kernels in a tuning log: measured once per log, like a trial.
+
+The tuned build uses some kernels as written (dlrmlib.schedules.written_kernels): the fused
+gather + interaction + concatenation and the narrow last layer, which are no MetaSchedule task,
+and, per Dense layer, the hand-written packed GEMM wherever it beat every trial. So that the
+curve, the scheduler and the build compare them with the trials on equal terms, each is timed by
+the tuning run's own builder and runner (same evaluator, cache flushed), and kept in
+`written.json`; the GEMM's knobs are the custom build's (the experiment's kernel log, or the
+defaults).
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from dlrmlib.core.files import write_json
+from dlrmlib.formats.tuning_log import WRITTEN_FILE, read_written
+from dlrmlib.schedules import written_kernels
+from dlrmlib.schedules.dense import DenseConfig, DenseShape, dense_func, row_block
+from dlrmlib.schedules.knobs import default_kernel_log, kernel_configs
+from dlrmlib.schedules.rewrite import vector_lanes
+from dlrmlib.schedules.space import dense_shape, dense_space, written_decisions
+from dlrmlib.tuning import session as ts
+
+
+def kernel_knobs(experiment) -> dict:
+    """The custom build's knobs per kernel name: the experiment's kernel log, else none."""
+    folder = default_kernel_log(experiment)
+    return kernel_configs(Path(folder), log=lambda _: None) if folder is not None else {}
+
+
+def with_written(target: dict, knobs: dict, keep: dict):
+    """The `before` step of task extraction: the hand-written kernels the tuned build always
+    uses (gather + interaction, narrow last layer) put in; the module is kept in `keep`."""
+
+    def before(mod):
+        keep["mod"] = written_kernels(mod, target, frozenset(), knobs)
+        return keep["mod"]
+
+    return before
+
+
+def dense_kernel(task, target, knobs: dict, prepack: bool):
+    """(kernel name, knobs, PrimFunc) of the hand-written packed GEMM for a Dense task, or None
+    (not a Dense kernel, a width the panels do not divide, or plain weights: the GEMM reads
+    packed weights, which only a prepacked build lays out once)."""
+    import tvm
+
+    shape = dense_shape(task.dispatched[0])
+    if shape is None or not prepack:
+        return None
+    m, k, n = shape
+    layer = DenseShape(m=m, k=k, n=n, relu="relu" in task.task_name)
+    config = DenseConfig(**knobs.get(layer.name, {}))
+    if layer.narrow or not layer.packable(config.bn):
+        return None
+    func = dense_func(layer, vector_lanes(tvm.target.Target(target)), config)
+    return layer.name, {**knobs.get(layer.name, {})}, func
+
+
+def measure_written(folder: Path, tasks: list, module, target: dict, knobs: dict, prepack: bool, builder, runner,
+                    log) -> dict:
+    """`written.json`, measured now if the log has none: every Dense task's packed GEMM and the
+    kernels used as written (the PrimFuncs marked scheduled in `module`)."""
+    import tvm
+
+    known = read_written(folder)
+    if (folder / WRITTEN_FILE).is_file():
+        return known
+    dense = {t.task_name: dense_kernel(t, target, knobs, prepack) for t in tasks}
+    dense = {name: made for name, made in dense.items() if made is not None}
+    fixed = {gv.name_hint: f for gv, f in module.functions.items()
+             if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and f.attrs.get("tirx.is_scheduled", False)
+             and not gv.name_hint.startswith("pack_")}  # packing runs once, at build time
+    funcs = [made[2] for made in dense.values()] + list(fixed.values())
+    log(f"[tune] timing {len(funcs)} hand-written kernels once ({len(dense)} packed GEMMs, "
+        f"{len(fixed)} used as written: {', '.join(fixed)})")
+    mods = [tvm.IRModule({"main": f.with_attr("global_symbol", "main")}) for f in funcs]
+    latencies = ts.measure_untuned(mods, tvm.target.Target(target), builder, runner)
+    written = {"dense": {task: {"kernel": made[0], "knobs": made[1], "latency_s": latency}
+                         for (task, made), latency in zip(dense.items(), latencies)},
+               "fixed": {name: {"latency_s": latency, "weight": 1}
+                         for name, latency in zip(fixed, latencies[len(dense):])}}
+    write_json(folder / WRITTEN_FILE, written)
+    return written
+
+
+def seed_candidates(contexts: list, tasks: list, session, target: dict, knobs: dict) -> list:
+    """(task index, schedule) of the hand-written space with the custom build's decisions
+    (dlrmlib.schedules.space.written_decisions), postprocessed as the search would, for each
+    Dense task without a trial yet: so that a kernel's first trial is the hand-written kernel,
+    and the evolutionary search starts from it (it draws from the database's best)."""
+    import tvm
+    from tvm import s_tir
+
+    lanes = vector_lanes(tvm.target.Target(target))
+    seeds = []
+    for i, (context, task, state) in enumerate(zip(contexts, tasks, session.tasks)):
+        shape = dense_shape(task.dispatched[0])
+        if shape is None or state.trials:
+            continue
+        m, k, n = shape
+        layer = DenseShape(m=m, k=k, n=n, relu="relu" in task.task_name)
+        config = DenseConfig(**knobs.get(layer.name, {}))
+        if layer.narrow or not layer.packable(config.bn):
+            continue
+        mr = config.mr or row_block(m, lanes)
+        sch = s_tir.Schedule(context.mod, debug_mask="all")
+        if dense_space(sch, decisions=written_decisions(m, n, mr, config.bn, config.threads(layer))) is None:
+            continue
+        sch.enter_postproc()  # as the search does: a replay of the trace drops what follows
+        if all(p.apply(sch) for p in context.space_generator.postprocs):
+            seeds.append((i, sch))
+    return seeds
+
+
+def measure_seeds(seeds: list, contexts: list, session, folder: Path, target, builder, runner, log) -> None:
+    """Build and time the seed schedules like trials, commit them to the database and the
+    trials file (each kernel's first trial)."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+    from tvm.s_tir.meta_schedule.builder import BuilderInput
+    from tvm.s_tir.meta_schedule.runner import RunnerInput
+
+    if not seeds:
+        return
+    log(f"[tune] first trial of {len(seeds)} Dense kernels: the hand-written space with the custom build's knobs")
+    built = builder.build([BuilderInput(sch.mod, target) for _, sch in seeds])
+    args = [ArgInfo.from_entry_func(sch.mod, remove_preproc=True) for _, sch in seeds]
+    ready = [j for j, b in enumerate(built) if b.error_msg is None]
+    ran = dict(zip(ready, runner.run([RunnerInput(built[j].artifact_path, "cpu", args[j]) for j in ready])))
+    database = ms.database.JSONDatabase(work_dir=str(folder))
+    for j, (i, sch) in enumerate(seeds):
+        result = ran[j].result() if j in ran else None
+        error = built[j].error_msg or (result.error_msg if result is not None else None)
+        latency = ts.mean_seconds(result.run_secs) if error is None else None
+        # failed too, as MetaSchedule commits them: the trials file numbers trials by record
+        database.commit_tuning_record(ms.database.TuningRecord(
+            sch.trace, database.commit_workload(contexts[i].mod), [latency if latency is not None else 1e10],
+            target, args[j]))
+        session.record(i, [latency], [None if error is None else "seed: " + str(error).splitlines()[0][:200]])
+        if built[j].artifact_path:
+            shutil.rmtree(Path(built[j].artifact_path).parent, ignore_errors=True)
