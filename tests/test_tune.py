@@ -32,6 +32,8 @@ from dlrmlib.formats.tuning_log import (
     task_table,
     tuning_curve,
     tuning_log_dir,
+    written_choice,
+    written_wins,
 )
 from dlrmlib.formats.weights import (
     extract_weights,
@@ -159,6 +161,12 @@ def test_prepacked_build_from_its_log_matches_onnx_runtime(experiment, plain_log
     assert '"SetScope"' in records, "no schedule of the hand-written space in the log (the killed run's)"
     written = read_written(tuning_log_dir(experiment, prepack=True))  # used as written: no task
     assert any(name.startswith("interaction") for name in written["fixed"]) and written["dense"]
+    # each tuned Dense layer: its hand-written GEMM and best trial timed side by side at the run's end,
+    # and the build takes the faster of each pair
+    duels = {d["kernel"]: d["duel"] for d in written["dense"].values() if "duel" in d}
+    assert duels and all(d["written_s"] > 0 and d["trial_s"] > 0 and d["rounds"] == 3 for d in duels.values())
+    assert written_choice(tuning_log_dir(experiment, prepack=True))[0] == {k for k, d in duels.items()
+                                                                         if written_wins(d)}
     assert not any("concat" in t["name"] or "take" in t["name"]
                    for t in read_tasks(tuning_log_dir(experiment, prepack=True))["tasks"])
     tables = [p for p in params if p.name.startswith("emb_l.")]

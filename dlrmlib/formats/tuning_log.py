@@ -339,7 +339,9 @@ def fixed_latency(folder: Path) -> float:
 
 def written_choice(folder: Path) -> tuple[frozenset[str], dict]:
     """(Dense kernels a build uses as written, knobs per kernel): those whose hand-written
-    packed GEMM was faster than the untuned kernel and every trial of its task."""
+    packed GEMM was faster than the untuned kernel and every trial of its task; by the
+    side-by-side timing at the end of the run (`duel`, dlrmlib.tuning.written.duel) where one
+    was made and no faster trial came after it, else by the figures logged during the run."""
     written = read_written(folder)["dense"]
     if not written:
         return frozenset(), {}
@@ -348,11 +350,29 @@ def written_choice(folder: Path) -> tuple[frozenset[str], dict]:
     untuned = read_untuned(folder)
     chosen = set()
     for task, kernel in written.items():
+        duel = kernel.get("duel")
+        if duel and not _stale(duel, best.get(task)):
+            if written_wins(duel):
+                chosen.add(kernel["kernel"])
+            continue
         others = [x for x in (best.get(task), untuned.get(task)) if x is not None and x == x]
         if kernel.get("latency_s") is not None and all(kernel["latency_s"] < x for x in others):
             chosen.add(kernel["kernel"])
     knobs = {k["kernel"]: k.get("knobs", {}) for k in written.values()}
     return frozenset(chosen), knobs
+
+
+def written_wins(duel: dict) -> bool:
+    """The side-by-side timing went to the hand-written GEMM (ties too: it is the known kernel)."""
+    mine, theirs = duel.get("written_s"), duel.get("trial_s")
+    return mine is not None and (theirs is None or mine <= theirs)
+
+
+def _stale(duel: dict, best_logged: float | None) -> bool:
+    """A trial faster than the best one the duel knew was logged after it (a later run)."""
+    known = duel.get("best_trial_logged_s")
+    return best_logged is not None and best_logged == best_logged and (
+        known is None or best_logged < known * (1 - 1e-6))
 
 
 def tuning_curve(folder: Path) -> "pd.DataFrame":

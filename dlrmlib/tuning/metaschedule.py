@@ -59,7 +59,8 @@ from dlrmlib.schedules.space import concat_space, dense_shape, dense_space, gath
 from dlrmlib.tuning import DEFAULT_TRIALS, MAX_TRIALS, MAX_TRIALS_WHY, ROOF_MARGIN
 from dlrmlib.tuning import session as ts
 from dlrmlib.tuning.rpc import RpcMeasurement
-from dlrmlib.tuning.written import kernel_knobs, measure_seeds, measure_written, seed_candidates, with_written
+from dlrmlib.tuning.written import (duel, kernel_knobs, measure_seeds, measure_written, seed_candidates,
+                                    with_written)
 
 ROOF_GEMM = 1536  # the peak's sgemm size: big enough for the BLAS to reach it, a second or so
 CI_TRIALS = 16  # under CI=true, as TVM's tutorials skip their expensive tuning there
@@ -376,6 +377,8 @@ def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batc
                            f"tune {experiment.name}")
             _log_phases(session.new_trials, time.perf_counter() - looped, builder.seconds - built,
                         runner.seconds - ran, log)
+            if session.new_trials and not session.stop_requested:  # which of each pair a build takes
+                duel(folder, contexts, tasks, session, target_dict, builder, runner, log)
         finally:
             builder.close()
     result = TuneResult(folder, count_records(folder), session.new_trials, time.perf_counter() - started,

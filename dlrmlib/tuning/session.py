@@ -27,6 +27,7 @@ import os
 import platform
 import random
 import shutil
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -155,6 +156,25 @@ def measure_untuned(mods: list, target, builder, runner) -> list[float | None]:
             latencies[i] = mean_seconds(result.run_secs)
         shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
     return latencies
+
+
+def measure_alternating(mods: list, target, builder, runner, rounds: int) -> list[float | None]:
+    """Each module built once, then all timed in turn, `rounds` times over (so that a change in
+    the machine's load touches every module alike); the median of each module's rounds."""
+    built = builder.build([BuilderInput(mod, target) for mod in mods])
+    ready = [(i, b) for i, b in enumerate(built) if b.error_msg is None]
+    inputs = [RunnerInput(b.artifact_path, "cpu", ArgInfo.from_entry_func(mods[i])) for i, b in ready]
+    seen: list[list[float]] = [[] for _ in mods]
+    try:
+        for _ in range(rounds):
+            for (i, _b), future in zip(ready, runner.run(inputs)):
+                result = future.result()
+                if result.error_msg is None:
+                    seen[i].append(mean_seconds(result.run_secs))
+    finally:
+        for _i, b in ready:
+            shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
+    return [float(statistics.median(s)) if s else None for s in seen]
 
 
 def commit_untuned(folder: Path, mods: list, latencies: list[float | None], target) -> None:
