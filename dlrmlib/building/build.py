@@ -184,17 +184,22 @@ def build_custom_batches(experiment: Experiment | str, batch_sizes: list[int],
 
 def build_variants(experiment: Experiment | str, log_dir: str | Path | None = None, prepack: bool | None = None,
                    untuned: bool = True, custom: bool = True, log: Callable[[str], None] = print,
-                   precision: str = "fp32") -> list:
+                   precision: str = "fp32", calibration: str = "dynamic") -> list:
     """The builds notebook 03 compares, each checked against the reference: from the tuning log
     (untuned while the log is empty), the untuned baseline, and the hand-written kernels (also
-    in `precision` when it is bf16 or int8, accuracy-gated). Returns the fast ones (tuned,
-    custom), the ones worth running natively."""
+    in `precision` when it is bf16 or int8, accuracy-gated; int8 with `calibration` "static":
+    activation scales from the calibration slice, tag custom_int8_static). Returns the fast ones
+    (tuned, custom), the ones worth running natively."""
     experiment = Experiment.of(experiment)
+    if calibration != "dynamic" and precision != "int8":
+        raise DlrmError(f"calibration {calibration!r} applies to precision int8 (its activations' scales)")
     fast = [build_best(experiment, log_dir=log_dir, prepack=prepack, log=log)]
     if custom:
         fast.append(build(experiment, Custom(), log=log))
     if custom and precision != "fp32":
-        fast.append(build(experiment, Custom(tag=f"custom_{precision}", precision=precision), log=log))
+        static = "_static" if calibration == "static" else ""
+        fast.append(build(experiment, Custom(tag=f"custom_{precision}{static}", precision=precision,
+                                             calibration=calibration), log=log))
     if untuned and fast[0].tag != "untuned":
         build(experiment, log=log)
     return fast
