@@ -7,6 +7,8 @@ import papermill
 import pytest
 
 from dlrmlib.cli.notebooks import NOTEBOOKS_DIR, run_notebook
+from dlrmlib.core.experiment import Experiment
+from dlrmlib.formats.tuning_log import count_records, tuning_log_dir
 
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 
@@ -44,6 +46,9 @@ def test_setup_tune_and_build_notebooks_run_under_papermill(experiments_root, tm
     build = run_notebook("03_build", "nb-tiny", {"instances": 1}, output_dir=out)
     text = _outputs(build)
     assert "python_vm_untuned" in text and "onnxruntime" in text and "kernel knobs from" in text
-    assert "native_8" in text and "native_custom" in text, "the tuned and custom builds run natively"
+    # the tuned build is named after its log's records: the 8 trials and each Dense kernel's seed
+    records = count_records(tuning_log_dir(Experiment.open("nb-tiny", root=experiments_root), prepack=True))
+    assert records >= 8 and f"native_{records}_prepack" in text and "native_custom" in text, \
+        "the tuned and custom builds run natively"
     assert "generated: preset tiny" in _outputs(setup)
     assert (experiments_root / "nb-tiny" / "builds" / "saved_model_untuned.so").is_file()
