@@ -333,8 +333,12 @@ def baselines(folder: Path) -> dict[str, float | None]:
 
 def fixed_latency(folder: Path) -> float:
     """Seconds per batch of the kernels the tuned build uses as written (no task)."""
-    return sum(k["latency_s"] * k.get("weight", 1) for k in read_written(folder)["fixed"].values()
-               if k.get("latency_s") is not None)
+    return fixed_seconds(read_written(folder))
+
+
+def fixed_seconds(written: dict) -> float:
+    """Seconds per batch of `written.json`'s kernels used as written (`fixed`), those timed."""
+    return sum(k["latency_s"] * k.get("weight", 1) for k in written["fixed"].values() if k.get("latency_s") is not None)
 
 
 def written_choice(folder: Path) -> tuple[frozenset[str], dict]:

@@ -12,8 +12,8 @@ from dlrmlib.schedules.dense import PANEL, DenseConfig, DenseShape, dense_func, 
 from dlrmlib.schedules.prepack import TRANSFORM, LiftPlan, lift_weight_transforms, write_transformed_weights
 from dlrmlib.schedules.rewrite import use_dense_kernels, use_interaction_kernel
 
-__all__ = ["PANEL", "PIPELINE_NAME", "TRANSFORM", "DenseConfig", "DenseShape", "LiftPlan", "custom_module", "written_kernels",
-           "dense_func", "lift_weight_transforms", "pack_func", "write_transformed_weights"]
+__all__ = ["PANEL", "PIPELINE_NAME", "TRANSFORM", "DenseConfig", "DenseShape", "LiftPlan", "custom_module",
+           "dense_func", "lift_weight_transforms", "pack_func", "write_transformed_weights", "written_kernels"]
 
 SCHEDULES = ("default", "custom")
 PIPELINE_NAME = ("custom kernels (dlrmlib.schedules: packed GEMM + bias/ReLU, narrow last layer, fused gather + "

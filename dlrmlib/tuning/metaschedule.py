@@ -44,6 +44,7 @@ from dlrmlib.formats.tuning_log import (
     WORKLOADS_FILE,
     WRITTEN_FILE,
     count_records,
+    fixed_seconds,
     read_tasks,
     read_trials,
     read_untuned,
@@ -229,8 +230,7 @@ def _written_latencies(folder, tasks, module, target, knobs, prepack, builder, r
     written = measure_written(folder, tasks, module, target, knobs, prepack, builder, runner, log)
     for state in session.tasks:
         state.written_s = (written["dense"].get(state.name) or {}).get("latency_s")
-    session.fixed_s = sum(k["latency_s"] * k.get("weight", 1) for k in written["fixed"].values()
-                          if k.get("latency_s") is not None)
+    session.fixed_s = fixed_seconds(written)
 
 
 SPACES = ("union", "default", "hand-written")
