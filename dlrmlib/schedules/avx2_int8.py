@@ -16,7 +16,8 @@ integers:
 Weights: per output channel, symmetric, s_w[j] = max|W[j, :]| / 127, packed once at build time
 into [N/8, Kp/g, 8 * g] (8 outputs x g consecutive k, g = 2 (s16) or 4 (u8s8): one ymm operand;
 K padded to a multiple of g with zeros), with s_w and the column sums. Activations: the VNNI
-build's per-row quantisation (dlrmlib.schedules.reduced.quantize_rows_func). The GEMM keeps an
+build's per-row quantisation (dlrmlib.schedules.reduced.quantize_rows_func), or with static calibration
+one scale per layer (dlrmlib.schedules.static). The GEMM keeps an
 mr x (nb * 8) int32 tile in registers over K (16 ymm: mr * nb accumulators, nb weight vectors,
 the broadcast, the ones) and applies the VNNI kernel's epilogue:
 (acc - z_x[i] colsum[j]) s_x[i] s_w[j] + b[j], ReLU.
