@@ -235,3 +235,18 @@ def test_kernels_at_their_compute_roof_stop_once_and_only_with_a_margin():
     session = Session([gather, dense, slow], budget=8, trials=0, trials_file=None, roof_margin=0.05)
     assert session.roof_stops(alive=[0, 1, 2]) == [1] and session.at_roof == ["dense"]
     assert session.roof_stops(alive=[0, 2]) == [] and Session([dense], 8, 0, None).roof_stops([0]) == []
+
+
+def test_a_roof_stop_measures_the_peak_again_and_keeps_the_highest():
+    """A peak measured under another job's load made every Dense kernel look at its roof (a
+    3000-trial run ended at 198): before stopping one, the session measures the peak again."""
+    from dlrmlib.tuning.session import Session, TaskState
+
+    fast = TaskState("fast", 1.0, 2e9, best_s=0.0100)  # 200 GFLOP/s
+    slow = TaskState("slow", 1.0, 2e9, best_s=0.0200)  # 100 GFLOP/s
+    peaks = iter([210e9, 90e9])  # the machine quiet now, then loaded again
+    session = Session([fast, slow], budget=8, trials=0, trials_file=None, roof_margin=0.05,
+                      measure_peak=lambda: next(peaks))
+    session.set_peak(60e9)  # measured at the start, under load: both kernels "beyond the roof"
+    assert session.roof_stops(alive=[0, 1]) == [0] and session.peak_flops == 210e9
+    assert session.roof_stops(alive=[1]) == [] and session.peak_flops == 210e9  # a lower peak never lowers it

@@ -399,7 +399,8 @@ def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batc
     log(f"[tune] {result.new_trials} trials in {result.seconds:.0f} s ({result.trials_per_minute:.1f} per minute); "
         f"the log holds {result.trials}; {estimate}")
     if session.at_roof:
-        log(f"[tune] within {session.roof_margin:.0%} of the compute roof, no more trials: {', '.join(session.at_roof)}")
+        log(f"[tune] within {session.roof_margin:.0%} of the compute roof (sgemm peak {session.peak_flops / 1e9:.0f} "
+            f"GFLOP/s, the highest measured), no more trials: {', '.join(session.at_roof)}")
     if session.stalled:
         log(f"[tune] converged (no gain of {ts.STALL_GAIN:.0%} in {ts.STALL_BATCHES} batches): {', '.join(session.stalled)}")
     if session.end_reason():
@@ -437,12 +438,15 @@ def _new_session(experiment, folder: Path, tasks: list, target: dict, prepack: b
 
 def _set_roofs(session, margin: float, log) -> None:
     """Each kernel's compute roof, from this machine's sgemm peak measured now (a second or
-    two, on every core, as the kernels run): a kernel near it stops taking trials."""
-    peak = measure_peak_gflops(ROOF_GEMM, 3) * 1e9
-    log(f"[tune] sgemm peak {peak / 1e9:.0f} GFLOP/s: a kernel within {margin:.0%} of its compute roof stops")
-    session.roof_margin = margin
-    for task in session.tasks:
-        task.floor_s = task.flop / peak if task.flop > 0 else None
+    two, on every core, as the kernels run): a kernel near it stops taking trials. The peak is
+    measured again before any kernel stops there (the highest counts)."""
+    def measure() -> float:
+        return measure_peak_gflops(ROOF_GEMM, 3) * 1e9
+
+    session.roof_margin, session.measure_peak = margin, measure
+    session.set_peak(measure())
+    log(f"[tune] sgemm peak {session.peak_flops / 1e9:.0f} GFLOP/s: a kernel within {margin:.0%} of its compute roof "
+        "stops (the peak is measured again before it does)")
 
 
 def _workload_hash(task) -> str:

@@ -32,6 +32,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import tvm
 from tvm.ir.utils import derived_object
@@ -258,6 +259,8 @@ class Session:
     stop_requested: bool = False  # Ctrl-C: no new batch
     roof_margin: float | None = None  # stop a kernel within this fraction of its compute roof
     at_roof: list[str] = field(default_factory=list)  # kernels stopped there, in order
+    peak_flops: float | None = None  # the highest sgemm peak measured in this run (FLOP/s)
+    measure_peak: Callable[[], float] | None = None  # measures it again (FLOP/s), before any roof stop
     fixed_s: float = 0.0  # the kernels used as written, per batch (no task)
     stalled: list[str] = field(default_factory=list)  # kernels whose search converged, in order
     capped: list[str] = field(default_factory=list)  # kernels at max_trials_per_task
@@ -278,8 +281,20 @@ class Session:
         """The tasks among `alive` whose best trial is now within the margin of their compute
         roof (noted in `at_roof`): the scheduler gives them no more trials."""
         stops = [i for i in alive if self.tasks[i].at_roof(self.roof_margin)]
+        if stops and self.measure_peak is not None:
+            # A peak measured while another job ran is too low, and every kernel would look at
+            # its roof (all 6 Dense kernels stopped at trial 198 of 3000 that way): measure again
+            # now, keep the highest, and stop only the kernels still within the margin.
+            self.set_peak(self.measure_peak())
+            stops = [i for i in stops if self.tasks[i].at_roof(self.roof_margin)]
         self.at_roof += [self.tasks[i].name for i in stops]
         return stops
+
+    def set_peak(self, flops: float) -> None:
+        """Each kernel's compute roof at the highest sgemm peak measured so far."""
+        self.peak_flops = max(flops, self.peak_flops or 0.0)
+        for task in self.tasks:
+            task.floor_s = task.flop / self.peak_flops if task.flop > 0 else None
 
     def end_reason(self) -> str | None:
         """Why the run ended before its budget (None when it did not): every kernel done."""
