@@ -78,13 +78,16 @@ def test_shipped_log_keeps_the_best_records_and_decides_as_the_full_log(logs):
     assert not (shipped / "logs").exists()  # MetaSchedule's per-task logs stay behind
 
 
-def test_build_from_the_shipped_log_matches_the_reference(logs):
+def test_build_from_the_shipped_log_matches_the_reference_and_the_full_logs_build(logs):
     experiment, _, shipped = logs
     result = build(experiment, FromLog(shipped), log=lambda _: None)
     assert result.verification["max_abs_error"] <= 1e-5
     about = read_shipped(shipped)
     manifest = read_manifest(result.manifest)
     assert result.tag == f"shipped_{about['trials']}_prepack" and manifest["build"]["trials"] == about["trials"]
+    full = build(experiment, FromLog(), log=lambda _: None)  # the same kernels: the same library, byte for byte
+    assert full.library.read_bytes() == result.library.read_bytes()
+    assert read_manifest(full.manifest)["weights"]["layout_id"] == manifest["weights"]["layout_id"]
 
 
 def test_damaged_or_foreign_shipped_logs_are_refused(logs, tmp_path):

@@ -165,7 +165,9 @@ class FromLog:
                 if records == 0:
                     raise DlrmError(f"the tuning log {folder} has no records yet; run `dlrm tune --experiment "
                                     f"{experiment.name}{'' if prepack else ' --no-prepack'}` first")
-                log(f"[build] tuning log {folder}: {records} trials")
+                log(f"[build] tuning log {folder}: " + (f"{records} records kept of {shipped['trials']} trials, tuned on "
+                                                        f"{shipped.get('cpu')} ({shipped.get('exported')})" if shipped
+                                                        else f"{records} trials"))
                 add_untuned(folder, Path(tmp))
                 database = Path(tmp)
             facts: dict = {}
