@@ -165,15 +165,16 @@ class FromLog:
                 if records == 0:
                     raise DlrmError(f"the tuning log {folder} has no records yet; run `dlrm tune --experiment "
                                     f"{experiment.name}{'' if prepack else ' --no-prepack'}` first")
-                log(f"[build] tuning log {folder}: " + (f"{records} records kept of {shipped['trials']} trials, tuned on "
-                                                        f"{shipped.get('cpu')} ({shipped.get('exported')})" if shipped
-                                                        else f"{records} trials"))
+                kept = (f"{records} records kept of {shipped['trials']} trials, tuned on {shipped.get('cpu')} "
+                        f"({shipped.get('exported')})" if shipped else f"{records} trials")
+                log(f"[build] tuning log {folder}: {kept}")
                 add_untuned(folder, Path(tmp))
                 database = Path(tmp)
             facts: dict = {}
             parts = ["MetaSchedule database" if database else "no tuning log"] + (
                 ["weight prepacking"] if prepack else [])
-            info = {"tuned": records > 0, "trials": shipped["trials"] if shipped else records, "schedule": "default", "prepack": prepack,
+            info = {"tuned": records > 0, "trials": shipped["trials"] if shipped else records, "schedule": "default",
+                    "prepack": prepack,
                     "tuning_log": os.path.relpath(folder, experiment.builds_dir) if database else None,
                     "pipeline": f"dlrmlib.building.from_log.tuned_pipeline ({', '.join(parts)})"}
             written = written_choice(folder) if database else None  # the hand-written kernels it uses

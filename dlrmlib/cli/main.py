@@ -183,7 +183,7 @@ def make_parser() -> argparse.ArgumentParser:
                         "(default: the experiment's)")
     p.add_argument("--tag", help="tag of an untuned or custom build (default: untuned, or custom; with another "
                                  "--batch-size N, untuned_bN or custom_bN); a build from a tuning log is tagged with "
-                                 "the log's record count")
+                                 "the log's record count, from a shipped log shipped_<trials>")
     p.add_argument("--tuning-log", metavar="DIR", help="MetaSchedule tuning log to build from, e.g. a shipped one, "
                    "logs/<machine kind>/<preset>/b<batch>/tuned-fp32 (default: the experiment's tune/prepack/, or "
                    "tune/ with --no-prepack, whenever it has records)")

@@ -17,7 +17,8 @@ def cmd_tune(args) -> None:
         raise DlrmError("--keep applies to --ship (records kept per kernel in the shipped log)")
     if args.schedule == "custom":
         if args.ship:
-            raise DlrmError("--ship exports a MetaSchedule log; the kernel log ships with --schedule custom --save-to DIR")
+            raise DlrmError("--ship exports a MetaSchedule log; the kernel log ships with --schedule custom "
+                            "--save-to DIR")
         from dlrmlib.tuning.kernels import save_kernel_log, tune_kernels  # deferred: imports TVM
 
         tune_kernels(args.experiment)
@@ -32,7 +33,8 @@ def cmd_tune(args) -> None:
         return _ship(args)
     rpc = RpcMeasurement.optional(args.rpc_tracker, args.rpc_key, args.rpc_servers)
     trials = DEFAULT_TRIALS if args.trials is None else args.trials
-    tune(args.experiment, trials=trials, max_trials_per_task=args.max_trials_per_task, num_threads=args.num_threads, prepack=args.prepack, seed=args.seed, rpc=rpc, roof_margin=args.roof_margin,
+    tune(args.experiment, trials=trials, max_trials_per_task=args.max_trials_per_task,
+         num_threads=args.num_threads, prepack=args.prepack, seed=args.seed, rpc=rpc, roof_margin=args.roof_margin,
          space=args.space)
     if args.ship:
         _ship(args)
@@ -77,8 +79,8 @@ def add_subcommands(sub) -> None:
     p.add_argument("--keep", type=integer(1, 1000), metavar="K",
                    help=f"with --ship: records kept per kernel (default: {DEFAULT_KEEP})")
     p.add_argument("--save-to", metavar="DIR",
-                   help="with --schedule custom: also copy the kernel log there, e.g. logs/<machine>/<preset>/b<batch>; "
-                        "with --ship: the shipped log's folder instead of logs/...")
+                   help="with --schedule custom: also copy the kernel log there, e.g. "
+                        "logs/<machine>/<preset>/b<batch>; with --ship: the shipped log's folder instead of logs/...")
     p.add_argument("--rpc-tracker", metavar="HOST:PORT",
                    help="measure candidates on the TVM RPC servers registered with this tracker")
     p.add_argument("--rpc-key", default=DEFAULT_KEY, help="the servers' device key (default: %(default)s)")
