@@ -1,7 +1,8 @@
 """The issue-8 goal table: TVM with the hand-written kernels against every peer, per batch size.
 
 For each batch size: one experiment `perf-<preset>-b<B>` (prepared and built with
-`schedule="custom"` if missing), then repetitions in which every runtime runs the same batches
+`schedule="custom"` if missing, and from the MetaSchedule log shipped for this machine kind,
+preset and batch size when there is one: the "tvm-tuned (shipped log)" row), then repetitions in which every runtime runs the same batches
 once, in a rotating order, with a large numpy sgemm timed in the same loop as the machine's
 fp32 peak. The machine may be shared: every figure is a median over repetitions and every
 comparison a ratio within the same run.
@@ -53,6 +54,37 @@ def shipped_kernel_log(logs: Path | None, preset: str, batch: int) -> Path | Non
 
     folder = Path(logs) / machine_kind() / preset / f"b{batch}" if logs else None
     return folder if folder and (folder / LOG_FILE).is_file() else None
+
+
+TUNED_NAME = "tvm-tuned (shipped log)"  # the row of the MetaSchedule build from a shipped tuning log
+
+
+def shipped_tuned_build(exp, logs: Path | None, preset: str, batch: int, log):
+    """The MetaSchedule build from the tuning log shipped for this machine kind, preset and
+    batch (logs/<kind>/<preset>/b<batch>/tuned-fp32/), built once per log; None when none ships.
+    So the figures rebuild without tuning; a log shipped for another machine kind is never
+    looked up (the folder is this machine's kind)."""
+    from dlrmlib.building.build import build
+    from dlrmlib.building.recipes import FromLog
+    from dlrmlib.core.errors import DlrmError
+    from dlrmlib.core.target import machine_kind
+    from dlrmlib.formats.shipped_log import SHIPPED_FILE, check_shipped, find_shipped
+
+    folder = find_shipped(logs, machine_kind(), preset, batch)
+    if folder is None:
+        return None
+    shipped = check_shipped(folder)
+    tag = FromLog.tag_for(0, bool(shipped.get("prepack", True)), shipped)
+    manifest = exp.manifest_path(tag)
+    if not manifest.exists() or manifest.stat().st_mtime < (folder / SHIPPED_FILE).stat().st_mtime:  # shipped anew
+        try:
+            build(exp, FromLog(folder), log=log)
+        except DlrmError as e:  # e.g. tuned for another model: said, and left out
+            log(f"[perf] batch {batch}: no build from the shipped tuning log {folder}: {e}")
+            return None
+    log(f"[perf] batch {batch}: tuned build {tag} from {folder} ({shipped['trials']} trials on "
+        f"{shipped.get('cpu', '?')}, {shipped.get('exported', '?')})")
+    return manifest
 
 
 def ensure_experiment(name: str, preset: str, batch: int, tag: str, log, source=None, kernel_log=None,
@@ -283,6 +315,9 @@ def main(argv=None) -> int:
                    help="requests in flight in the parallel table, one thread each (0: one per usable core; 1: no table)")
     p.add_argument("--kernel-logs", default=str(REPO_LOGS),
                    help="where shipped kernel logs live (<dir>/<machine>/<preset>/b<batch>); '' for default knobs")
+    p.add_argument("--tuning-logs", default=str(REPO_LOGS),
+                   help="where shipped MetaSchedule logs live (<dir>/<machine>/<preset>/b<batch>/tuned-fp32): a "
+                        "'TVM tuned (shipped log)' row where one ships; '' for none")
     p.add_argument("--json", type=Path, help="also write the rows here")
     p.add_argument("--figure", type=Path, help="also save the chart (perf_vs_peers.png) into this folder")
     p.add_argument("--replot", type=Path, metavar="JSON", help="only draw the chart again from an earlier run's --json")
@@ -312,6 +347,11 @@ def main(argv=None) -> int:
         tvm_backends = [make_backend("tvm", manifest=exp.manifest_path(precision_tag(args.tag, p)))
                         for p in precisions if exp.manifest_path(precision_tag(args.tag, p)).exists()]
         tvm_backend = tvm_backends[0]
+        tuned = shipped_tuned_build(exp, Path(args.tuning_logs) if args.tuning_logs else None, args.preset, batch,
+                                    log) if "fp32" in precisions else None
+        if tuned is not None:
+            tvm_backends.append(make_backend("tvm", manifest=tuned))
+            tvm_backends[-1].name = TUNED_NAME
         backends = make_peers(exp, batch, args.peers.split(","), threads, log) + tvm_backends
         accuracy = auc_ratios(exp, backends)
         runs, peaks = measure(backends, input_batches(exp, batch), args.repeats, log)

@@ -24,6 +24,8 @@ from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.experiment import Experiment
 from dlrmlib.core.machine import cpu_flags, precision_isa
 from dlrmlib.core.paths import PACKAGE_DIR
+from dlrmlib.core.target import machine_kind
+from dlrmlib.formats.shipped_log import check_shipped, machine_mismatch
 from dlrmlib.formats.tuning_log import (
     DEFAULT_PREPACK,
     count_records,
@@ -117,6 +119,7 @@ class FromLog:
     log_dir: Path | None = None
     prepack: bool | None = None
     require_records: bool = True
+    other_machine: bool = False  # build from a log tuned on another machine kind (refused otherwise)
 
     def layout(self, experiment: Experiment) -> bool:
         """Prepacked or plain: as asked, else as the named log was tuned, else the default."""
@@ -129,8 +132,22 @@ class FromLog:
         return Path(self.log_dir) if self.log_dir else tuning_log_dir(experiment, self.layout(experiment))
 
     @staticmethod
-    def tag_for(records: int, prepack: bool) -> str:
+    def tag_for(records: int, prepack: bool, shipped: dict | None = None) -> str:
+        """`<records>[_prepack]`; a shipped log's builds are named after the trials it was tuned
+        with, `shipped_<trials>[_prepack]` (it keeps only a few records of each kernel)."""
+        if shipped:
+            return f"shipped_{shipped['trials']}" + ("_prepack" if prepack else "")
         return (f"{records}_prepack" if records else "untuned_prepack") if prepack else str(records)
+
+    def _check_machine(self, folder: Path, target: dict, log) -> None:
+        """A log tuned on another machine kind is refused (its schedules run here but were chosen
+        there), unless `other_machine`, which says so."""
+        why = machine_mismatch(folder, machine_kind(), target["mcpu"])
+        if why and not self.other_machine:
+            raise DlrmError(f"the tuning log {folder} {why}: its schedules were chosen for that CPU. Tune here "
+                            "(`dlrm tune`, then `dlrm tune --ship`), or build from it anyway with --other-machine")
+        if why:
+            log(f"[build] note: the tuning log {why}; building from it anyway (--other-machine)")
 
     @contextmanager
     def lower(self, source: Source) -> Iterator[Lowering]:
@@ -139,24 +156,30 @@ class FromLog:
         folder = self.folder(experiment)
         with tempfile.TemporaryDirectory(prefix="dlrm-tuning-log-") as tmp:
             records, database = 0, None
+            shipped = None
             if self.require_records or count_records(folder):
+                shipped = check_shipped(folder)  # a damaged shipped file is refused by name
+                self._check_machine(folder, source.target, log)
                 check_log_mode(folder, prepack)
                 records = snapshot_log(folder, Path(tmp), log)
                 if records == 0:
                     raise DlrmError(f"the tuning log {folder} has no records yet; run `dlrm tune --experiment "
                                     f"{experiment.name}{'' if prepack else ' --no-prepack'}` first")
-                log(f"[build] tuning log {folder}: {records} trials")
+                kept = (f"{records} records kept of {shipped['trials']} trials, tuned on {shipped.get('cpu')} "
+                        f"({shipped.get('exported')})" if shipped else f"{records} trials")
+                log(f"[build] tuning log {folder}: {kept}")
                 add_untuned(folder, Path(tmp))
                 database = Path(tmp)
             facts: dict = {}
             parts = ["MetaSchedule database" if database else "no tuning log"] + (
                 ["weight prepacking"] if prepack else [])
-            info = {"tuned": records > 0, "trials": records, "schedule": "default", "prepack": prepack,
+            info = {"tuned": records > 0, "trials": shipped["trials"] if shipped else records, "schedule": "default",
+                    "prepack": prepack,
                     "tuning_log": os.path.relpath(folder, experiment.builds_dir) if database else None,
                     "pipeline": f"dlrmlib.building.from_log.tuned_pipeline ({', '.join(parts)})"}
             written = written_choice(folder) if database else None  # the hand-written kernels it uses
             lowering = Lowering(source.mod, tuned_pipeline(source.target, database, prepack, facts, written), info,
-                                tag=self.tag_for(records, prepack))
+                                tag=self.tag_for(records, prepack, shipped))
             if prepack:
                 lowering.weights = lambda library: self._weights(source, library, facts)
             if database is not None:
@@ -292,12 +315,13 @@ def _target_has(target: dict, feature: str) -> bool:
     return bool(tvm.target.codegen.target_has_features(feature, tvm.target.Target(target)))
 
 
-def best_recipe(experiment: Experiment, log_dir: Path | None = None, prepack: bool | None = None):
+def best_recipe(experiment: Experiment, log_dir: Path | None = None, prepack: bool | None = None,
+                other_machine: bool = False):
     """From the tuning log when it has records (an explicit `log_dir` must), else untuned
     (prepacked only when asked for explicitly: the study's untuned baseline is plain).
     `prepack=None`: prepacked unless the experiment's only log is an older plain one."""
     if log_dir is not None:
-        return FromLog(log_dir, prepack)
+        return FromLog(log_dir, prepack, other_machine=other_machine)
     if count_records(tuning_log_dir(experiment, resolve_prepack(experiment, prepack))):
-        return FromLog(None, prepack)
+        return FromLog(None, prepack, other_machine=other_machine)
     return FromLog(None, True, require_records=False) if prepack else Untuned()

@@ -89,7 +89,9 @@ def cmd_build(args) -> int | None:
     else:
         if args.kernel_log:
             raise DlrmError("--kernel-log applies to --schedule custom")
-        recipe = recipes.best_recipe(exp, Path(tuning_log) if tuning_log else None, args.prepack)
+        recipe = recipes.best_recipe(exp, Path(tuning_log) if tuning_log else None, args.prepack, args.other_machine)
+        if isinstance(recipe, recipes.Untuned) and not other_batch:
+            _mention_shipped(exp)
         if other_batch and not isinstance(recipe, recipes.Untuned):
             raise DlrmError(f"--batch-size {args.batch_size}: a tuning log holds schedules for the batch size it was "
                             f"tuned at ({exp.batch_size} here); build --schedule custom at another batch size, or "
@@ -97,6 +99,20 @@ def cmd_build(args) -> int | None:
         if isinstance(recipe, recipes.Untuned) and (args.tag or suffix):
             recipe = recipes.Untuned(args.tag or f"untuned{suffix}")
     build(exp, recipe, verify=not args.no_verify, min_auc_ratio=args.min_auc_ratio, batch_size=args.batch_size)
+
+
+def _mention_shipped(exp: Experiment) -> None:
+    """An untuned build where the repository ships a tuning log for this machine kind, preset
+    and batch size says so: it is used only when named (the experiment's own builds stay its own)."""
+    from dlrmlib.core.paths import LOGS_DIR  # deferred, as above
+    from dlrmlib.core.target import machine_kind  # deferred, as above
+    from dlrmlib.formats.shipped_log import find_shipped  # deferred, as above
+
+    preset = None if exp.params.get("onnx_model") else exp.params.get("preset")
+    shipped = find_shipped(LOGS_DIR, machine_kind(), preset, exp.batch_size) if preset else None
+    if shipped:
+        print(f"[build] note: a tuning log ships for this machine kind, preset and batch size; build from it with "
+              f"`dlrm build --experiment {exp.name} --tuning-log {shipped}`")
 
 
 def cmd_infer(args) -> None:
@@ -167,9 +183,13 @@ def make_parser() -> argparse.ArgumentParser:
                         "(default: the experiment's)")
     p.add_argument("--tag", help="tag of an untuned or custom build (default: untuned, or custom; with another "
                                  "--batch-size N, untuned_bN or custom_bN); a build from a tuning log is tagged with "
-                                 "the log's record count")
-    p.add_argument("--tuning-log", metavar="DIR", help="MetaSchedule tuning log to build from (default: the "
-                   "experiment's tune/prepack/, or tune/ with --no-prepack, whenever it has records)")
+                                 "the log's record count, from a shipped log shipped_<trials>")
+    p.add_argument("--tuning-log", metavar="DIR", help="MetaSchedule tuning log to build from, e.g. a shipped one, "
+                   "logs/<machine kind>/<preset>/b<batch>/tuned-fp32 (default: the experiment's tune/prepack/, or "
+                   "tune/ with --no-prepack, whenever it has records)")
+    p.add_argument("--other-machine", action="store_true",
+                   help="build from a tuning log tuned on another machine kind anyway (refused otherwise: its "
+                        "schedules were chosen for that CPU)")
     p.add_argument("--prepack", action=argparse.BooleanOptionalAction, default=None,
                    help="weight prepacking (the default): kernels take weights in the tuned layouts, transformed "
                         "once here into the weights folder (log tune/prepack/); --no-prepack: the plain build, "

@@ -35,6 +35,7 @@ from dlrmlib.core.experiment import Experiment
 from dlrmlib.core.files import write_json
 from dlrmlib.core.machine import measure_peak_gflops
 from dlrmlib.core.target import cpu_description, host_target
+from dlrmlib.formats.shipped_log import SHIPPED_FILE
 from dlrmlib.formats.tuning_log import (
     RECORDS_FILE,
     TASKS_FILE,
@@ -355,6 +356,7 @@ def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batc
     import tvm
 
 
+    (folder / SHIPPED_FILE).unlink(missing_ok=True)  # a shipped log tuned on further is this experiment's own now
     ts.cpu_intrinsics_only()
     target_dict = host_target()
     target = tvm.target.Target(target_dict)
