@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from dlrmlib.cli.args import add_experiment, integer, seed, threads
+from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.experiment import Experiment
 from dlrmlib.tuning import DEFAULT_TRIALS, MAX_TRIALS, MAX_TRIALS_WHY, ROOF_MARGIN
 from dlrmlib.tuning.rpc import DEFAULT_KEY, RpcMeasurement
@@ -14,10 +15,13 @@ def cmd_tune(args) -> None:
     if args.schedule == "custom":
         from dlrmlib.tuning.kernels import save_kernel_log, tune_kernels  # deferred: imports TVM
 
-        tune_kernels(args.experiment)
+        tune_kernels(args.experiment, precision=args.precision)
         if args.save_to:
             print(f"[tune-kernels] saved {save_kernel_log(Experiment.open(args.experiment), Path(args.save_to))}")
         return
+    if args.precision != "fp32":
+        raise DlrmError(f"--precision {args.precision} chooses which hand-written kernels --schedule custom measures; "
+                        "MetaSchedule tunes the fp32 model")
     from dlrmlib.tuning.metaschedule import tune  # deferred: imports TVM
 
     rpc = RpcMeasurement.optional(args.rpc_tracker, args.rpc_key, args.rpc_servers)
@@ -50,6 +54,10 @@ def add_subcommands(sub) -> None:
     p.add_argument("--schedule", default="default", choices=["default", "custom"],
                    help="custom: measure the knobs of the hand-written kernels into tune/custom/kernels.jsonl "
                         "instead of MetaSchedule trials (default: %(default)s)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
+                   help="with --schedule custom: int8 measures the kernels of `dlrm build --precision int8` (the int8 "
+                        "GEMMs' tiles for this CPU's instruction set, and the shared interaction) into the same log "
+                        "(default: %(default)s)")
     p.add_argument("--save-to", metavar="DIR",
                    help="with --schedule custom: also copy the kernel log there, e.g. logs/<machine>/<preset>/b<batch>")
     p.add_argument("--rpc-tracker", metavar="HOST:PORT",
