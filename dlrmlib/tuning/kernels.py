@@ -172,7 +172,8 @@ def _random_args(func, rng) -> list:
 def _int8_timer(kernel: Kernel, config: dict, target):
     """The int8 GEMM alone on random operands of its shapes (its weights as the build packs them:
     the knobs change only the loop blocking, not the layout)."""
-    func = int8_gemm_func(kernel.shape, kernel.isa, kernel.operands, Int8Config(**config))
+    func = int8_gemm_func(kernel.shape, kernel.isa, kernel.operands, Int8Config(**config)).with_attr(
+        "global_symbol", kernel.name)
     fn = _compile(func, kernel.name, target)
     args = _random_args(func, np.random.default_rng(0))
     return lambda k: fn(*args)
