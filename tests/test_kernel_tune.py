@@ -132,6 +132,7 @@ def test_shipped_kernel_logs_are_complete_and_usable():
     """Every shipped log: one folder per machine / preset / batch, only complete records of
     this project's kernels, and knobs a build accepts."""
     from dlrmlib.schedules.dense import DenseConfig
+    from dlrmlib.schedules.int8_tiles import Int8Config, is_int8_kernel
     from dlrmlib.schedules.knobs import LOG_FILE, best_configs, current, read_log
 
     logs = sorted(LOGS.glob(f"*/*/b*/{LOG_FILE}"))
@@ -145,6 +146,8 @@ def test_shipped_kernel_logs_are_complete_and_usable():
             assert f"_m{batch}_" in kernel or f"_b{batch}_" in kernel, (path, kernel)
             if kernel.startswith("dense"):
                 DenseConfig(**config)
+            elif is_int8_kernel(kernel):  # the int8 GEMMs' tiles (dlrm tune --schedule custom --precision int8)
+                Int8Config(**config)
             else:
                 assert set(config) == {"prefetch", "locality"}
 
@@ -233,3 +236,31 @@ def test_sampled_concatenation_schedules_copy_every_embedding_in_place():
         result = tvm.runtime.tensor(np.zeros((b, n, d), "float32"))
         tvm.compile(sch.mod, target=target)(*[tvm.runtime.tensor(a) for a in arrays], result)
         np.testing.assert_array_equal(result.numpy(), np.stack(arrays, axis=1))
+
+
+def test_int8_knobs_are_checked_and_kept_apart_from_fp32(capfd):
+    """int8 GEMM records: their own knobs version (an fp32 record of version 1 is outdated, an
+    int8 one current), their own knob names, tiles that do not fit the layer refused in one line;
+    `--precision` is the kernel tuner's."""
+    from dlrmlib.cli.main import main
+    from dlrmlib.schedules.dense import DenseShape
+    from dlrmlib.schedules.int8_tiles import Int8Config, int8_gemm_func, int8_kernel_name
+    from dlrmlib.schedules.knobs import INT8_KNOBS_VERSION, KNOBS_VERSION, best_configs, current
+
+    shape = DenseShape(32, 70, 64)
+    names = {isa: int8_kernel_name(shape, isa, "s16") for isa in ("avx2", "avx512_vnni", "amx_int8")}
+    assert len(set(names.values()) | {shape.name}) == 4
+    records = [{"kernel": names["avx2"], "config": {"mr": 2, "nb": 4, "parallel": None}, "seconds": 1e-6,
+                "knobs_version": INT8_KNOBS_VERSION},
+               {"kernel": shape.name, "config": {"bn": 64}, "seconds": 1e-6, "knobs_version": INT8_KNOBS_VERSION}]
+    assert [r["kernel"] for r in current(records)] == ([names["avx2"]] if INT8_KNOBS_VERSION != KNOBS_VERSION else
+                                                       [names["avx2"], shape.name])
+    with pytest.raises(DlrmError, match="cannot build"):
+        best_configs([{**records[0], "config": {"bn": 64}}])
+    for isa, config in (("avx2", Int8Config(3, 1)), ("avx512_vnni", Int8Config(8, 4)), ("amx_int8", Int8Config(4, 1))):
+        with pytest.raises(DlrmError, match="do not fit"):
+            int8_gemm_func(shape, isa, "s16", config)
+    for isa in ("avx512_vnni", "amx_int8"):  # written (not compiled) on any host
+        assert int8_gemm_func(shape, isa, None, Int8Config(2, 1, False)) is not None
+    assert main(["tune", "--experiment", "anything", "--precision", "int8"]) == 2
+    assert "--schedule custom" in capfd.readouterr().err

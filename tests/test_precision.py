@@ -349,3 +349,87 @@ def test_precision_peaks_have_every_precision():
 
     peaks = precision_peaks(n=256, repeats=1)
     assert set(peaks) == {"fp32", "int8", "bf16"} and all(p["gops"] > 0 and p["how"] for p in peaks.values())
+
+
+INT8_ISAS = [pytest.param("avx2", marks=pytest.mark.skipif(
+                 "avx2" not in cpu_flags(), reason="the AVX2 int8 kernels need AVX2, which this host's CPU lacks")),
+             pytest.param("avx512_vnni", marks=needs_vnni),
+             pytest.param("amx_int8", marks=pytest.mark.skipif(
+                 not AMX, reason="the AMX kernel needs amx_int8 (and Linux's tile state), which this host lacks"))]
+
+
+@pytest.mark.parametrize("isa", INT8_ISAS)
+def test_every_int8_tile_candidate_gives_the_default_tiles_integers(isa):
+    """The knob tuner's int8 candidates (rows and panels per register tile, or AMX tiles per task;
+    one thread or all) change only the blocking: every one gives the default rule's outputs
+    bit for bit, on quantised operands of the kernel's own shapes."""
+    import tvm
+
+    from dlrmlib.core.target import host_target
+    from dlrmlib.schedules import amx
+    from dlrmlib.schedules.int8_tiles import Int8Config, int8_candidates, int8_gemm_func
+    from dlrmlib.tuning.kernels import _random_args
+
+    shape = DenseShape(m=32, k=70, n=64, relu=True)
+    target = {**host_target(), **({"mattr": amx.MATTR} if isa == "amx_int8" else {})}
+    configs = [{}] + int8_candidates(shape, isa, "s16")
+    assert len(configs) > 3
+    outputs = []
+    for config in configs:
+        func = int8_gemm_func(shape, isa, "s16", Int8Config(**config))
+        args = _random_args(func, np.random.default_rng(5))
+        _compile({"g": func}, target)["g"](*args)
+        outputs.append(args[-1].numpy())
+    assert all((out == outputs[0]).all() for out in outputs[1:])
+
+
+@needs_int8
+def test_int8_knob_tuner_and_a_build_from_its_log(experiment, int8_build, tmp_path):
+    """`dlrm tune --schedule custom --precision int8` records this host's int8 GEMMs apart from the
+    fp32 kernels (name, kind, instruction set, knobs version), skipping the shared interaction
+    already in the log; a build from a log whose winners are not the default rules uses them
+    (the manifest's `tiles` say so) and scores exactly as the default-rules build."""
+    from dlrmlib.building.build import build
+    from dlrmlib.building.recipes import Custom
+    from dlrmlib.schedules.int8_tiles import int8_tile_rule, is_int8_kernel
+    from dlrmlib.schedules.knobs import INT8_KNOBS_VERSION, KNOBS_VERSION, append_record, read_log
+    from dlrmlib.tuning.kernels import candidates, model_kernels, tune_kernels
+
+    isa = precision_isa("int8")
+    shared = [k for k in model_kernels(experiment, "int8") if k.kind == "interaction"]
+    for kernel in shared:  # measured already (by an fp32 run): not measured again
+        for config in candidates(kernel, 8):
+            append_record(tmp_path, {"kernel": kernel.name, "kind": kernel.kind, "config": config, "seconds": 1.0,
+                                     "knobs_version": KNOBS_VERSION})
+    before = len(read_log(tmp_path))
+    tune_kernels(experiment, log_dir=tmp_path, log=lambda _: None, progress=False, min_seconds=0.01, passes=1,
+                 precision="int8")
+    measured = read_log(tmp_path)[before:]
+    int8 = [r for r in measured if r["kind"] == "int8"]
+    assert int8 and all(r["kind"] != "interaction" for r in measured)
+    prefix = {"avx2": "avx2_int8_s16_", "avx512_vnni": "int8_", "amx_int8": "amx_int8_"}[isa]
+    for r in int8:
+        assert r["kernel"].startswith(prefix) and is_int8_kernel(r["kernel"]) and r["isa"] == isa
+        assert r["precision"] == "int8" and r["knobs_version"] == INT8_KNOBS_VERSION
+        assert r["error"] is None and r["seconds"] > 0
+    chosen = {r["kernel"]: r["config"] for r in int8  # winners that are not the default rule's tile
+              if (r["config"]["mr"], r["config"]["nb"]) != int8_tile_rule(DenseShape(**r["shape"]), isa, "s16")}
+    assert chosen
+    for name, config in chosen.items():
+        append_record(tmp_path, {"kernel": name, "config": config, "seconds": 1e-9, "knobs_version": INT8_KNOBS_VERSION})
+
+    result = build(experiment, Custom(tmp_path, "custom_int8_knobs", "int8"), log=lambda _: None)
+    manifest = read_manifest(result.manifest)
+    tiles = manifest["precision"]["quantization"]["tiles"]
+    assert manifest["precision"]["accuracy"]["passed"]
+    used = {t["kernel"]: t for t in tiles.values()}
+    for name, config in chosen.items():
+        assert (used[name]["mr"], used[name]["nb"]) == (config["mr"], config["nb"])
+        assert config["parallel"] in (None, used[name]["parallel"])
+    assert all(t["knobs"] == "kernel log" for t in tiles.values())
+    assert {k: v for k, v in manifest["build"]["kernel_knobs"].items() if k in chosen} == chosen
+    defaults = read_manifest(int8_build.manifest)["precision"]["quantization"]["tiles"]
+    assert defaults.keys() == tiles.keys() and all(t["knobs"] == "default rules" for t in defaults.values())
+    data = read_test_data(experiment.testdata_dir)
+    assert (predict_all(TvmBackend(result.manifest), data.dense, data.sparse)
+            == predict_all(TvmBackend(int8_build.manifest), data.dense, data.sparse)).all()

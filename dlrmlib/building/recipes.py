@@ -40,6 +40,7 @@ from dlrmlib.frontend.relax import NUM_INPUTS
 from dlrmlib.schedules import PIPELINE_NAME, custom_module
 from dlrmlib.schedules.amx import MATTR
 from dlrmlib.schedules.avx2_int8 import DEFAULT_OPERANDS, OPERANDS, avx2_quantization_facts
+from dlrmlib.schedules.int8_tiles import int8_tiles_used
 from dlrmlib.schedules.reduced import PRECISIONS, quantization_facts
 from dlrmlib.schedules.knobs import default_kernel_log, kernel_configs
 from dlrmlib.schedules.prepack import TRANSFORM, transformed_param_specs, write_transformed_weights
@@ -249,6 +250,11 @@ class Custom:
                                          quantization_facts(self.precision, seen, precision["isa"]))
             if calibrated:
                 precision["quantization"].update(static_facts(calibrated))
+            if self.precision == "int8":
+                tiles = precision["quantization"]["tiles"] = int8_tiles_used(seen, knobs, avx2)
+                logged = sum(t["knobs"] == "kernel log" for t in tiles.values())
+                log(f"[build] int8 GEMM tiles: {logged} of {len(tiles)} from the kernel log, the rest by the default "
+                    "rules")
             log(f"[build] {self.precision} kernels ({precision['isa']}) for "
                 f"{len(precision['quantization']['layers'])} Dense layers; the rest stays fp32")
         info = {"tuned": False, "trials": 0, "tuning_log": None, "pipeline": PIPELINE_NAME, "schedule": "custom",

@@ -21,10 +21,13 @@ def cmd_tune(args) -> None:
                             "--save-to DIR")
         from dlrmlib.tuning.kernels import save_kernel_log, tune_kernels  # deferred: imports TVM
 
-        tune_kernels(args.experiment)
+        tune_kernels(args.experiment, precision=args.precision)
         if args.save_to:
             print(f"[tune-kernels] saved {save_kernel_log(Experiment.open(args.experiment), Path(args.save_to))}")
         return
+    if args.precision != "fp32":
+        raise DlrmError(f"--precision {args.precision} chooses which hand-written kernels --schedule custom measures; "
+                        "MetaSchedule tunes the fp32 model")
     from dlrmlib.tuning.metaschedule import tune  # deferred: imports TVM
 
     if args.save_to and not args.ship:
@@ -78,6 +81,10 @@ def add_subcommands(sub) -> None:
                         "b<batch>/tuned-fp32/ (or --save-to DIR); `dlrm build --tuning-log DIR` builds from it")
     p.add_argument("--keep", type=integer(1, 1000), metavar="K",
                    help=f"with --ship: records kept per kernel (default: {DEFAULT_KEEP})")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
+                   help="with --schedule custom: int8 measures the kernels of `dlrm build --precision int8` (the int8 "
+                        "GEMMs' tiles for this CPU's instruction set, and the shared interaction) into the same log "
+                        "(default: %(default)s)")
     p.add_argument("--save-to", metavar="DIR",
                    help="with --schedule custom: also copy the kernel log there, e.g. "
                         "logs/<machine>/<preset>/b<batch>; with --ship: the shipped log's folder instead of logs/...")

@@ -16,6 +16,7 @@ configuration is per thread, so each task loads it.
 """
 from __future__ import annotations
 
+from dlrmlib.core.errors import DlrmError
 from dlrmlib.schedules.dense import DenseShape
 from dlrmlib.schedules.reduced import parse_prim_func, padded_k
 
@@ -29,17 +30,24 @@ def amx_supported(shape: DenseShape) -> bool:
     return shape.m % TILE == 0 and shape.n % TILE == 0 and not shape.narrow
 
 
-def amx_blocks(shape: DenseShape) -> tuple[int, int]:
-    """(rb, cb): 16-row and 16-column tiles per task, at most 2 x 2 (tmm0-3 hold the sums)."""
-    return (2 if shape.m % (2 * TILE) == 0 else 1), (2 if shape.n % (2 * TILE) == 0 else 1)
+def amx_blocks(shape: DenseShape, rb: int = 0, cb: int = 0) -> tuple[int, int]:
+    """(rb, cb): 16-row and 16-column tiles per task, at most 2 x 2 (tmm0-3 hold the sums):
+    given (knobs from a kernel log, checked to fit), or the most that divide M and N."""
+    rb = rb or (2 if shape.m % (2 * TILE) == 0 else 1)
+    cb = cb or (2 if shape.n % (2 * TILE) == 0 else 1)
+    if rb > 2 or cb > 2 or shape.m % (rb * TILE) or shape.n % (cb * TILE):
+        raise DlrmError(f"int8 knobs mr={rb}, nb={cb} (AMX tiles) do not fit {shape.name} (at most 2 x 2 tiles of "
+                        f"16 x 16 that divide {shape.m} x {shape.n})")
+    return rb, cb
 
 
 def _call(name: str, *args: str) -> str:
     return f'T.evaluate(T.call_llvm_intrin("void", "llvm.x86.{name}", {", ".join(args)}))'
 
 
-def amx_int8_dense_func(shape: DenseShape):
-    """u8 x s8 -> s32 tiles (tdpbusd), then the VNNI kernel's dequantising epilogue."""
+def amx_int8_dense_func(shape: DenseShape, rb: int = 0, cb: int = 0, parallel: bool | None = None):
+    """u8 x s8 -> s32 tiles (tdpbusd), then the VNNI kernel's dequantising epilogue; rb x cb
+    tiles per task as amx_blocks, `parallel` None: by the layer's size."""
     m, n, kp = shape.m, shape.n, padded_k(shape.k, K_STEP)
     col = "t % {cols} * {width} + j"
     value = ("T.Cast('float32', acc[i * {width} + j] - xz[{row}] * wsum[{col}]) * (xs[{row}] * ws[{col}]) "
@@ -47,7 +55,8 @@ def amx_int8_dense_func(shape: DenseShape):
     params = (f'xq: T.Buffer(({m}, {kp}), "uint8"), xs: T.Buffer(({m},), "float32"), xz: T.Buffer(({m},), "int32"), '
               f'wq: T.Buffer(({n // 16}, {kp // 4}, 64), "int8"), ws: T.Buffer(({n},), "float32"), '
               f'wsum: T.Buffer(({n},), "int32"), ')
-    return _amx_func(shape, f"amx_int8_{shape.name}", params, "tdpbusd", "int32", kp, 1, value.replace("{col}", col))
+    return _amx_func(shape, f"amx_int8_{shape.name}", params, "tdpbusd", "int32", kp, 1, value.replace("{col}", col),
+                     amx_blocks(shape, rb, cb), shape.parallel if parallel is None else parallel)
 
 
 def amx_bf16_dense_func(shape: DenseShape):
@@ -61,11 +70,12 @@ def amx_bf16_dense_func(shape: DenseShape):
 
 
 def _amx_func(shape: DenseShape, name: str, params: str, product: str, acc_dtype: str, kp: int, item: int,
-              value: str):
+              value: str, blocks: tuple[int, int] | None = None, parallel: bool | None = None):
     """The tile loop shared by both precisions: `item` bytes per activation element, so a tile
     row holds 64 / item of K and a B tile row 16 outputs x (4 / item) of K."""
     m, n = shape.m, shape.n
-    rb, cb = amx_blocks(shape)
+    rb, cb = blocks or amx_blocks(shape)
+    threads = shape.parallel if parallel is None else parallel
     col_blocks = n // (TILE * cb)
     width = TILE * cb  # columns of the task's stack buffer
     step = K_STEP // item  # K per tile row
@@ -89,7 +99,7 @@ def {name}({params}b: T.Buffer(({n},), "float32"), out: T.Buffer(({m}, {n}), "fl
     T.func_attr({{"tirx.noalias": True}})
     T.evaluate(T.call_extern("int64", "syscall", T.int64({ARCH_PRCTL}), T.int64({ARCH_REQ_XCOMP_PERM}),
                              T.int64({XFEATURE_XTILEDATA})))
-    for t in {"T.parallel" if shape.parallel else "range"}({m // (rb * TILE) * col_blocks}):
+    for t in {"T.parallel" if threads else "range"}({m // (rb * TILE) * col_blocks}):
         config = T.decl_buffer((64,), "uint8")
         acc = T.decl_buffer(({rb * TILE * width},), "{acc_dtype}")
         for c in range(64):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dlrmlib.core.errors import DlrmError
 from dlrmlib.schedules.dense import DenseShape
 from dlrmlib.schedules.reduced import padded_k, parse_prim_func, quantize_rows_func
 from dlrmlib.schedules.static import static_quantized_input
@@ -59,13 +60,17 @@ def avx2_int8_supported(shape: DenseShape) -> bool:
 
 
 def avx2_int8_tile(shape: DenseShape, mr: int = 0, nb: int = 0, operands: str = DEFAULT_OPERANDS) -> tuple[int, int]:
-    """(mr rows, nb 8-wide panels) of the register tile: given, or the widest panel group that
-    divides N (at most 4 for u8s8, 2 for s16: its weight vectors hold half the k, so rows reuse
-    them more) and then the most rows that divide M within the accumulator budget."""
+    """(mr rows, nb 8-wide panels) of the register tile: given (knobs from a kernel log, checked
+    to fit), or the widest panel group that divides N (at most 4 for u8s8, 2 for s16: its weight
+    vectors hold half the k, so rows reuse them more) and then the most rows that divide M within
+    the accumulator budget."""
     panels = shape.n // LANES
     nb = nb or next(b for b in ((4, 2, 1) if operands == "u8s8" else (2, 1)) if panels % b == 0)
     limit = max(1, min(MAX_ACCUMULATORS // nb, shape.m))
     mr = mr or next(r for r in range(limit, 0, -1) if shape.m % r == 0)
+    if panels % nb or shape.m % mr or mr * nb > MAX_ACCUMULATORS:
+        raise DlrmError(f"int8 knobs mr={mr}, nb={nb} do not fit {shape.name} on AVX2 (mr must divide {shape.m}, "
+                        f"nb {panels} panels of 8, mr x nb <= {MAX_ACCUMULATORS} accumulators)")
     return mr, nb
 
 
@@ -125,12 +130,15 @@ def quantize_func(m: int, k: int, parallel: bool, operands: str = DEFAULT_OPERAN
 
 # -- the GEMM ----------------------------------------------------------------------------------
 
-def avx2_int8_dense_func(shape: DenseShape, mr: int = 0, nb: int = 0, operands: str = DEFAULT_OPERANDS):
-    """The GEMM with the dequantising epilogue (module docstring)."""
+def avx2_int8_dense_func(shape: DenseShape, mr: int = 0, nb: int = 0, operands: str = DEFAULT_OPERANDS,
+                         parallel: bool | None = None):
+    """The GEMM with the dequantising epilogue (module docstring); `parallel` None: by the
+    layer's size."""
     op = OPERANDS[operands]
     m, k, n, g = shape.m, shape.k, shape.n, op.group
     kp = padded_k(k, g)
     mr, nb = avx2_int8_tile(shape, mr, nb, operands)
+    threads = shape.parallel if parallel is None else parallel
     row_blocks = m // mr
     name = f"avx2_int8_{operands}_{shape.name}"
     acc = f"acc[T.ramp((ii * {nb} + jj) * 8, 1, 8)]"
@@ -153,7 +161,7 @@ def {name}(xq: T.Buffer(({m}, {kp}), "{op.activation}"), xs: T.Buffer(({m},), "f
            ws: T.Buffer(({n},), "float32"), wsum: T.Buffer(({n},), "int32"), b: T.Buffer(({n},), "float32"),
            out: T.Buffer(({m}, {n}), "float32")):
     T.func_attr({{"tirx.noalias": True}})
-    for t in {"T.parallel" if shape.parallel else "range"}({n // LANES // nb * row_blocks}):
+    for t in {"T.parallel" if threads else "range"}({n // LANES // nb * row_blocks}):
         acc = T.decl_buffer(({mr * nb * LANES},), "int32")
         for ii in T.unroll({mr}):
             for jj in T.unroll({nb}):
@@ -198,7 +206,8 @@ def avx2_int8_layer(kernels, shape: DenseShape, x, w, b, operands: str = DEFAULT
                for what, out_shape, dtype in weight_outputs(n, k, operands)]
     name = f"avx2_int8_{operands}_{shape.name}"
     knobs = kernels.config(name)
-    dense = kernels.get(name, lambda: avx2_int8_dense_func(shape, knobs.get("mr", 0), knobs.get("nb", 0), operands))
+    dense = kernels.get(name, lambda: avx2_int8_dense_func(shape, knobs.get("mr", 0), knobs.get("nb", 0), operands,
+                                                           knobs.get("parallel")))
     return relax.call_tir(dense, [relax.TupleGetItem(q, i) for i in range(3)] + [*weights, b],
                           relax.TensorType((m, n), "float32"))
 

@@ -18,9 +18,13 @@ from dlrmlib.core.experiment import Experiment
 from dlrmlib.core.files import append_jsonl, read_jsonl
 from dlrmlib.core.target import host_target
 from dlrmlib.schedules.dense import PANEL, SERIAL_MACS, DenseConfig, DenseShape, row_block
+from dlrmlib.schedules.int8_tiles import KNOBS as INT8_KNOBS
+from dlrmlib.schedules.int8_tiles import is_int8_kernel
 
 LOG_FILE = "kernels.jsonl"
 KNOBS_VERSION = 2  # bumped when a knob's meaning or a kernel's code path changes: older records no longer count
+INT8_KNOBS_VERSION = 1  # the int8 GEMMs' (dlrmlib.schedules.int8_tiles), counted apart: a change to one never
+# retires the other's records, and logs from before the int8 knobs read as they did
 PANELS = (PANEL, 2 * PANEL)
 MAX_ACCUMULATORS = {16: 28, 8: 14}  # vector registers left for accumulators (AVX-512, AVX2)
 PREFETCH_DISTANCES = (0, 2, 4, 8)
@@ -70,26 +74,34 @@ def append_record(folder: Path, record: dict) -> None:
     append_jsonl(Path(folder) / LOG_FILE, [record], durable=True)
 
 
+def knobs_version(kernel: str) -> int:
+    """The knobs version a record of this kernel is written with (int8 GEMMs have their own)."""
+    return INT8_KNOBS_VERSION if is_int8_kernel(kernel) else KNOBS_VERSION
+
+
 def current(records: list[dict]) -> list[dict]:
     """The records measured with this version of the kernels' knobs."""
-    return [r for r in records if r.get("knobs_version") == KNOBS_VERSION]
+    return [r for r in records if r.get("knobs_version") == knobs_version(str(r.get("kernel", "")))]
 
 
 def check_knobs(record: dict) -> None:
     """A clear error for a line whose knobs this version cannot build (a hand-edited or foreign
     log), instead of a TypeError deep inside a build."""
     config, name = record["config"], record["kernel"]
-    interaction = name.startswith("interaction")
-    known = INTERACTION_KNOBS if interaction else {f.name for f in fields(DenseConfig)}
+    interaction, int8 = name.startswith("interaction"), is_int8_kernel(name)
+    known = INTERACTION_KNOBS if interaction else set(INT8_KNOBS) if int8 else {f.name for f in fields(DenseConfig)}
     ok = isinstance(config, dict) and set(config) <= known and all(
         v is None or (isinstance(v, int) and v >= 0) for v in config.values())
     if ok and interaction:
         ok = config.get("locality", 0) <= 3
+    elif ok and int8:
+        ok = config.get("parallel") in (None, True, False)  # mr / nb: checked against the layer by the kernel
     elif ok:
         ok = config.get("bn", PANEL) % 8 == 0 and config.get("bn", PANEL) > 0
     if not ok:
         raise DlrmError(f"kernel log line for {name} has knobs {config!r} this version cannot build "
-                        f"(known: {sorted(known)}, non-negative integers; panel widths multiples of 8)")
+                        f"(known: {sorted(known)}, non-negative integers; panel widths multiples of 8; "
+                        f"parallel true, false or null)")
 
 
 def best_configs(records: list[dict]) -> dict[str, dict]:

@@ -19,6 +19,7 @@ survive TVM's bf16 legalisation, see docs/precision.md.)
 """
 from __future__ import annotations
 
+from dlrmlib.core.errors import DlrmError
 from dlrmlib.schedules.dense import DenseShape, register_tiles, row_block
 from dlrmlib.schedules.script import parse_prim_func as _parse
 
@@ -47,12 +48,16 @@ def int8_supported(shape: DenseShape) -> bool:
     return shape.n % VNNI_LANES == 0 and not shape.narrow
 
 
-def int8_tile(shape: DenseShape) -> tuple[int, int]:
-    """(mr rows, nb 16-wide panels) of the register tile: the widest panel group that divides N,
-    then the most rows that divide M within the accumulator budget."""
+def int8_tile(shape: DenseShape, mr: int = 0, nb: int = 0) -> tuple[int, int]:
+    """(mr rows, nb 16-wide panels) of the register tile: given (knobs from a kernel log, checked
+    to fit), or the widest panel group that divides N, then the most rows that divide M within the
+    accumulator budget."""
     panels = shape.n // VNNI_LANES
-    nb = next(b for b in (4, 2, 1) if panels % b == 0)
-    mr = next(r for r in range(min(MAX_TILE_VECTORS // nb, shape.m), 0, -1) if shape.m % r == 0)
+    nb = nb or next(b for b in (4, 2, 1) if panels % b == 0)
+    mr = mr or next(r for r in range(max(1, min(MAX_TILE_VECTORS // nb, shape.m)), 0, -1) if shape.m % r == 0)
+    if panels % nb or shape.m % mr or mr * nb > MAX_TILE_VECTORS:
+        raise DlrmError(f"int8 knobs mr={mr}, nb={nb} do not fit {shape.name} with VNNI (mr must divide {shape.m}, "
+                        f"nb {panels} panels of 16, mr x nb <= {MAX_TILE_VECTORS} accumulators)")
     return mr, nb
 
 
@@ -226,11 +231,13 @@ def {name}(x: T.Buffer(({m}, {k}), "float32"), xq: T.Buffer(({m}, {kp}), "{dtype
     return parse_prim_func(source, name, root_block=True)
 
 
-def int8_dense_func(shape: DenseShape):
-    """The VNNI GEMM with its dequantisation, bias and ReLU epilogue (module docstring)."""
+def int8_dense_func(shape: DenseShape, mr: int = 0, nb: int = 0, parallel: bool | None = None):
+    """The VNNI GEMM with its dequantisation, bias and ReLU epilogue (module docstring); tile
+    knobs as int8_tile, `parallel` None: by the layer's size."""
     m, k, n = shape.m, shape.k, shape.n
     kp = padded_k(k)
-    mr, nb = int8_tile(shape)
+    mr, nb = int8_tile(shape, mr, nb)
+    threads = shape.parallel if parallel is None else parallel
     row_blocks = m // mr
     name = f"int8_{shape.name}"
     acc = f"acc[T.ramp((ii * {nb} + jj) * 16, 1, 16)]"
@@ -246,7 +253,7 @@ def {name}(xq: T.Buffer(({m}, {kp}), "uint8"), xs: T.Buffer(({m},), "float32"), 
            wq: T.Buffer(({n // 16}, {kp // 4}, 64), "int8"), ws: T.Buffer(({n},), "float32"),
            wsum: T.Buffer(({n},), "int32"), b: T.Buffer(({n},), "float32"), out: T.Buffer(({m}, {n}), "float32")):
     T.func_attr({{"tirx.noalias": True}})
-    for t in {"T.parallel" if shape.parallel else "range"}({n // 16 // nb * row_blocks}):
+    for t in {"T.parallel" if threads else "range"}({n // 16 // nb * row_blocks}):
         acc = T.decl_buffer(({mr * nb * 16},), "int32")
         for ii in T.unroll({mr}):
             for jj in T.unroll({nb}):

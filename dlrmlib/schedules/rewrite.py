@@ -12,15 +12,15 @@ from tvm import relax
 from tvm.relax.dpl import is_op, wildcard
 
 from dlrmlib.schedules.dense import DenseConfig, DenseShape, dense_func, narrow_dense_func, pack_func, pack_name
-from dlrmlib.schedules.amx import K_STEP, amx_bf16_dense_func, amx_int8_dense_func, amx_supported
+from dlrmlib.schedules.amx import K_STEP, amx_bf16_dense_func, amx_supported
 from dlrmlib.schedules.avx2_int8 import avx2_int8_layer
+from dlrmlib.schedules.int8_tiles import Int8Config, int8_gemm_func, int8_kernel_name
 from dlrmlib.schedules.reduced import (
     bf16_dense_func,
     bf16_pack_func,
     bf16_pair_pack_func,
     bf16_rows_func,
     int8_colsum_func,
-    int8_dense_func,
     int8_pack_func,
     int8_scale_func,
     int8_supported,
@@ -184,7 +184,8 @@ def _reduced_dense(kernels: _KernelTable, shape: DenseShape, x, w, b, lanes: int
     if not int8_supported(shape):
         return None
     amx = kernels.amx and amx_supported(shape)
-    kernels.seen[shape.name] = ("int8", shape, "amx_int8" if amx else "avx512_vnni")
+    isa = "amx_int8" if amx else "avx512_vnni"
+    kernels.seen[shape.name] = ("int8", shape, isa)
     kp = padded_k(k, K_STEP if amx else 4)
     if getattr(kernels, "ranges", None) is not None:  # calibrated: dlrmlib.schedules.static
         q = static_quantized_input(kernels, x, w, m, k, kp, shape.parallel)
@@ -197,8 +198,8 @@ def _reduced_dense(kernels: _KernelTable, shape: DenseShape, x, w, b, lanes: int
                for what, make, s, dt in (("pack", int8_pack_func, (n // 16, kp // 4, 64), "int8"),
                                          ("scale", int8_scale_func, (n,), "float32"),
                                          ("colsum", int8_colsum_func, (n,), "int32"))]
-    dense = (kernels.get(f"amx_int8_{shape.name}", lambda: amx_int8_dense_func(shape)) if amx else
-             kernels.get(f"int8_{shape.name}", lambda: int8_dense_func(shape)))
+    name = int8_kernel_name(shape, isa)  # tuned knobs by this name (dlrmlib.schedules.int8_tiles)
+    dense = kernels.get(name, lambda: int8_gemm_func(shape, isa, None, Int8Config(**kernels.config(name))))
     return relax.call_tir(dense, [relax.TupleGetItem(q, 0), relax.TupleGetItem(q, 1), relax.TupleGetItem(q, 2),
                                   *weights, b], out)
 

@@ -1,5 +1,7 @@
 """`dlrm tune --schedule custom`: measure every knob setting of every hand-written kernel the
-model uses, on this machine, into the experiment's kernel log (dlrmlib.schedules.knobs).
+model uses, on this machine, into the experiment's kernel log (dlrmlib.schedules.knobs). With
+`precision="int8"` (`--precision int8`), the kernels an int8 build makes: the int8 GEMMs of the
+instruction set this host builds with (dlrmlib.schedules.int8_tiles), and the shared ones.
 
 Each kernel is compiled alone for each candidate and timed on data of its real shapes: the
 dense layers on random activations and weights, the interaction on the experiment's own
@@ -19,6 +21,7 @@ import numpy as np
 
 from dlrmlib.backends import batch_inputs
 from dlrmlib.backends.tvm import weight_tensor
+from dlrmlib.building.recipes import Custom
 from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.experiment import Experiment
 from dlrmlib.core.machine import utc_now
@@ -29,10 +32,12 @@ from dlrmlib.formats.testdata import read_test_data
 from dlrmlib.formats.weights import extract_weights, map_weights
 from dlrmlib.frontend.relax import NUM_INPUTS, import_relax
 from dlrmlib.schedules import custom_module
+from dlrmlib.schedules.amx import MATTR
+from dlrmlib.schedules.avx2_int8 import DEFAULT_OPERANDS
 from dlrmlib.schedules.dense import PANEL, DenseConfig, DenseShape, dense_func, pack_func, pack_name, row_block
+from dlrmlib.schedules.int8_tiles import Int8Config, int8_candidates, int8_gemm_func, int8_kernel_name, is_default_int8
 from dlrmlib.schedules.interaction import PREFETCH_LOCALITY, PREFETCH_SAMPLES, interaction_func
 from dlrmlib.schedules.knobs import (
-    KNOBS_VERSION,
     LOG_FILE,
     append_record,
     config_key,
@@ -40,6 +45,7 @@ from dlrmlib.schedules.knobs import (
     dense_candidates,
     interaction_candidates,
     kernel_log_dir,
+    knobs_version,
     read_log,
 )
 from dlrmlib.schedules.rewrite import vector_lanes
@@ -53,23 +59,44 @@ REPEATS = 5  # rounds; the fastest counts (another process's burst only ever slo
 @dataclass(frozen=True)
 class Kernel:
     """One hand-written kernel of the model: its name (as in the library), kind and shape; an
-    interaction kernel also knows which weights are its tables."""
+    interaction kernel also knows which weights are its tables, an int8 one its instruction set
+    and operands."""
 
     name: str
-    kind: str  # "dense", "narrow" or "interaction"
+    kind: str  # "dense", "narrow", "interaction" or "int8"
     shape: object
     table_params: tuple[int, ...] = ()
+    isa: str | None = None
+    operands: str | None = None
 
 
-def model_kernels(experiment: Experiment) -> list[Kernel]:
-    """The kernels `dlrm build --schedule custom` makes for this experiment's model, in order."""
+PRECISIONS = ("fp32", "int8")
 
+
+def int8_target(target: dict, operands: str = DEFAULT_OPERANDS) -> tuple[dict, str]:
+    """(target, instruction set) of this host's int8 build: as `dlrm build --precision int8`
+    chooses it (a clear error where the CPU has no int8 kernels)."""
+    isa = Custom(precision="int8", operands=operands).precision_facts(target)["isa"]
+    return ({**target, "mattr": MATTR} if isa == "amx_int8" else target), isa
+
+
+def model_kernels(experiment: Experiment, precision: str = "fp32", operands: str = DEFAULT_OPERANDS) -> list[Kernel]:
+    """The kernels `dlrm build --schedule custom [--precision int8]` makes for this experiment's
+    model, in order."""
+    if precision not in PRECISIONS:
+        raise DlrmError(f"the knob tuner measures {' or '.join(PRECISIONS)} kernels, not {precision!r}")
     mod = import_relax(load_graph(experiment.normalised_model))
     params = list(mod["main"].params)
     seen: dict = {}
-    custom_module(mod, host_target(), NUM_INPUTS, seen=seen)
+    target, isa = int8_target(host_target(), operands) if precision == "int8" else (host_target(), None)
+    custom_module(mod, target, NUM_INPUTS, seen=seen, precision=precision, amx=isa == "amx_int8",
+                  avx2=operands if isa == "avx2" else None)
     kernels = []
     for name, (kind, shape, tables) in seen.items():
+        if kind == "int8":  # `tables` is the layer's instruction set here
+            ops = operands if tables == "avx2" else None
+            kernels.append(Kernel(int8_kernel_name(shape, tables, ops), kind, shape, (), tables, ops))
+            continue
         index = tuple(next(i - NUM_INPUTS for i, p in enumerate(params) if p.same_as(t)) for t in tables or ())
         kernels.append(Kernel(name, kind, shape, index))
     return kernels
@@ -81,6 +108,8 @@ def candidates(kernel: Kernel, vector_lanes: int) -> list[dict]:
         return dense_candidates(kernel.shape, vector_lanes)
     if kernel.kind == "interaction":
         return interaction_candidates(kernel.shape.id_rows is not None)
+    if kernel.kind == "int8":
+        return int8_candidates(kernel.shape, kernel.isa, kernel.operands)
     return []  # the narrow last layer has no knobs
 
 
@@ -119,6 +148,34 @@ def _dense_timer(kernel: Kernel, config: dict, target, lanes: int):
     args = [tvm.runtime.tensor(rng.standard_normal((shape.m, shape.k), dtype=np.float32)), packed,
             tvm.runtime.tensor(rng.standard_normal(shape.n, dtype=np.float32)),
             tvm.runtime.empty((shape.m, shape.n), "float32", tvm.cpu())]
+    return lambda k: fn(*args)
+
+
+def _random_args(func, rng) -> list:
+    """Tensors of the kernel's own parameter shapes and types: small integers (operands in range
+    of the int8 kernels' quantised values), normal floats."""
+    import tvm
+
+    args = []
+    for p in func.params:
+        shape, dtype = tuple(int(d) for d in p.ty.shape), str(p.ty.dtype)
+        if dtype.startswith("uint"):
+            values = rng.integers(0, 256, shape)
+        elif dtype.startswith("int"):
+            values = rng.integers(-127, 128, shape)
+        else:
+            values = rng.standard_normal(shape)
+        args.append(tvm.runtime.tensor(values.astype(dtype)))
+    return args
+
+
+def _int8_timer(kernel: Kernel, config: dict, target):
+    """The int8 GEMM alone on random operands of its shapes (its weights as the build packs them:
+    the knobs change only the loop blocking, not the layout)."""
+    func = int8_gemm_func(kernel.shape, kernel.isa, kernel.operands, Int8Config(**config)).with_attr(
+        "global_symbol", kernel.name)
+    fn = _compile(func, kernel.name, target)
+    args = _random_args(func, np.random.default_rng(0))
     return lambda k: fn(*args)
 
 
@@ -170,15 +227,19 @@ def measure(kernel: Kernel, config: dict, target, lanes: int, data: _Interaction
     if kernel.kind == "interaction":
         timer = _interaction_timer(kernel, config, target, data.tables(kernel), data.ids())
         return _seconds_per_call(timer, min_seconds)
+    if kernel.kind == "int8":
+        return _seconds_per_call(_int8_timer(kernel, config, target), min_seconds)
     raise DlrmError(f"kernel {kernel.name} ({kernel.kind}) has no knobs to measure")
 
 
 # -- the tuning run ----------------------------------------------------------------------------
 
 def tune_kernels(experiment: Experiment | str, log_dir: Path | None = None, log=print,
-                 progress: bool = True, min_seconds: float = MIN_SECONDS, passes: int = PASSES) -> Path:
-    """Measure every candidate `passes` times, minus what the log (by default the experiment's
-    tune/custom/) already holds; returns the log folder."""
+                 progress: bool = True, min_seconds: float = MIN_SECONDS, passes: int = PASSES,
+                 precision: str = "fp32", operands: str = DEFAULT_OPERANDS) -> Path:
+    """Measure every candidate of the kernels a `precision` build makes (fp32, or int8 for this
+    host's instruction set and these AVX2 operands) `passes` times, minus what the log (by default
+    the experiment's tune/custom/) already holds; returns the log folder."""
     from collections import Counter
 
     import tvm
@@ -187,27 +248,28 @@ def tune_kernels(experiment: Experiment | str, log_dir: Path | None = None, log=
 
     exp = Experiment.of(experiment)
     folder = Path(log_dir) if log_dir else kernel_log_dir(exp)
-    target = host_target()
+    target, isa = int8_target(host_target(), operands) if precision == "int8" else (host_target(), None)
     tvm_target = tvm.target.Target(target)
     lanes = vector_lanes(tvm_target)
     with tuning_lock(exp):
         done = Counter((r["kernel"], config_key(r["config"])) for r in current(read_log(folder)))
-        kernels = model_kernels(exp)
+        kernels = model_kernels(exp, precision, operands)
         every = [(k, c) for k in kernels for c in candidates(k, lanes)]
         todo = [(k, c) for p in range(passes) for k, c in every if done[(k.name, config_key(c))] <= p]
-        log(f"[tune-kernels] {len(kernels)} kernels, {len(every)} candidates x {passes} passes: {len(todo)} "
-            f"measurements to make ({sum(done.values())} already in {folder})")
+        log(f"[tune-kernels] {precision}{f' ({isa})' if isa else ''}: {len(kernels)} kernels, {len(every)} "
+            f"candidates x {passes} passes: {len(todo)} measurements to make ({sum(done.values())} already in {folder})")
         data = _InteractionData(exp, exp.batch_size)
         for kernel, config in tqdm(todo, desc="kernel candidates", unit="measurement", disable=not progress):
             try:
                 seconds, error = measure(kernel, config, tvm_target, lanes, data, min_seconds), None
             except Exception as e:  # a candidate that does not compile is recorded, not fatal
                 seconds, error = None, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            int8 = {"isa": kernel.isa, "operands": kernel.operands} if kernel.kind == "int8" else {}
             append_record(folder, {
-                "kernel": kernel.name, "kind": kernel.kind, "shape": asdict(kernel.shape), "config": config,
-                "knobs_version": KNOBS_VERSION, "seconds": seconds, "error": error, "mcpu": target["mcpu"],
-                "vector_lanes": lanes, "cpu": cpu_description(),
-                "time": utc_now()})
+                "kernel": kernel.name, "kind": kernel.kind, "precision": "int8" if int8 else "fp32", **int8,
+                "shape": asdict(kernel.shape), "config": config, "knobs_version": knobs_version(kernel.name),
+                "seconds": seconds, "error": error, "mcpu": target["mcpu"], "vector_lanes": lanes,
+                "cpu": cpu_description(), "time": utc_now()})
     return folder
 
 
@@ -226,6 +288,8 @@ def _is_default(record: dict) -> bool:
     """Whether a record measured the knobs a build uses without a log."""
 
     config = record["config"]
+    if record.get("kind") == "int8":
+        return is_default_int8(DenseShape(**record["shape"]), record["isa"], record.get("operands"), config)
     if record.get("kind") == "interaction":
         return config.get("prefetch") == PREFETCH_SAMPLES and config.get("locality") == PREFETCH_LOCALITY
     shape = DenseShape(**record["shape"])
