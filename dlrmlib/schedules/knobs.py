@@ -26,7 +26,9 @@ KNOBS_VERSION = 2  # bumped when a knob's meaning or a kernel's code path change
 INT8_KNOBS_VERSION = 1  # the int8 GEMMs' (dlrmlib.schedules.int8_tiles), counted apart: a change to one never
 # retires the other's records, and logs from before the int8 knobs read as they did
 PANELS = (PANEL, 2 * PANEL)
+NARROW_PANEL = 16  # two AVX2 vectors: with 6 rows, 12 accumulators (AVX2 has 16 registers)
 MAX_ACCUMULATORS = {16: 28, 8: 14}  # vector registers left for accumulators (AVX-512, AVX2)
+REGISTERS = {16: 32, 8: 16}  # vector registers (AVX-512, AVX2): 3 x 32 spilled on AVX2 and ran at half speed
 PREFETCH_DISTANCES = (0, 2, 4, 8)
 PREFETCH_LOCALITIES = (1, 2, 3)
 BOTH_THREADINGS_BELOW = 16 * SERIAL_MACS  # layers smaller than this also try one thread
@@ -34,16 +36,22 @@ INTERACTION_KNOBS = {"prefetch", "locality"}
 
 
 def dense_candidates(shape: DenseShape, vector_lanes: int) -> list[dict]:
-    """Panel widths that divide N, row blocks that divide M and keep the accumulators in
-    registers; one thread as well as all of them for small layers."""
+    """Panel widths that divide N (on AVX2 also 16: two vectors), row blocks that keep the
+    accumulators in registers: those that divide M, and the tallest whose accumulators, one
+    panel and a broadcast fit the registers even where it does not divide M (the last
+    tile is cut short; on Zen 3, 6 x 16 ran 1.12-1.2x 2 x 32, the largest dividing tile, for a
+    128 x 1024 x 1024 layer, measured while other jobs ran); one thread as well as all of
+    them for small layers."""
     limit = MAX_ACCUMULATORS.get(vector_lanes, 14)
     found = []
-    for bn in PANELS:
+    for bn in (NARROW_PANEL, *PANELS) if vector_lanes == 8 else PANELS:
         if not shape.packable(bn):
             continue
         vectors = bn // vector_lanes
         rows = {mr for mr in range(1, min(shape.m, 16) + 1) if shape.m % mr == 0 and mr * vectors <= limit}
         rows = sorted(r for r in rows if r * vectors >= min(8, shape.m * vectors)) or [row_block(shape.m, vector_lanes)]
+        tallest = min(shape.m, max(1, (REGISTERS.get(vector_lanes, 16) - vectors - 1) // vectors))  # + panel + broadcast
+        rows += [tallest] if tallest not in rows and tallest * vectors >= min(8, shape.m * vectors) else []
         threads = (None,) if shape.m * shape.k * shape.n >= BOTH_THREADINGS_BELOW else (True, False)
         found += [asdict(DenseConfig(bn, mr, parallel)) for mr in rows for parallel in threads]
     return found
