@@ -159,7 +159,8 @@ def test_a_build_below_the_gate_is_refused_with_its_figures(experiment, capfd):
     assert not experiment.manifest_path("refused").exists() and not experiment.library_path("refused").exists()
 
 
-def test_bad_precision_options_are_one_line_errors(experiment, capfd):
+def test_bad_precision_options_are_one_line_errors(experiment, capfd, monkeypatch):
+    monkeypatch.setenv("DLRM_IN_CHILD", "1")  # checked in this process: no child per command (seconds of imports)
     assert main(["build", "--experiment", experiment.name, "--precision", "bf16", "--no-verify"]) == 2
     assert "accuracy gate" in capfd.readouterr().err
     assert main(["build", "--experiment", experiment.name, "--precision", "int8", "--schedule", "default"]) == 2
@@ -335,8 +336,9 @@ def test_static_int8_build_records_its_calibration_and_is_scored_after_the_slice
     assert native["max_abs_error"] == pytest.approx(np.abs(python - data.reference).max(), abs=1e-6)
 
 
-def test_calibration_and_batch_size_options(experiment, capfd):
+def test_calibration_and_batch_size_options(experiment, capfd, monkeypatch):
     """--calibration is int8's; --batch-size builds another batch size, tagged _b<N>."""
+    monkeypatch.setenv("DLRM_IN_CHILD", "1")  # in this process: the child path is the refused build's test above
     assert main(["build", "--experiment", experiment.name, "--precision", "bf16", "--calibration", "static"]) == 2
     assert "applies to --precision int8" in capfd.readouterr().err
     assert main(["build", "--experiment", experiment.name, "--schedule", "custom", "--batch-size", "32"]) == 0

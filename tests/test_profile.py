@@ -1,32 +1,17 @@
 """Notebook 04: per-operator profiles that add up, and the peers benchmark, on the tiny model."""
-import json
-import os
-
 import numpy as np
 import pytest
+from conftest import PROFILE_BATCHES as BATCHES, PROFILE_PEERS as PEERS, PROFILE_REPEATS
 
-from dlrmlib.cli.notebooks import run_notebook
 from dlrmlib.core.errors import DlrmError
 from dlrmlib.measuring.bench import sweep_configs
 from dlrmlib.measuring.cost_model import BUCKETS, TensorInfo, classify, kernel_cost
 
-# TVM sizes its thread pool once per process (dlrmlib sets TVM_NUM_THREADS to the usable
-# cores; the notebook kernels inherit it): bench TVM at that size.
-TVM_POOL = int(os.environ["TVM_NUM_THREADS"])
-PEERS = ["onnxruntime", "openvino", "pytorch-eager"]
-BATCHES = [4, 16]  # 16 is the tiny build's batch size (conftest)
-PROFILE_PARAMETERS = {"repeats": 3, "min_seconds": 0.2, "bench_repeats": 3, "batch_sizes": BATCHES, "threads": [TVM_POOL],
-                      "runtimes": [*PEERS, "tvm"], "quick_peaks": True}
-
-
 @pytest.fixture(scope="module")
-def profiled(tiny_build, tmp_path_factory):
-    """04_profile executed on the shared tiny experiment: (executed notebook, profile, bench)."""
-    out = tmp_path_factory.mktemp("notebooks")
-    executed = run_notebook("04_profile", "tiny", PROFILE_PARAMETERS, output_dir=out)
-    measurements = tiny_build.manifest.parent.parent / "measurements"
-    return (executed, json.loads((measurements / "profile.json").read_text()),
-            json.loads((measurements / "bench.json").read_text()))
+def profiled(profiled_tiny):
+    """04_profile executed on the shared tiny experiment (conftest's profiled_tiny, shared with
+    tests/test_report.py): (executed notebook, profile, bench)."""
+    return profiled_tiny.profile_notebook, profiled_tiny.profile, profiled_tiny.bench
 
 
 def test_profile_covers_every_build_and_onnxruntime_and_adds_up(profiled):
@@ -55,7 +40,7 @@ def test_bench_lists_every_runtime_and_batch_size_and_says_where_tvm_has_no_buil
     for runtime in PEERS:
         for batch in BATCHES:
             row = rows[(runtime, batch)]
-            assert row["status"] == "ok" and row["samples_per_s"] > 0 and row["latency_ms"]["n"] == 3
+            assert row["status"] == "ok" and row["samples_per_s"] > 0 and row["latency_ms"]["n"] == PROFILE_REPEATS
             assert row["agrees"], f"{runtime} at batch {batch} differs from ONNX Runtime"
             assert row["ratio_to_onnxruntime"] > 0
     assert rows[("onnxruntime", 16)]["ratio_to_onnxruntime"] == pytest.approx(1.0)

@@ -1,7 +1,6 @@
 """Notebook 05 and the HTML report: every chart the measurements allow, and one page of the
 executed notebooks with the code hidden."""
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -9,13 +8,8 @@ import subprocess
 import pytest
 
 from dlrmlib.cli.main import make_parser
-from dlrmlib.cli.notebooks import run_notebook
 from dlrmlib.reporting import headline, plots, report, tables
 
-# TVM sizes its thread pool once per process (dlrmlib sets TVM_NUM_THREADS to the usable
-# cores; the notebook kernels inherit it): bench TVM at that size.
-TVM_POOL = int(os.environ["TVM_NUM_THREADS"])
-BENCH = {"batch_sizes": [4, 16], "threads": [TVM_POOL], "runtimes": ["onnxruntime", "openvino", "tvm"], "repeats": 3}
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Headless Chromium in a sandboxed container, with nothing reaching the network.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -24,19 +18,11 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 @pytest.fixture(scope="module")
-def reported(tiny_build, tmp_path_factory):
+def reported(profiled_tiny):
     """The tiny experiment with its custom kernels built for a second batch size, 04_profile
-    (profile and benchmark) and 05_report executed, and the HTML report of the two."""
-    from dlrmlib.building.build import build_custom_batches
-    from dlrmlib.core.experiment import Experiment
-
-    exp = Experiment.open("tiny")
-    build_custom_batches(exp, BENCH["batch_sizes"], log=lambda _: None)  # custom_b4; 16 has tiny_build
-    out = tmp_path_factory.mktemp("notebooks")
-    run_notebook("04_profile", "tiny", {"repeats": 3, "min_seconds": 0.2, "quick_peaks": True,
-                                        "bench_repeats": BENCH["repeats"], **BENCH}, output_dir=out)
-    executed = run_notebook("05_report", "tiny", {}, output_dir=out)
-    return exp, executed, report.render_report(exp, out)
+    (profile and benchmark) and 05_report executed, and the HTML report of the two: conftest's
+    profiled_tiny, shared with tests/test_profile.py."""
+    return profiled_tiny.exp, profiled_tiny.report_notebook, profiled_tiny.html
 
 
 def test_report_notebook_draws_every_chart_the_measurements_allow(reported):
