@@ -28,13 +28,13 @@ from dlrmlib.formats.tuning_log import (
     UNTUNED_FILE,
     WORKLOADS_FILE,
     WRITTEN_FILE,
-    _split_records,
-    _workload_lines,
     derive_trials,
     read_tasks,
     snapshot_log,
+    split_records,
     trials_frame,
     tuning_curve,
+    workload_lines,
     written_choice,
 )
 
@@ -161,8 +161,8 @@ def export_log(folder: Path, dest: Path, keep: int = DEFAULT_KEEP, about: dict |
     if read_tasks(folder) is None or not (folder / RECORDS_FILE).is_file():
         raise DlrmError(f"{folder} holds no tuning log to ship (no {TASKS_FILE} or {RECORDS_FILE}); tune first "
                         "(`dlrm tune`)")
-    workloads = _workload_lines(folder)
-    records, damaged = _split_records(folder, len(workloads))
+    workloads = workload_lines(folder)
+    records, damaged = split_records(folder, len(workloads))
     if damaged:
         raise DlrmError(f"{folder / RECORDS_FILE}, line {damaged[0][0]} is damaged; run `dlrm tune` on the "
                         "experiment once (it sets damaged lines aside), then ship")

@@ -105,8 +105,8 @@ def snapshot_log(folder: Path, dest: Path, log: Callable[[str], None] = print) -
         raise DlrmError(f"{folder} holds no MetaSchedule database ({WORKLOADS_FILE}, {RECORDS_FILE}); "
                         "tune first (`dlrm tune`) or point --log at a tuning log folder")
     dest.mkdir(parents=True, exist_ok=True)
-    workloads = _workload_lines(folder)
-    records, damaged = _split_records(folder, len(workloads))
+    workloads = workload_lines(folder)
+    records, damaged = split_records(folder, len(workloads))
     for line_no, _ in damaged:
         log(f"[build] {folder / RECORDS_FILE}, line {line_no} is damaged: left out of this build")
     (dest / WORKLOADS_FILE).write_bytes(b"".join(workloads))
@@ -116,7 +116,7 @@ def snapshot_log(folder: Path, dest: Path, log: Callable[[str], None] = print) -
 
 # -- checking the database: TVM's loader stops at a damaged line without naming it ----------------
 
-def _workload_lines(folder: Path) -> list[bytes]:
+def workload_lines(folder: Path) -> list[bytes]:
     """The workload lines, each checked: records name workloads by line number, so a damaged
     one cannot be set aside, only reported."""
     path = Path(folder) / WORKLOADS_FILE
@@ -150,7 +150,7 @@ def _parse_record(line: bytes, workloads: int) -> tuple[int, float | None] | Non
     return item[0], (sum(valid) / len(valid) if valid and len(valid) == len(secs) else None)
 
 
-def _split_records(folder: Path, workloads: int) -> tuple[list[tuple[bytes, tuple]], list[tuple[int, bytes]]]:
+def split_records(folder: Path, workloads: int) -> tuple[list[tuple[bytes, tuple]], list[tuple[int, bytes]]]:
     """The complete record lines: the sound ones (with what they say) and the damaged ones
     (with their line numbers)."""
     path = Path(folder) / RECORDS_FILE
@@ -169,7 +169,7 @@ def set_aside_damaged_records(folder: Path, log: Callable[[str], None] = print) 
     """Move damaged record lines out of the database into `database_tuning_record.json.damaged`
     (only while holding the tuning lock), each reported with its file and line. Returns how many."""
     folder = Path(folder)
-    records, damaged = _split_records(folder, len(_workload_lines(folder)))
+    records, damaged = split_records(folder, len(workload_lines(folder)))
     if not damaged:
         return 0
     path = folder / RECORDS_FILE
@@ -214,12 +214,12 @@ def _trial_lines(folder: Path) -> tuple[list[dict | None], list[int]]:
     return items, damaged
 
 
-def _task_names(folder: Path, workload_lines: list[bytes], records: list[tuple], trials: list[dict]) -> dict:
+def _task_names(folder: Path, workloads: list[bytes], records: list[tuple], trials: list[dict]) -> dict:
     """Workload line -> task name: by structural hash from `tasks.json`, else from trials that
     line up with their records."""
     hashes = {t["shash"]: t["name"] for t in (read_tasks(folder) or {}).get("tasks", []) if t.get("shash")}
     names = {}
-    for index, line in enumerate(workload_lines):
+    for index, line in enumerate(workloads):
         shash = json.loads(line)[0]
         if shash in hashes:
             names[index] = hashes[shash]
@@ -234,14 +234,14 @@ def derive_trials(folder: Path) -> tuple[list[dict], dict]:
     with the record (its time and error message), else rebuilt from the record (`recovered`).
     Also says what disagreed: damaged trial lines, trials recovered, trial lines without record."""
     folder = Path(folder)
-    workload_lines = _workload_lines(folder)
-    records, _ = _split_records(folder, len(workload_lines))
+    workloads = workload_lines(folder)
+    records, _ = split_records(folder, len(workloads))
     lines, damaged = _trial_lines(folder)
     by_number = {}
     for item in lines:
         if item is not None:
             by_number.setdefault(item["trial"], item)
-    names = _task_names(folder, workload_lines, records, [by_number.get(i + 1, {}) for i in range(len(records))])
+    names = _task_names(folder, workloads, records, [by_number.get(i + 1, {}) for i in range(len(records))])
     trials, recovered, t = [], 0, 0.0
     for number, (_, (workload, latency)) in enumerate(records, 1):
         task = names.get(workload, f"workload {workload}")
