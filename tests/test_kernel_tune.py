@@ -178,12 +178,15 @@ def _dense_workload(m: int, k: int, n: int, epilogue: str):
 def test_every_sampled_hand_written_schedule_computes_the_dense_layer(m, k, n, epilogue):
     """The hand-written GEMM as a MetaSchedule design space: schedules sampled with different
     decisions (rows per tile, panel width, jobs, unrolling), postprocessed as the tuner does,
-    all give numpy's answer, and so do the custom build's knobs given as decisions; a kernel it does not fit (N = 1) is left to the default rules."""
+    all give numpy's answer, and so do the custom build's knobs given as decisions (AVX2's 6-row
+    tiles too, where 6 does not divide the batch); a kernel it does not fit (N = 1) is left to the
+    default rules."""
     import tvm
     from tvm import s_tir
     from tvm.s_tir import meta_schedule as ms
 
     from dlrmlib.core.target import host_target
+    from dlrmlib.schedules.dense import tallest_rows
     from dlrmlib.schedules.space import dense_shape, dense_space, written_decisions
     from dlrmlib.tuning.session import cpu_intrinsics_only
 
@@ -199,9 +202,16 @@ def test_every_sampled_hand_written_schedule_computes_the_dense_layer(m, k, n, e
     expected = x @ w + (b if epilogue != "none" else 0)
     expected = np.maximum(expected, 0) if epilogue == "relu" else expected
     decisions = set()
-    for seed in range(0 if n % 32 == 0 else 1, 9):  # 0: the custom build's knobs, the tuner's first trial
+    tall = tallest_rows(m, 16, 8)  # AVX2's tallest tile for a 16-wide panel: 6 rows, 16 % 6 cuts the last short
+    written = {0: written_decisions(m, n, 2, 32, True) if n % 32 == 0 else None,
+               9: written_decisions(m, n, tall, 16, False) if m % tall else None}
+    for seed in [s for s in range(10) if s in range(1, 9) or written[s]]:  # 0, 9: the custom build's knobs
         sch = s_tir.Schedule(tvm.IRModule({"main": func}), seed=max(seed, 1))
-        assert dense_space(sch, decisions=written_decisions(m, n, 2, 32, True) if seed == 0 else None) is not None
+        lanes = 8 if seed % 2 else 16  # AVX2's and AVX-512's spaces: their tallest tiles differ
+        assert dense_space(sch, lanes, written.get(seed)) is not None
+        if seed == 9:
+            tiles = [sch.get(loop).extent for loop in sch.get_loops(sch.get_sblock("matmul_update"))[:2]]
+            assert [int(t) for t in tiles] == [1, -(-m // tall) * (n // 16)], "not the cut-short 6 x 16 tiles"
         assert all(p.apply(sch) for p in postprocs)
         decisions.add(str([d for d in sch.trace.decisions.values()]))
         out = tvm.runtime.tensor(np.zeros((m, n), "float32"))

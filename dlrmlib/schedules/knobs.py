@@ -17,7 +17,7 @@ from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.experiment import Experiment
 from dlrmlib.core.files import append_jsonl, read_jsonl
 from dlrmlib.core.target import host_target
-from dlrmlib.schedules.dense import PANEL, SERIAL_MACS, DenseConfig, DenseShape, row_block
+from dlrmlib.schedules.dense import PANEL, SERIAL_MACS, DenseConfig, DenseShape, row_block, tallest_rows
 from dlrmlib.schedules.int8_tiles import KNOBS as INT8_KNOBS
 from dlrmlib.schedules.int8_tiles import is_int8_kernel
 
@@ -28,7 +28,6 @@ INT8_KNOBS_VERSION = 1  # the int8 GEMMs' (dlrmlib.schedules.int8_tiles), counte
 PANELS = (PANEL, 2 * PANEL)
 NARROW_PANEL = 16  # two AVX2 vectors: with 6 rows, 12 accumulators (AVX2 has 16 registers)
 MAX_ACCUMULATORS = {16: 28, 8: 14}  # vector registers left for accumulators (AVX-512, AVX2)
-REGISTERS = {16: 32, 8: 16}  # vector registers (AVX-512, AVX2): 3 x 32 spilled on AVX2 and ran at half speed
 PREFETCH_DISTANCES = (0, 2, 4, 8)
 PREFETCH_LOCALITIES = (1, 2, 3)
 BOTH_THREADINGS_BELOW = 16 * SERIAL_MACS  # layers smaller than this also try one thread
@@ -50,7 +49,7 @@ def dense_candidates(shape: DenseShape, vector_lanes: int) -> list[dict]:
         vectors = bn // vector_lanes
         rows = {mr for mr in range(1, min(shape.m, 16) + 1) if shape.m % mr == 0 and mr * vectors <= limit}
         rows = sorted(r for r in rows if r * vectors >= min(8, shape.m * vectors)) or [row_block(shape.m, vector_lanes)]
-        tallest = min(shape.m, max(1, (REGISTERS.get(vector_lanes, 16) - vectors - 1) // vectors))  # + panel + broadcast
+        tallest = tallest_rows(shape.m, bn, vector_lanes)
         rows += [tallest] if tallest not in rows and tallest * vectors >= min(8, shape.m * vectors) else []
         threads = (None,) if shape.m * shape.k * shape.n >= BOTH_THREADINGS_BELOW else (True, False)
         found += [asdict(DenseConfig(bn, mr, parallel)) for mr in rows for parallel in threads]

@@ -5,8 +5,10 @@ here the same structure is a schedule function over MetaSchedule's own Dense wor
 fused matmul + bias + activation kernels of the tuned build), whose knobs are MetaSchedule
 decisions, so its evolutionary search, cost model, database, RPC runner and resumption tune
 them like any other schedule:
-- rows per register tile (mr): `sample_perfect_tile` on the batch rows (mutated by MutateTileSize),
 - panel width (bn): `sample_categorical` over the vector-lane multiples that divide N,
+- rows per register tile (mr): `sample_perfect_tile` on the batch rows (mutated by MutateTileSize),
+  or, by a `sample_categorical` beside it, the tallest tile that fits the registers where it does
+  not divide the batch (the last tile cut short: 6 x 16 on AVX2, the knob tuner's best on Zen 3),
 - threads: `sample_perfect_tile` of the tiles into parallel jobs (all tiles in one job: one thread),
 - unrolling: `sample_categorical` over MetaSchedule's explicit-unroll annotation.
 Per tile: the mr x bn accumulator in registers ('local') over the whole K loop, bn lanes
@@ -15,6 +17,8 @@ A workload this does not fit (a reduction that is not a 2-D matmul, N not a mult
 lanes, like the 1-wide last layer) gets `None`: MetaSchedule's default rules only.
 """
 from __future__ import annotations
+
+from dlrmlib.schedules.dense import tallest_rows
 
 PANELS = (16, 32, 64)  # panel widths tried, the multiples of the vector lanes that divide N
 MAX_ROWS = 16  # rows per register tile at most (mr x bn / lanes accumulators must fit registers)
@@ -55,8 +59,18 @@ def written_decisions(m: int, n: int, mr: int, bn: int, parallel: bool) -> dict:
     """The decisions that make `dense_space` the custom build's kernel (rows per tile `mr`,
     panel `bn`, every tile its own parallel job or all on one thread, no explicit unrolling):
     the search's first trial of a Dense kernel."""
-    tiles = (m // mr) * (n // bn)
-    return {"rows": [m // mr, mr], "bn": bn, "jobs": [tiles, 1] if parallel else [1, tiles], "unroll": 0}
+    tiles = -(-m // mr) * (n // bn)
+    return {"rows": mr, "bn": bn, "jobs": [tiles, 1] if parallel else [1, tiles], "unroll": 0}
+
+
+def _row_decisions(m: int, mr: int | None, tallest: int) -> tuple[int | None, list[int] | None] | None:
+    """(cut-short choice, perfect-tile decision) that give `mr` rows per tile (None: sampled);
+    None when no decision gives them (a tile that neither divides M nor is the tallest)."""
+    if mr is None:
+        return None, None
+    if m % mr == 0:
+        return 0, [m // mr, mr]
+    return (1, None) if mr == tallest else None
 
 
 def dense_space(sch, lanes: int = 16, decisions: dict | None = None):
@@ -77,10 +91,15 @@ def dense_space(sch, lanes: int = 16, decisions: dict | None = None):
         sch.compute_inline(sch.get_sblock(name))
     epilogue = sch.get_sblock(after[-1]) if after else sch.cache_write(matmul, 0, "global")
     i, j, k = sch.get_loops(matmul)
-    _, mr = sch.sample_perfect_tile(i, n=2, max_innermost_factor=min(MAX_ROWS, m), decision=fixed.get("rows"))
     bn = sch.sample_categorical(panels, [1.0 / len(panels)] * len(panels),
                                 decision=panels.index(fixed["bn"]) if "bn" in fixed else None)
-    io, ii = sch.split(i, [None, mr])
+    tallest = min(MAX_ROWS, tallest_rows(m, int(sch.get(bn)), lanes))
+    rows = _row_decisions(m, fixed.get("rows"), tallest)
+    if rows is None:
+        return None
+    cut = m % tallest and int(sch.get(sch.sample_categorical([0, 1], [0.5, 0.5], decision=rows[0])))
+    mr = tallest if cut else sch.sample_perfect_tile(i, n=2, max_innermost_factor=min(MAX_ROWS, m), decision=rows[1])[1]
+    io, ii = sch.split(i, [None, mr])  # a cut-short tile: the last one's rows predicated
     jo, ji = sch.split(j, [None, bn])
     sch.reorder(jo, io, k, ii, ji)
     sch.set_scope(matmul, 0, "local")

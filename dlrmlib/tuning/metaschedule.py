@@ -18,6 +18,7 @@ starting from the best records already there. A lock keeps two runs off one expe
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -57,6 +58,7 @@ from dlrmlib.formats.tuning_log import (
     tuning_log_dir,
 )
 from dlrmlib.frontend.relax import fused_module, per_batch_kernels
+from dlrmlib.schedules.rewrite import vector_lanes
 from dlrmlib.schedules.space import concat_space, dense_shape, dense_space, gather_concat_plan
 from dlrmlib.tuning import DEFAULT_TRIALS, MAX_TRIALS, MAX_TRIALS_WHY, ROOF_MARGIN
 from dlrmlib.tuning import session as ts
@@ -259,7 +261,7 @@ def hand_written(task):
     """The hand-written schedule function that fits a task (Dense GEMM, the embeddings'
     concatenation), or None."""
     if dense_shape(task.dispatched[0]) is not None:
-        return dense_space
+        return functools.partial(dense_space, lanes=vector_lanes(task.target))
     return concat_space if gather_concat_plan(task.dispatched[0]) is not None else None
 
 

@@ -105,10 +105,9 @@ def seed_candidates(contexts: list, tasks: list, session, target: dict, knobs: d
         if layer.narrow or not layer.packable(config.bn):
             continue
         mr = config.mr or row_block(m, lanes)
-        if m % mr:  # a cut-short last tile: the space's perfect tiles cannot say it (the duel still runs it)
-            continue
         sch = s_tir.Schedule(context.mod, debug_mask="all")
-        if dense_space(sch, decisions=written_decisions(m, n, mr, config.bn, config.threads(layer))) is None:
+        decisions = written_decisions(m, n, mr, config.bn, config.threads(layer))
+        if dense_space(sch, lanes, decisions) is None:  # knobs the space cannot say (the duel still runs them)
             continue
         sch.enter_postproc()  # as the search does: a replay of the trace drops what follows
         if all(p.apply(sch) for p in context.space_generator.postprocs):
