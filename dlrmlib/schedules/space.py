@@ -63,9 +63,49 @@ def written_decisions(m: int, n: int, mr: int, bn: int, parallel: bool) -> dict:
     return {"rows": mr, "bn": bn, "jobs": [tiles, 1] if parallel else [1, tiles], "unroll": 0}
 
 
-def _row_decisions(m: int, mr: int | None, tallest: int) -> tuple[int | None, list[int] | None] | None:
+def knobs_of_trace(trace: list) -> dict | None:
+    """The custom build's knobs (`bn`, `mr`, `parallel`) that a database record of this space
+    says, from its trace as the JSON database stores it ([instructions, decisions]); None when
+    the trace is not this space's, or its decisions are not knobs the custom build has (a job
+    split between one thread and one tile per job, explicit unrolling)."""
+    insts, decided = trace
+    decisions = {index: value for index, value in decided}
+    end = next((i for i, inst in enumerate(insts) if inst[0] == "EnterPostproc"), len(insts))
+    sampled = {}  # what each sampled variable took, by its name in the trace
+    panel = cut = unroll = None
+    tiles = []
+    for i, (kind, inputs, attrs, outputs) in enumerate(insts[:end]):
+        if kind == "SampleCategorical" and i in decisions:
+            candidates = [int(c) for c in attrs[0]]
+            value = candidates[int(decisions[i])]
+            sampled[outputs[0]] = value
+            if candidates == list(UNROLL_STEPS):
+                unroll = value
+            elif candidates == [0, 1]:
+                cut = value
+            elif set(candidates) <= set(PANELS):
+                panel = value
+        elif kind == "SamplePerfectTile" and i in decisions:
+            sampled.update(zip(outputs, (int(v) for v in decisions[i])))
+            tiles.append([int(v) for v in decisions[i]])
+    splits = [inputs for kind, inputs, _, _ in insts[:end] if kind == "Split"]
+    local = any(kind == "SetScope" and list(attrs) == [0, "local"] for kind, _, attrs, _ in insts[:end])
+    if panel is None or unroll is None or not local or len(splits) != 3 or not tiles:
+        return None
+    rows = splits[0][2]
+    mr = sampled.get(rows) if isinstance(rows, str) else int(rows)  # a literal: the cut-short tallest tile
+    jobs = tiles[-1]
+    if mr is None or unroll != 0 or (cut == 1) != (len(tiles) == 1) or len(jobs) != 2:
+        return None
+    if jobs[0] != 1 and jobs[1] != 1:
+        return None  # neither every tile its own job nor one thread
+    return {"bn": panel, "mr": mr, "parallel": jobs[1] == 1 and jobs[0] > 1}
+
+
+def _row_decisions(m: int, mr: int | None, tallest: int | None) -> tuple[int | None, list[int] | None] | None:
     """(cut-short choice, perfect-tile decision) that give `mr` rows per tile (None: sampled);
-    None when no decision gives them (a tile that neither divides M nor is the tallest)."""
+    None when no decision gives them (a tile that neither divides M nor is the cut-short
+    `tallest`, None where the space has no cut-short tile)."""
     if mr is None:
         return None, None
     if m % mr == 0:
@@ -94,10 +134,13 @@ def dense_space(sch, lanes: int = 16, decisions: dict | None = None):
     bn = sch.sample_categorical(panels, [1.0 / len(panels)] * len(panels),
                                 decision=panels.index(fixed["bn"]) if "bn" in fixed else None)
     tallest = min(MAX_ROWS, tallest_rows(m, int(sch.get(bn)), lanes))
-    rows = _row_decisions(m, fixed.get("rows"), tallest)
+    # a cut-short tile over a single panel: TVM's verifier rejects the split of the fused tiles
+    # loop (a non-affine binding), so there the space has only the tiles that divide M
+    cuttable = m % tallest != 0 and n > int(sch.get(bn))
+    rows = _row_decisions(m, fixed.get("rows"), tallest if cuttable else None)
     if rows is None:
         return None
-    cut = m % tallest and int(sch.get(sch.sample_categorical([0, 1], [0.5, 0.5], decision=rows[0])))
+    cut = cuttable and int(sch.get(sch.sample_categorical([0, 1], [0.5, 0.5], decision=rows[0])))
     mr = tallest if cut else sch.sample_perfect_tile(i, n=2, max_innermost_factor=min(MAX_ROWS, m), decision=rows[1])[1]
     io, ii = sch.split(i, [None, mr])  # a cut-short tile: the last one's rows predicated
     jo, ji = sch.split(j, [None, bn])
