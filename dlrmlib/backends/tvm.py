@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from dlrmlib.core.errors import DlrmError
+from dlrmlib.core.files import loadable_copy
 from dlrmlib.formats.model import INDICES_INPUT, OFFSETS_INPUT
 from dlrmlib.formats.weights import (
     VERIFY_ENV,
@@ -88,7 +89,7 @@ class TvmBackend:
         self.input_specs = self.manifest["inputs"]
         device = tvm.cpu()
         try:
-            self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), device)
+            self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(loadable_copy(library))), device)
         except Exception as e:
             raise DlrmError(f"TVM cannot load {library}: {e}") from None
         # The weight files' memory maps themselves, as the native runner uses them: no second copy.

@@ -1,6 +1,7 @@
 """Atomic writes: a crash or a full disk leaves the old file or the new one, never half a file."""
 from __future__ import annotations
 
+import atexit
 import fcntl
 import hashlib
 import json
@@ -128,6 +129,28 @@ def link_or_copy(src: Path, dst: Path) -> None:
     except OSError:
         with atomic_path(dst) as tmp:
             shutil.copyfile(src, tmp)
+
+
+_LOADABLE: list[Path] = []  # this process's private folder of library copies, made on first use
+
+
+def loadable_copy(path: str | os.PathLike) -> Path:
+    """The path to load a shared library from, as the file is now. The dynamic loader keeps one
+    library per path name for the life of a process, so a library rebuilt at the same path (a
+    second build with the same tag and other knobs) would load as the first one, and its weights
+    be packed and checked against the old code. So each content is loaded through a name of its
+    own (its checksum), copied into a private folder that goes at exit."""
+    path = Path(path)
+    if not path.is_file():
+        return path  # the loader says what is wrong with it
+    if not _LOADABLE:
+        _LOADABLE.append(Path(tempfile.mkdtemp(prefix="dlrm-libraries-")))
+        atexit.register(shutil.rmtree, _LOADABLE[0], True)
+    copy = _LOADABLE[0] / f"{sha256_file(path)[:16]}-{path.name}"
+    if not copy.exists():
+        with atomic_path(copy) as tmp:
+            shutil.copyfile(path, tmp)
+    return copy
 
 
 FICLONE = 0x40049409  # Linux's ioctl to share a file's blocks (Btrfs, XFS, bcachefs): a copy in no time

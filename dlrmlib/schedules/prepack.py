@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlrmlib.core.files import atomic_dir, link_or_copy
+from dlrmlib.core.files import atomic_dir, link_or_copy, loadable_copy
 from dlrmlib.formats.weights import (
     ParamSpec,
     holds_weights,
@@ -143,7 +143,7 @@ def write_transformed_weights(folder: Path, layout: str, library: Path, plan: Li
     specs = transformed_param_specs(plain_params, plan)
     if holds_weights(folder, layout, specs):
         return specs
-    computed = transform_weights(tvm.runtime.load_module(str(library)), plan, map_weights(plain_dir, plain_params))
+    computed = transform_weights(tvm.runtime.load_module(str(loadable_copy(library))), plan, map_weights(plain_dir, plain_params))
     plain_sums = layout_checksums(plain_dir)  # the linked files' content is the plain folder's
     with atomic_dir(folder) as tmp:
         checksums = []
