@@ -42,7 +42,7 @@ from dlrmlib.schedules.amx import MATTR
 from dlrmlib.schedules.avx2_int8 import DEFAULT_OPERANDS, OPERANDS, avx2_quantization_facts
 from dlrmlib.schedules.int8_tiles import int8_tiles_used
 from dlrmlib.schedules.reduced import PRECISIONS, quantization_facts
-from dlrmlib.schedules.knobs import default_kernel_log, kernel_configs
+from dlrmlib.schedules.knobs import default_kernel_log, kernel_configs, tuning_log_knobs
 from dlrmlib.schedules.prepack import TRANSFORM, transformed_param_specs, write_transformed_weights
 
 Weights = tuple[Path, list[ParamSpec], str]  # (folder, params in `main`'s order, layout id)
@@ -229,6 +229,8 @@ class Custom:
         knobs = kernel_configs(Path(kernel_log), log) if kernel_log is not None else {}
         if kernel_log is not None:
             log(f"[build] kernel knobs from {kernel_log} ({len(knobs)} kernels tuned)")
+        from_tuning = self.tuning_log_knobs(experiment, knobs, log)
+        knobs = {**knobs, **from_tuning}
         precision = self.precision_facts(source.target)
         amx = precision["isa"] in ("amx_int8", "amx_bf16")
         avx2 = self.operands if precision["isa"] == "avx2" else None
@@ -259,13 +261,28 @@ class Custom:
                 f"{len(precision['quantization']['layers'])} Dense layers; the rest stays fp32")
         info = {"tuned": False, "trials": 0, "tuning_log": None, "pipeline": PIPELINE_NAME, "schedule": "custom",
                 "prepack": not plan.identity, "kernel_log": str(kernel_log) if kernel_log is not None else None,
-                "kernel_knobs": knobs, "kernel_fallbacks": fallbacks}
+                "kernel_knobs": knobs, "kernel_fallbacks": fallbacks,
+                "knobs_from_tuning_log": sorted(from_tuning)}
         lowering = Lowering(mod, None, info, precision=precision)
         if not plan.identity:
             transform_id = self.transform_id({**knobs, "precision": self.precision, "isa": precision["isa"],
                                               **({"operands": avx2} if avx2 else {})})
             lowering.weights = lambda library: (*prepacked_weights(source, library, plan, transform_id), TRANSFORM)
         yield lowering
+
+    def tuning_log_knobs(self, experiment: Experiment, knobs: dict, log) -> dict:
+        """The Dense layers' knobs the kernel log does not have, from the experiment's own
+        (prepacked) MetaSchedule tuning log: its records of the hand-written space are these
+        kernels timed by the tuner (dlrmlib.schedules.knobs.tuning_log_knobs). Not with an
+        explicit --kernel-log, which says which knobs to use."""
+        if self.kernel_log is not None:
+            return {}
+        folder = tuning_log_dir(experiment, prepack=True)
+        found = {name: config for name, config in tuning_log_knobs(folder).items() if name not in knobs}
+        if found:
+            log(f"[build] knobs of {len(found)} Dense layers from the MetaSchedule records of the hand-written space "
+                f"in {folder}")
+        return found
 
     def calibrated(self, source: Source) -> dict | None:
         """With `calibration="static"`: the Dense layers' input ranges over the calibration slice."""

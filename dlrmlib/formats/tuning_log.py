@@ -214,7 +214,7 @@ def _trial_lines(folder: Path) -> tuple[list[dict | None], list[int]]:
     return items, damaged
 
 
-def _task_names(folder: Path, workloads: list[bytes], records: list[tuple], trials: list[dict]) -> dict:
+def task_names(folder: Path, workloads: list[bytes], records: list[tuple] = (), trials: list[dict] = ()) -> dict:
     """Workload line -> task name: by structural hash from `tasks.json`, else from trials that
     line up with their records."""
     hashes = {t["shash"]: t["name"] for t in (read_tasks(folder) or {}).get("tasks", []) if t.get("shash")}
@@ -241,7 +241,7 @@ def derive_trials(folder: Path) -> tuple[list[dict], dict]:
     for item in lines:
         if item is not None:
             by_number.setdefault(item["trial"], item)
-    names = _task_names(folder, workloads, records, [by_number.get(i + 1, {}) for i in range(len(records))])
+    names = task_names(folder, workloads, records, [by_number.get(i + 1, {}) for i in range(len(records))])
     trials, recovered, t = [], 0, 0.0
     for number, (_, (workload, latency)) in enumerate(records, 1):
         task = names.get(workload, f"workload {workload}")

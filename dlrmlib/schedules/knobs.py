@@ -17,9 +17,11 @@ from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.experiment import Experiment
 from dlrmlib.core.files import append_jsonl, read_jsonl
 from dlrmlib.core.target import host_target
+from dlrmlib.formats.tuning_log import RECORDS_FILE, split_records, task_names, workload_lines
 from dlrmlib.schedules.dense import PANEL, SERIAL_MACS, DenseConfig, DenseShape, row_block, tallest_rows
 from dlrmlib.schedules.int8_tiles import KNOBS as INT8_KNOBS
 from dlrmlib.schedules.int8_tiles import is_int8_kernel
+from dlrmlib.schedules.space import dense_shape, knobs_of_trace
 
 LOG_FILE = "kernels.jsonl"
 KNOBS_VERSION = 2  # bumped when a knob's meaning or a kernel's code path changes: older records no longer count
@@ -154,3 +156,35 @@ def kernel_configs(log_dir: Path, log=print) -> dict[str, dict]:
         log(f"[build] note: the kernel log was measured on {', '.join(sorted(map(str, mcpus)))}, this CPU is "
             f"{here}: its choices are valid here but may not be the fastest")
     return best_configs(records)
+
+
+def tuning_log_knobs(folder: Path) -> dict[str, dict]:
+    """Per Dense layer (kernel name), the knobs of the fastest record in a MetaSchedule tuning
+    log whose schedule is the hand-written design space with knobs the custom build has: with
+    weights prepacked, MetaSchedule's RewriteLayout lays the weights out in the same panels
+    [N/bn, K, bn] as the custom build, so such a record is the custom build's kernel timed by the
+    tuner. Every knob candidate is a Dense kernel's first trial when the experiment has no kernel
+    log (dlrmlib.tuning.written.seed_candidates): the tuning log then holds the knob tuner's
+    measurements, and this is their view."""
+    from tvm.s_tir.meta_schedule.database import Workload
+
+    folder = Path(folder)
+    if not (folder / RECORDS_FILE).is_file():
+        return {}
+    workloads = workload_lines(folder)
+    records, _ = split_records(folder, len(workloads))
+    names = task_names(folder, workloads)
+    layers: dict[int, DenseShape | None] = {}
+    best: dict[str, tuple[float, dict]] = {}
+    for line, (index, latency) in records:
+        knobs = knobs_of_trace(json.loads(line)[1][0]) if latency is not None else None
+        if knobs is None:
+            continue
+        if index not in layers:
+            shape = dense_shape(Workload.from_json(json.loads(workloads[index])).mod)
+            named = names.get(index)  # ReLU or not: the task's name says (fused_matmul_add_relu)
+            layers[index] = DenseShape(*shape, relu="relu" in named) if shape and named else None
+        layer = layers[index]
+        if layer is not None and (layer.name not in best or latency < best[layer.name][0]):
+            best[layer.name] = (latency, knobs)
+    return {name: knobs for name, (_, knobs) in sorted(best.items())}

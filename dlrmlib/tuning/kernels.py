@@ -71,6 +71,9 @@ class Kernel:
 
 
 PRECISIONS = ("fp32", "int8")
+# The kernels whose knobs only this tuner measures: a MetaSchedule run times the Dense layers' knobs
+# itself, as the first trials of the hand-written design space (dlrmlib.tuning.written.seed_candidates)
+MS_UNTUNED = ("interaction", "int8")
 
 
 def int8_target(target: dict, operands: str = DEFAULT_OPERANDS) -> tuple[dict, str]:
@@ -236,10 +239,11 @@ def measure(kernel: Kernel, config: dict, target, lanes: int, data: _Interaction
 
 def tune_kernels(experiment: Experiment | str, log_dir: Path | None = None, log=print,
                  progress: bool = True, min_seconds: float = MIN_SECONDS, passes: int = PASSES,
-                 precision: str = "fp32", operands: str = DEFAULT_OPERANDS) -> Path:
+                 precision: str = "fp32", operands: str = DEFAULT_OPERANDS, kinds: tuple[str, ...] | None = None) -> Path:
     """Measure every candidate of the kernels a `precision` build makes (fp32, or int8 for this
     host's instruction set and these AVX2 operands) `passes` times, minus what the log (by default
-    the experiment's tune/custom/) already holds; returns the log folder."""
+    the experiment's tune/custom/) already holds; returns the log folder. `kinds`: only kernels
+    of these kinds (`MS_UNTUNED`: those MetaSchedule's tuning log does not time)."""
     from collections import Counter
 
     import tvm
@@ -253,7 +257,7 @@ def tune_kernels(experiment: Experiment | str, log_dir: Path | None = None, log=
     lanes = vector_lanes(tvm_target)
     with tuning_lock(exp):
         done = Counter((r["kernel"], config_key(r["config"])) for r in current(read_log(folder)))
-        kernels = model_kernels(exp, precision, operands)
+        kernels = [k for k in model_kernels(exp, precision, operands) if kinds is None or k.kind in kinds]
         every = [(k, c) for k in kernels for c in candidates(k, lanes)]
         todo = [(k, c) for p in range(passes) for k, c in every if done[(k.name, config_key(c))] <= p]
         log(f"[tune-kernels] {precision}{f' ({isa})' if isa else ''}: {len(kernels)} kernels, {len(every)} "

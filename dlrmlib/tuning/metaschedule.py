@@ -384,8 +384,8 @@ def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batc
             once = ts.make_runner(rpc, repeat=ts.ONCE_REPEATS)
             _untuned_latencies(tasks, session.tasks, target, builder, once, folder, log)
             if space != "default":  # each Dense kernel's first trial: the hand-written kernel
-                measure_seeds(seed_candidates(contexts, tasks, session, target_dict, knobs), contexts, session,
-                              folder, target, builder, runner, log)
+                seeds = seed_candidates(contexts, tasks, session, target_dict, knobs, trials - done)
+                measure_seeds(seeds, contexts, session, folder, target, builder, runner, log)
             built, ran, looped = builder.seconds, runner.seconds, time.perf_counter()
             with _stop_after_batch_on_interrupt(session, log):
                 _run_tasks(contexts, session, folder, trials - done, cap, batch, builder, runner, seed, progress,

@@ -10,6 +10,7 @@ defaults).
 """
 from __future__ import annotations
 
+import itertools
 import shutil
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from dlrmlib.core.files import write_json
 from dlrmlib.formats.tuning_log import WRITTEN_FILE, read_written, written_wins
 from dlrmlib.schedules import written_kernels
 from dlrmlib.schedules.dense import DenseConfig, DenseShape, dense_func, row_block
-from dlrmlib.schedules.knobs import default_kernel_log, kernel_configs
+from dlrmlib.schedules.knobs import default_kernel_log, dense_candidates, kernel_configs
 from dlrmlib.schedules.rewrite import vector_lanes
 from dlrmlib.schedules.space import dense_shape, dense_space, written_decisions
 from dlrmlib.tuning import session as ts
@@ -85,34 +86,44 @@ def measure_written(folder: Path, tasks: list, module, target: dict, knobs: dict
     return written
 
 
-def seed_candidates(contexts: list, tasks: list, session, target: dict, knobs: dict) -> list:
+def seed_candidates(contexts: list, tasks: list, session, target: dict, knobs: dict, budget: int) -> list:
     """(task index, schedule) of the hand-written space with the custom build's decisions
     (dlrmlib.schedules.space.written_decisions), postprocessed as the search would, for each
-    Dense task without a trial yet: so that a kernel's first trial is the hand-written kernel,
-    and the evolutionary search starts from it (it draws from the database's best)."""
+    Dense task without a trial yet: the kernel log's knobs where it has the layer, else every
+    knob candidate the knob tuner would measure (dlrmlib.schedules.knobs.dense_candidates), so
+    that the tuning log holds the knob measurements (`knobs.tuning_log_knobs` reads them back for
+    the custom build) and the evolutionary search starts from the hand-written kernels rather
+    than from random samples. Taken in turns across the kernels, at most `budget`."""
     import tvm
-    from tvm import s_tir
 
     lanes = vector_lanes(tvm.target.Target(target))
-    seeds = []
+    per_task = []
     for i, (context, task, state) in enumerate(zip(contexts, tasks, session.tasks)):
         shape = dense_shape(task.dispatched[0])
         if shape is None or state.trials:
             continue
         m, k, n = shape
         layer = DenseShape(m=m, k=k, n=n, relu="relu" in task.task_name)
-        config = DenseConfig(**knobs.get(layer.name, {}))
-        if layer.narrow or not layer.packable(config.bn):
-            continue
-        mr = config.mr or row_block(m, lanes)
-        sch = s_tir.Schedule(context.mod, debug_mask="all")
-        decisions = written_decisions(m, n, mr, config.bn, config.threads(layer))
-        if dense_space(sch, lanes, decisions) is None:  # knobs the space cannot say (the duel still runs them)
-            continue
-        sch.enter_postproc()  # as the search does: a replay of the trace drops what follows
-        if all(p.apply(sch) for p in context.space_generator.postprocs):
-            seeds.append((i, sch))
-    return seeds
+        configs = [knobs[layer.name]] if layer.name in knobs else dense_candidates(layer, lanes)
+        made = [_seed(context, layer, DenseConfig(**config), lanes) for config in configs]
+        per_task.append([(i, sch) for sch in made if sch is not None])
+    in_turns = [seed for turn in itertools.zip_longest(*per_task) for seed in turn if seed is not None]
+    return in_turns[:max(0, budget)]
+
+
+def _seed(context, layer: DenseShape, config: DenseConfig, lanes: int):
+    """The hand-written space with one knob setting as its decisions, postprocessed; None where
+    the space cannot say those knobs (the duel still runs the kernel log's)."""
+    from tvm import s_tir
+
+    if layer.narrow or not layer.packable(config.bn):
+        return None
+    mr = config.mr or row_block(layer.m, lanes)
+    sch = s_tir.Schedule(context.mod, debug_mask="all")
+    if dense_space(sch, lanes, written_decisions(layer.m, layer.n, mr, config.bn, config.threads(layer))) is None:
+        return None
+    sch.enter_postproc()  # as the search does: a replay of the trace drops what follows
+    return sch if all(p.apply(sch) for p in context.space_generator.postprocs) else None
 
 
 def measure_seeds(seeds: list, contexts: list, session, folder: Path, target, builder, runner, log) -> None:
@@ -125,7 +136,9 @@ def measure_seeds(seeds: list, contexts: list, session, folder: Path, target, bu
 
     if not seeds:
         return
-    log(f"[tune] first trial of {len(seeds)} Dense kernels: the hand-written space with the custom build's knobs")
+    kernels = len({i for i, _ in seeds})
+    log(f"[tune] first trials: {len(seeds)} schedules of the hand-written space for {kernels} Dense kernels (the "
+        "kernel log's knobs, or every knob candidate for a layer it does not have)")
     built = builder.build([BuilderInput(sch.mod, target) for _, sch in seeds])
     args = [ArgInfo.from_entry_func(sch.mod, remove_preproc=True) for _, sch in seeds]
     ready = [j for j, b in enumerate(built) if b.error_msg is None]

@@ -1,0 +1,118 @@
+"""The Dense knobs as a view of the MetaSchedule tuning log: every knob setting of the
+hand-written GEMM is a schedule of its design space, a record of it reads back as the same
+knobs (other schedules as none), a tuning run without a kernel log measures every candidate as
+its first trials, and `dlrm build --schedule custom` takes the fastest from the log. Real TVM,
+a real JSON database, a real (tiny) tuning run and build."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_kernel_tune import _dense_workload
+
+NAME = "tiny-knob-view"  # its own experiment: its tuning log starts empty and has no kernel log
+
+
+def _records(folder: Path) -> list:
+    return [json.loads(line) for line in (folder / "database_tuning_record.json").read_text().splitlines()]
+
+
+def _read_back(database, folder: Path, mod, trace) -> dict | None:
+    """The knobs a record of `trace` says, committed to and read from a real JSON database."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    from dlrmlib.schedules.space import knobs_of_trace
+
+    database.commit_tuning_record(ms.database.TuningRecord(
+        trace, database.commit_workload(mod), [1.0], tvm.target.Target("llvm"), ArgInfo.from_prim_func(mod["main"])))
+    return knobs_of_trace(_records(folder)[-1][1][0])
+
+
+@pytest.mark.parametrize("m, k, n", [(128, 64, 128), (16, 13, 64), (12, 40, 48)])
+def test_every_knob_candidate_is_a_schedule_whose_record_reads_back_as_its_knobs(m, k, n, tmp_path):
+    import tvm
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    from dlrmlib.core.target import host_target
+    from dlrmlib.schedules.dense import DenseConfig, DenseShape
+    from dlrmlib.schedules.knobs import dense_candidates
+    from dlrmlib.schedules.space import dense_space, written_decisions
+    from dlrmlib.tuning.session import cpu_intrinsics_only
+
+    cpu_intrinsics_only()
+    mod = tvm.IRModule({"main": _dense_workload(m, k, n, "relu")})
+    layer = DenseShape(m, k, n)
+    database = ms.database.JSONDatabase(work_dir=str(tmp_path))
+    for lanes in (8, 16):  # AVX2's candidates (16-wide panels, 6-row cut-short tiles) and AVX-512's
+        for config in (DenseConfig(**c) for c in dense_candidates(layer, lanes)):
+            mr, parallel = config.rows(layer, lanes), bool(config.threads(layer))
+            sch = s_tir.Schedule(mod, debug_mask="all")
+            if dense_space(sch, lanes, written_decisions(m, n, mr, config.bn, parallel)) is None:
+                # the one exception: a cut-short tile over a single panel (TVM's verifier rejects it)
+                assert m % mr and n == config.bn, f"the space cannot say {config} on {lanes} lanes"
+                continue
+            tiles = -(-m // mr) * (n // config.bn)  # one tile: one thread either way
+            assert _read_back(database, tmp_path, mod, sch.trace) == {
+                "bn": config.bn, "mr": mr, "parallel": parallel and tiles > 1}
+
+    # schedules the custom build has no knobs for read as none: the default rules', explicit
+    # unrolling, tiles split between one thread and one job each
+    context = ms.TuneContext(mod=mod, target=tvm.target.Target(host_target()), space_generator="post-order-apply",
+                             search_strategy="replay-trace")
+    default = context.space_generator.generate_design_space(mod)
+    assert default and all(_read_back(database, tmp_path, mod, s.trace) is None for s in default)
+    tiles = -(-m // 4) * (n // 16)
+    for decisions in ({"unroll": 1}, {"jobs": [2, tiles // 2]} if tiles % 2 == 0 else {"unroll": 2}):
+        sch = s_tir.Schedule(mod, debug_mask="all")
+        assert dense_space(sch, 16, {**written_decisions(m, n, 4, 16, True), **decisions}) is not None
+        assert _read_back(database, tmp_path, mod, sch.trace) is None, decisions
+
+
+def test_a_tuning_run_without_kernel_log_measures_every_knob_and_the_custom_build_takes_the_fastest(
+        experiments_root):
+    import tvm
+
+    from dlrmlib.building.build import build
+    from dlrmlib.building.recipes import Custom
+    from dlrmlib.core.target import host_target
+    from dlrmlib.formats.tuning_log import read_trials, tuning_log_dir
+    from dlrmlib.formats.weights import read_manifest
+    from dlrmlib.prepare import prepare
+    from dlrmlib.schedules.knobs import dense_candidates, read_log, tuning_log_knobs
+    from dlrmlib.schedules.rewrite import vector_lanes
+    from dlrmlib.tuning.kernels import MS_UNTUNED, model_kernels, tune_kernels
+    from dlrmlib.tuning.metaschedule import tune
+
+    experiment = prepare(NAME, preset="tiny", batch_size=16, samples=64, root=experiments_root, log=lambda _: None)
+    lanes = vector_lanes(tvm.target.Target(host_target()))
+    dense = [k.shape for k in model_kernels(experiment) if k.kind == "dense"]
+    seeds = sum(len(dense_candidates(layer, lanes)) for layer in dense)
+
+    # 02_tune's first step: the knob tuner measures only what MetaSchedule does not (the interaction)
+    folder = tune_kernels(experiment, kinds=MS_UNTUNED, min_seconds=0.01, passes=1, progress=False, log=lambda _: None)
+    assert {r["kind"] for r in read_log(folder)} == {"interaction"}
+
+    # one trial per kernel beyond the seeds: the Dense kernels are done after their first trials
+    tune(experiment, trials=seeds + 8, max_trials_per_task=1, trials_per_batch=4, progress=False, log=lambda _: None)
+    log_dir = tuning_log_dir(experiment, prepack=True)
+    first = [t for t in read_trials(log_dir) if t.get("error") is None]
+    assert len(first) >= seeds
+    view = tuning_log_knobs(log_dir)
+    assert set(view) == {layer.name for layer in dense}, "a Dense layer's knobs are missing from the tuning log"
+    for layer in dense:
+        assert view[layer.name]["bn"] in {c["bn"] for c in dense_candidates(layer, lanes)}
+
+    result = build(experiment, Custom(), log=lambda _: None)
+    manifest = read_manifest(result.manifest)
+    assert manifest["build"]["knobs_from_tuning_log"] == sorted(view)
+    assert all(manifest["build"]["kernel_knobs"][name] == knobs for name, knobs in view.items())
+    assert result.verification["max_abs_error"] < 1e-4
+    # an explicit kernel log says which knobs to use: the tuning log does not fill in
+    explicit = build(experiment, Custom(kernel_log=folder), log=lambda _: None)
+    assert read_manifest(explicit.manifest)["build"]["knobs_from_tuning_log"] == []
+    # the same tag, other knobs, one process: the second library is the one packed and checked
+    assert explicit.verification["max_abs_error"] < 1e-4
