@@ -177,7 +177,10 @@ def tuning_log_knobs(folder: Path) -> dict[str, dict]:
     layers: dict[int, DenseShape | None] = {}
     best: dict[str, tuple[float, dict]] = {}
     for line, (index, latency) in records:
-        knobs = knobs_of_trace(json.loads(line)[1][0]) if latency is not None else None
+        try:
+            knobs = knobs_of_trace(json.loads(line)[1][0]) if latency is not None else None
+        except (TypeError, ValueError, IndexError, KeyError):  # a trace not as MetaSchedule writes them
+            knobs = None
         if knobs is None:
             continue
         if index not in layers:
