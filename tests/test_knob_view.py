@@ -79,7 +79,7 @@ def test_a_tuning_run_without_kernel_log_measures_every_knob_and_the_custom_buil
     from dlrmlib.building.build import build
     from dlrmlib.building.recipes import Custom
     from dlrmlib.core.target import host_target
-    from dlrmlib.formats.tuning_log import read_trials, tuning_log_dir
+    from dlrmlib.formats.tuning_log import read_trials, read_written, tuning_log_dir
     from dlrmlib.formats.weights import read_manifest
     from dlrmlib.prepare import prepare
     from dlrmlib.schedules.knobs import dense_candidates, read_log, tuning_log_knobs
@@ -105,6 +105,9 @@ def test_a_tuning_run_without_kernel_log_measures_every_knob_and_the_custom_buil
     assert set(view) == {layer.name for layer in dense}, "a Dense layer's knobs are missing from the tuning log"
     for layer in dense:
         assert view[layer.name]["bn"] in {c["bn"] for c in dense_candidates(layer, lanes)}
+    # the hand-written GEMM the duel and a build from the log use: the fastest knobs, not the defaults
+    written = read_written(log_dir)["dense"]
+    assert written and all(entry["knobs"] == view[entry["kernel"]] for entry in written.values())
 
     result = build(experiment, Custom(), log=lambda _: None)
     manifest = read_manifest(result.manifest)

@@ -159,13 +159,19 @@ def kernel_configs(log_dir: Path, log=print) -> dict[str, dict]:
 
 
 def tuning_log_knobs(folder: Path) -> dict[str, dict]:
+    """Per Dense layer (kernel name), the knobs of its fastest record of the hand-written
+    design space in a MetaSchedule tuning log (`tuning_log_knob_records`)."""
+    return {name: knobs for name, (_, knobs) in tuning_log_knob_records(folder).items()}
+
+
+def tuning_log_knob_records(folder: Path) -> dict[str, tuple[float, dict]]:
     """Per Dense layer (kernel name), the knobs of the fastest record in a MetaSchedule tuning
     log whose schedule is the hand-written design space with knobs the custom build has: with
     weights prepacked, MetaSchedule's RewriteLayout lays the weights out in the same panels
     [N/bn, K, bn] as the custom build, so such a record is the custom build's kernel timed by the
     tuner. Every knob candidate is a Dense kernel's first trial when the experiment has no kernel
     log (dlrmlib.tuning.written.seed_candidates): the tuning log then holds the knob tuner's
-    measurements, and this is their view."""
+    measurements, and this is their view: kernel name -> (seconds, knobs)."""
     from tvm.s_tir.meta_schedule.database import Workload
 
     folder = Path(folder)
@@ -190,4 +196,4 @@ def tuning_log_knobs(folder: Path) -> dict[str, dict]:
         layer = layers[index]
         if layer is not None and (layer.name not in best or latency < best[layer.name][0]):
             best[layer.name] = (latency, knobs)
-    return {name: knobs for name, (_, knobs) in sorted(best.items())}
+    return dict(sorted(best.items()))

@@ -63,8 +63,8 @@ from dlrmlib.schedules.space import concat_space, dense_shape, dense_space, gath
 from dlrmlib.tuning import DEFAULT_TRIALS, MAX_TRIALS, MAX_TRIALS_WHY, ROOF_MARGIN
 from dlrmlib.tuning import session as ts
 from dlrmlib.tuning.rpc import RpcMeasurement
-from dlrmlib.tuning.written import (duel, kernel_knobs, measure_seeds, measure_written, seed_candidates,
-                                    with_written)
+from dlrmlib.tuning.written import (adopt_measured_knobs, duel, kernel_knobs, measure_seeds, measure_written,
+                                    seed_candidates, with_written)
 
 ROOF_GEMM = 1536  # the peak's sgemm size: big enough for the BLAS to reach it, a second or so
 CI_TRIALS = 16  # under CI=true, as TVM's tutorials skip their expensive tuning there
@@ -386,6 +386,8 @@ def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batc
             if space != "default":  # each Dense kernel's first trial: the hand-written kernel
                 seeds = seed_candidates(contexts, tasks, session, target_dict, knobs, trials - done)
                 measure_seeds(seeds, contexts, session, folder, target, builder, runner, log)
+                if prepack:
+                    adopt_measured_knobs(folder, knobs, session, log)
             built, ran, looped = builder.seconds, runner.seconds, time.perf_counter()
             with _stop_after_batch_on_interrupt(session, log):
                 _run_tasks(contexts, session, folder, trials - done, cap, batch, builder, runner, seed, progress,
