@@ -6,6 +6,7 @@ a real JSON database, a real (tiny) tuning run and build."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,7 @@ def test_every_knob_candidate_is_a_schedule_whose_record_reads_back_as_its_knobs
 
 
 def test_a_tuning_run_without_kernel_log_measures_every_knob_and_the_custom_build_takes_the_fastest(
-        experiments_root):
+        experiments_root, tmp_path):
     import tvm
 
     from dlrmlib.building.build import build
@@ -119,3 +120,19 @@ def test_a_tuning_run_without_kernel_log_measures_every_knob_and_the_custom_buil
     assert read_manifest(explicit.manifest)["build"]["knobs_from_tuning_log"] == []
     # the same tag, other knobs, one process: the second library is the one packed and checked
     assert explicit.verification["max_abs_error"] < 1e-4
+
+    # a damaged log loses only what is damaged: a trace not as MetaSchedule writes them, a
+    # workload TVM cannot read back; the rest still reads, nothing raises
+    damaged = tmp_path / "damaged"
+    shutil.copytree(log_dir, damaged)
+    lines = (damaged / "database_tuning_record.json").read_text().splitlines()
+    first = json.loads(lines[0])
+    first[1][0] = [[["SampleCategorical", [], "not attributes", ["v0"]]], [[0, 7]]]
+    workloads = (damaged / "database_workload.json").read_text().splitlines()
+    hit = json.loads(workloads[first[0]])
+    workloads[first[0]] = json.dumps([hit[0], "bm90IGEgbW9kdWxl"])  # base64 of "not a module"
+    (damaged / "database_tuning_record.json").write_text("\n".join([json.dumps(first)] + lines[1:]) + "\n")
+    (damaged / "database_workload.json").write_text("\n".join(workloads) + "\n")
+    survived = tuning_log_knobs(damaged)
+    assert survived and set(survived) < set(view)
+    assert all(knobs == view[name] for name, knobs in survived.items())

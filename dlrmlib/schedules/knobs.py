@@ -190,7 +190,10 @@ def tuning_log_knob_records(folder: Path) -> dict[str, tuple[float, dict]]:
         if knobs is None:
             continue
         if index not in layers:
-            shape = dense_shape(Workload.from_json(json.loads(workloads[index])).mod)
+            try:
+                shape = dense_shape(Workload.from_json(json.loads(workloads[index])).mod)
+            except Exception:  # a workload TVM cannot read back (damaged): its records say no knobs
+                shape = None
             named = names.get(index)  # ReLU or not: the task's name says (fused_matmul_add_relu)
             layers[index] = DenseShape(*shape, relu="relu" in named) if shape and named else None
         layer = layers[index]
