@@ -1,8 +1,10 @@
-"""Atomic writes: a crash or a full disk leaves the old file or the new one, never half a file."""
+"""Atomic writes: a crash or a full disk leaves the old file or the new one, never half a file; and
+the file helpers around them (links, copies, a library copy to load)."""
 from __future__ import annotations
 
 import atexit
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -131,9 +133,6 @@ def link_or_copy(src: Path, dst: Path) -> None:
             shutil.copyfile(src, tmp)
 
 
-_LOADABLE: list[Path] = []  # this process's private folder of library copies, made on first use
-
-
 def loadable_copy(path: str | os.PathLike) -> Path:
     """The path to load a shared library from, as the file is now. The dynamic loader keeps one
     library per path name for the life of a process, so a library rebuilt at the same path (a
@@ -143,14 +142,19 @@ def loadable_copy(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.is_file():
         return path  # the loader says what is wrong with it
-    if not _LOADABLE:
-        _LOADABLE.append(Path(tempfile.mkdtemp(prefix="dlrm-libraries-")))
-        atexit.register(shutil.rmtree, _LOADABLE[0], True)
-    copy = _LOADABLE[0] / f"{sha256_file(path)[:16]}-{path.name}"
+    copy = _library_copies() / f"{sha256_file(path)[:16]}-{path.name}"
     if not copy.exists():
         with atomic_path(copy) as tmp:
             shutil.copyfile(path, tmp)
     return copy
+
+
+@functools.cache
+def _library_copies() -> Path:
+    """This process's private folder of library copies, made on first use, removed at exit."""
+    folder = Path(tempfile.mkdtemp(prefix="dlrm-libraries-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
 
 
 FICLONE = 0x40049409  # Linux's ioctl to share a file's blocks (Btrfs, XFS, bcachefs): a copy in no time

@@ -383,7 +383,7 @@ def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batc
             _written_latencies(folder, tasks, kept["mod"], target_dict, knobs, prepack, builder, runner, session, log)
             once = ts.make_runner(rpc, repeat=ts.ONCE_REPEATS)
             _untuned_latencies(tasks, session.tasks, target, builder, once, folder, log)
-            if space != "default":  # each Dense kernel's first trial: the hand-written kernel
+            if space != "default":  # each Dense kernel's first trials: the hand-written kernel's knobs
                 seeds = seed_candidates(contexts, tasks, session, target_dict, knobs, trials - done)
                 measure_seeds(seeds, contexts, session, folder, target, builder, runner, log)
                 if prepack:
