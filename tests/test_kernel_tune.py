@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from workloads import dense_workload
 
 from dlrmlib.core.errors import DlrmError
 
@@ -157,23 +158,6 @@ def test_shipped_kernel_logs_are_complete_and_usable():
                 assert set(config) == {"prefetch", "locality"}
 
 
-def _dense_workload(m: int, k: int, n: int, epilogue: str):
-    """A Dense kernel as the tuned build's fused workloads are written: x[M,K] @ w[K,N] (the
-    prepacked build's transposed weights), then bias + ReLU, bias alone, or nothing."""
-    from tvm import te, tirx
-
-    x = te.placeholder((m, k), "float32", name="x")
-    w = te.placeholder((k, n), "float32", name="w")
-    b = te.placeholder((n,), "float32", name="b")
-    r = te.reduce_axis((0, k), name="r")
-    out = te.compute((m, n), lambda i, j: te.sum(x[i, r] * w[r, j], axis=r), name="matmul")
-    if epilogue != "none":
-        out = te.compute((m, n), lambda i, j: out[i, j] + b[j], name="T_add")
-    if epilogue == "relu":
-        out = te.compute((m, n), lambda i, j: tirx.max(out[i, j], tirx.const(0, "float32")), name="compute")
-    return te.create_prim_func([x, w, b, out] if epilogue != "none" else [x, w, out])
-
-
 @pytest.mark.parametrize("m, k, n, epilogue", [(16, 367, 64, "relu"), (16, 13, 32, "bias"), (12, 40, 48, "none")])
 def test_every_sampled_hand_written_schedule_computes_the_dense_layer(m, k, n, epilogue):
     """The hand-written GEMM as a MetaSchedule design space: schedules sampled with different
@@ -191,9 +175,9 @@ def test_every_sampled_hand_written_schedule_computes_the_dense_layer(m, k, n, e
     from dlrmlib.tuning.session import cpu_intrinsics_only
 
     cpu_intrinsics_only()  # a TuneContext imports every target's intrinsics otherwise (30-40 s)
-    func = _dense_workload(m, k, n, epilogue)
+    func = dense_workload(m, k, n, epilogue)
     assert dense_shape(tvm.IRModule({"main": func})) == (m, k, n)
-    assert dense_shape(tvm.IRModule({"main": _dense_workload(m, k, 1, "relu")})) is None
+    assert dense_shape(tvm.IRModule({"main": dense_workload(m, k, 1, "relu")})) is None
     target = tvm.target.Target(host_target())
     postprocs = ms.TuneContext(mod=tvm.IRModule({"main": func}), target=target, space_generator="post-order-apply",
                                search_strategy="replay-trace").space_generator.postprocs

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_kernel_tune import _dense_workload
+from workloads import dense_workload
 
 NAME = "tiny-knob-view"  # its own experiment: its tuning log starts empty and has no kernel log
 
@@ -45,7 +45,7 @@ def test_every_knob_candidate_is_a_schedule_whose_record_reads_back_as_its_knobs
     from dlrmlib.tuning.session import cpu_intrinsics_only
 
     cpu_intrinsics_only()
-    mod = tvm.IRModule({"main": _dense_workload(m, k, n, "relu")})
+    mod = tvm.IRModule({"main": dense_workload(m, k, n, "relu")})
     layer = DenseShape(m, k, n)
     database = ms.database.JSONDatabase(work_dir=str(tmp_path))
     for lanes in (8, 16):  # AVX2's candidates (16-wide panels, 6-row cut-short tiles) and AVX-512's
