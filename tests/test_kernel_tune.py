@@ -182,8 +182,8 @@ def test_every_sampled_hand_written_schedule_computes_the_dense_layer(m, k, n, e
     postprocs = ms.TuneContext(mod=tvm.IRModule({"main": func}), target=target, space_generator="post-order-apply",
                                search_strategy="replay-trace").space_generator.postprocs
     rng = np.random.default_rng(0)
-    x, w, b = (rng.standard_normal(s).astype("float32") for s in ((m, k), (k, n), (n,)))
-    expected = x @ w + (b if epilogue != "none" else 0)
+    x, w, b = (rng.standard_normal(s).astype("float32") for s in ((m, k), (n, k), (n,)))
+    expected = x @ w.T + (b if epilogue != "none" else 0)
     expected = np.maximum(expected, 0) if epilogue == "relu" else expected
     decisions = set()
     tall = tallest_rows(m, 16, 8)  # AVX2's tallest tile for a 16-wide panel: 6 rows, 16 % 6 cuts the last short

@@ -12,7 +12,7 @@ import hashlib
 from pathlib import Path
 
 from dlrmlib.core.errors import DlrmError
-from dlrmlib.formats.tuning_log import RECORDS_FILE, UNTUNED_DB, read_tasks, snapshot_log
+from dlrmlib.formats.tuning_log import RECORDS_FILE, UNTUNED_DB, check_dense_weights, read_tasks, snapshot_log
 from dlrmlib.frontend.relax import NUM_INPUTS, front_passes
 from dlrmlib.schedules import written_kernels
 from dlrmlib.schedules.prepack import TRANSFORM, lift_weight_transforms
@@ -126,6 +126,7 @@ def check_log_mode(folder: Path, prepack: bool) -> None:
         raise DlrmError(f"the tuning log {folder} was tuned {said(tasks.get('prepack'))} weight prepacking, this "
                         f"build is {said(prepack)}: their kernels are different functions. Build with "
                         f"{flag(tasks.get('prepack'))}, or tune with {flag(prepack)} first")
+    check_dense_weights(folder, tasks)
 
 
 def add_untuned(folder: Path, snapshot: Path) -> int:

@@ -44,6 +44,10 @@ FAILED_RUN_S = 1e9  # MetaSchedule's run time of a candidate that failed to buil
 
 
 DEFAULT_PREPACK = True  # the tuned build: weights laid out once in main_transform_params
+# tasks.json's `dense_weights` in a prepacked log: each Gemm's weight is a parameter of its matmul
+# kernel (fused_NT_matmul), which the tuned schedules lay out (dlrmlib.frontend.relax.front_passes).
+# Older prepacked logs tuned kernels that read a transposed copy, which no build makes now.
+DENSE_WEIGHTS = "in-kernel"
 
 
 def tuning_log_dir(experiment: Experiment, prepack: bool = False) -> Path:
@@ -296,6 +300,16 @@ def read_trials(folder: Path) -> list[dict]:
 def read_tasks(folder: Path) -> dict | None:
     path = Path(folder) / TASKS_FILE
     return read_json(path) if path.is_file() else None
+
+
+def check_dense_weights(folder: Path, tasks: dict | None) -> None:
+    """A prepacked log from before the Gemm weights went into their matmul kernels is refused by
+    name: its records are for kernels no build makes now, so a build would find none of them
+    and a tuning run would start over beside them."""
+    if tasks and tasks.get("prepack") and tasks.get("dense_weights") != DENSE_WEIGHTS:
+        raise DlrmError(f"the tuning log {folder} was tuned on Dense kernels that read a transposed copy of their "
+                        "weights, which builds no longer make (their weights are now laid out by the tuned kernels "
+                        "themselves): tune again in a fresh experiment, or move that log away")
 
 
 def trials_frame(folder: Path) -> "pd.DataFrame":
