@@ -38,6 +38,7 @@ from dlrmlib.core.machine import measure_peak_gflops
 from dlrmlib.core.target import cpu_description, host_target
 from dlrmlib.formats.shipped_log import SHIPPED_FILE
 from dlrmlib.formats.tuning_log import (
+    DENSE_WEIGHTS,
     RECORDS_FILE,
     TASKS_FILE,
     TRIALS_FILE,
@@ -45,6 +46,7 @@ from dlrmlib.formats.tuning_log import (
     UNTUNED_FILE,
     WORKLOADS_FILE,
     WRITTEN_FILE,
+    check_dense_weights,
     count_records,
     fixed_seconds,
     read_tasks,
@@ -144,9 +146,9 @@ def _log_identity(experiment: Experiment, target: dict, prepack: bool) -> dict:
     import tvm
 
     params = experiment.params
-    return {"batch_size": params["batch_size"], "prepack": prepack, "target": target, "tvm_version": tvm.__version__,
-            "cpu": cpu_description(),  # the machine the log was measured on, for its curve's caption
-            "model": params.get("onnx_model") or f"preset {params.get('preset')}"}
+    return {"batch_size": params["batch_size"], "prepack": prepack, **({"dense_weights": DENSE_WEIGHTS} if prepack else {}),
+            "target": target, "tvm_version": tvm.__version__, "model": params.get("onnx_model") or f"preset {params.get('preset')}",
+            "cpu": cpu_description()}  # the machine the log was measured on, for its curve's caption
 
 
 def _check_log_identity(folder: Path, identity: dict) -> None:
@@ -155,6 +157,7 @@ def _check_log_identity(folder: Path, identity: dict) -> None:
     old = read_tasks(folder)
     if not old:
         return
+    check_dense_weights(folder, old)
     for key, what in (("batch_size", "batch size"), ("prepack", "weight prepacking")):
         if old.get(key) != identity[key]:
             raise DlrmError(f"the tuning log {folder} was made with {what} {old.get(key)}, this run has "
@@ -377,6 +380,7 @@ def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batc
     with _quiet_metaschedule():
         contexts = _contexts(tasks, folder, threads, seed, space)
         builder, runner = ts.PooledBuilder(threads), ts.make_runner(rpc)
+        session.retime_best = functools.partial(ts.retime_best, contexts, folder, target, builder, runner)
         if rpc is not None:
             log(f"[tune] measuring on {rpc.servers} RPC server(s) with key {rpc.key!r} via the tracker at {rpc.tracker}")
         try:
@@ -404,9 +408,8 @@ def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batc
                 if result.estimated_latency_s is not None else "some kernels could not be timed")
     log(f"[tune] {result.new_trials} trials in {result.seconds:.0f} s ({result.trials_per_minute:.1f} per minute); "
         f"the log holds {result.trials}; {estimate}")
-    if session.at_roof:
-        log(f"[tune] within {session.roof_margin:.0%} of the compute roof (sgemm peak {session.peak_flops / 1e9:.0f} "
-            f"GFLOP/s, the highest measured), no more trials: {', '.join(session.at_roof)}")
+    for line in session.roof_lines():
+        log(line)
     if session.stalled:
         log(f"[tune] converged (no gain of {ts.STALL_GAIN:.0%} in {ts.STALL_BATCHES} batches): {', '.join(session.stalled)}")
     if session.end_reason():
