@@ -7,6 +7,12 @@ import pytest
 
 TINY_BATCH = 16
 TINY_SAMPLES = 64
+MAX_WORKERS = 4  # each worker makes the session's shared experiment and build again
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (pyproject.toml): one worker per usable core, at most MAX_WORKERS."""
+    return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +41,28 @@ def tiny_build(tiny_experiment):
     from dlrmlib.building.build import build
 
     return build(tiny_experiment, log=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def copy_tiny(tiny_build):
+    """copy_tiny(dest): a copy of the tiny experiment with `tiny_build`'s build only, to break or
+    run on. Other test files add builds to the shared experiment, and which of them ran first on
+    a worker depends on how pytest-xdist distributes the files; a copy of everything made "the
+    latest build" someone else's."""
+    import shutil
+    from pathlib import Path
+
+    source = tiny_build.manifest.parents[1]
+    keep = f"saved_model_{tiny_build.tag}."
+
+    def ignore(folder, names):
+        return [n for n in names if not n.startswith(keep)] if Path(folder) == source / "builds" else []
+
+    def copy(dest):
+        shutil.copytree(source, dest, ignore=ignore, dirs_exist_ok=True)
+        return dest
+
+    return copy
 
 
 # 04_profile's parameters for the shared run below: every peer, TVM (each build), two batch sizes

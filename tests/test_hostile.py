@@ -41,10 +41,10 @@ def clear_error(done, *words) -> str:
 
 
 @pytest.fixture()
-def copy(tiny_build, experiments_root, request):
+def copy(copy_tiny, experiments_root, request):
     """A copy of the session's tiny experiment with its untuned build, to damage freely."""
     name = f"hostile-{abs(hash(request.node.name)):x}"
-    shutil.copytree(tiny_build.manifest.parents[1], experiments_root / name)
+    copy_tiny(experiments_root / name)
     return Experiment.open(name)
 
 

@@ -1,6 +1,5 @@
 """MLPerf LoadGen on a real tiny build: the three scenarios in both modes with short research
 settings, the aggregated query samples, the results saved into the experiment, the CLI."""
-import shutil
 
 import numpy as np
 import pytest
@@ -16,10 +15,10 @@ SHORT = {"query_samples": 12, "min_duration_s": 1.5, "min_query_count": 8}
 
 
 @pytest.fixture(scope="module")
-def exp(tiny_build, experiments_root):
+def exp(copy_tiny, experiments_root):
     """A copy of the session's tiny experiment (build included), so LoadGen's measurements do
     not show up in other tests' tables."""
-    shutil.copytree(tiny_build.manifest.parents[1], experiments_root / "tiny-loadgen", dirs_exist_ok=True)
+    copy_tiny(experiments_root / "tiny-loadgen")
     return Experiment.open("tiny-loadgen")
 
 
