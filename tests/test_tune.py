@@ -30,6 +30,7 @@ from dlrmlib.formats.tuning_log import (
     read_written,
     repair_log,
     resolve_prepack,
+    set_aside_transposed_log,
     task_table,
     tuning_curve,
     tuning_log_dir,
@@ -164,6 +165,10 @@ def _dense_weights_are_laid_out_by_their_kernels(experiment, folder, tmp_path) -
     (old / "tasks.json").write_text(json.dumps(tasks))
     with pytest.raises(DlrmError, match="transposed copy of their weights"):
         build(experiment, FromLog(old), log=lambda _: None)
+    records = (old / RECORDS_FILE).read_bytes()  # a tuning run's first step sets it aside, whole
+    assert set_aside_transposed_log(old) == tmp_path / "before-nt.transposed-weights"
+    assert (tmp_path / "before-nt.transposed-weights" / RECORDS_FILE).read_bytes() == records
+    assert not any(old.iterdir()) and set_aside_transposed_log(folder) is None
 
 
 def test_prepacked_build_from_its_log_matches_onnx_runtime(experiment, plain_log, tmp_path):

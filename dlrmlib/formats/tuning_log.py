@@ -302,14 +302,31 @@ def read_tasks(folder: Path) -> dict | None:
     return read_json(path) if path.is_file() else None
 
 
+def _transposed_weights(tasks: dict | None) -> bool:
+    return bool(tasks and tasks.get("prepack") and tasks.get("dense_weights") != DENSE_WEIGHTS)
+
+
 def check_dense_weights(folder: Path, tasks: dict | None) -> None:
     """A prepacked log from before the Gemm weights went into their matmul kernels is refused by
-    name: its records are for kernels no build makes now, so a build would find none of them
-    and a tuning run would start over beside them."""
-    if tasks and tasks.get("prepack") and tasks.get("dense_weights") != DENSE_WEIGHTS:
+    name: its records are for kernels no build makes now, so a build would find none of them."""
+    if _transposed_weights(tasks):
         raise DlrmError(f"the tuning log {folder} was tuned on Dense kernels that read a transposed copy of their "
-                        "weights, which builds no longer make (their weights are now laid out by the tuned kernels "
-                        "themselves): tune again in a fresh experiment, or move that log away")
+                        "weights, which builds no longer make (the tuned kernels now lay their weights out "
+                        "themselves): tune again (`dlrm tune` sets an experiment's old log aside and starts anew)")
+
+
+def set_aside_transposed_log(folder: Path) -> Path | None:
+    """A tuning run's first step on such a log: it moves to a sibling folder, kept whole
+    (`prepack.transposed-weights`), and the run starts a new log. Returns where it went."""
+    folder = Path(folder)
+    if not _transposed_weights(read_tasks(folder)):
+        return None
+    dest, n = folder.with_name(f"{folder.name}.transposed-weights"), 1
+    while dest.exists():
+        dest, n = folder.with_name(f"{folder.name}.transposed-weights-{n}"), n + 1
+    folder.rename(dest)
+    folder.mkdir()
+    return dest
 
 
 def trials_frame(folder: Path) -> "pd.DataFrame":

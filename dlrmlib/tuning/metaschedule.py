@@ -55,6 +55,7 @@ from dlrmlib.formats.tuning_log import (
     reconcile_trials,
     repair_log,
     resolve_prepack,
+    set_aside_transposed_log,
     set_aside_damaged_records,
     tuning_curve,
     tuning_log_dir,
@@ -343,6 +344,8 @@ def tune(experiment: Experiment | str, trials: int = DEFAULT_TRIALS, max_trials_
     started = time.perf_counter()
     with tuning_lock(experiment):
         folder.mkdir(parents=True, exist_ok=True)
+        if (aside := set_aside_transposed_log(folder)) is not None:
+            log(f"[tune] {folder} was tuned on Dense kernels no build makes now (a transposed weight copy): set aside as {aside.name}")
         if repair_log(folder):
             log(f"[tune] cut a torn last line off the database in {folder} (a run was killed mid-write)")
         set_aside_damaged_records(folder, log)  # TVM's loader would stop at them without naming them
@@ -396,8 +399,9 @@ def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batc
             with _stop_after_batch_on_interrupt(session, log):
                 _run_tasks(contexts, session, folder, trials - done, cap, batch, builder, runner, seed, progress,
                            f"tune {experiment.name}")
-            _log_phases(session.new_trials, time.perf_counter() - looped, builder.seconds - built,
-                        runner.seconds - ran, log)
+            if session.new_trials:
+                log(ts.phases_line(session.new_trials, time.perf_counter() - looped, builder.seconds - built,
+                                   runner.seconds - ran))
             if session.new_trials and not session.stop_requested:  # which of each pair a build takes
                 duel(folder, contexts, tasks, session, target_dict, builder, runner, log)
         finally:
@@ -417,15 +421,6 @@ def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batc
     if session.stop_requested:
         raise KeyboardInterrupt(f"tuning stopped at {result.trials} trials; run again to continue")
     return result
-
-
-def _log_phases(trials: int, total: float, build: float, run: float, log) -> None:
-    """Where a trial's time went in the tuning loop: search (candidates, cost model, database),
-    build (the workers), measurement."""
-    if trials:
-        search = max(0.0, total - build - run)
-        log(f"[tune] per trial: search {search / trials:.2f} s, build {build / trials:.2f} s, "
-            f"measure {run / trials:.2f} s ({trials} trials, {total:.0f} s in the loop)")
 
 
 def _new_session(experiment, folder: Path, tasks: list, target: dict, prepack: bool, trials: int, done: int,

@@ -185,6 +185,14 @@ def retime_best(contexts: list, folder: Path, target, builder, runner, i: int, r
     return None if best is None else measure_alternating([best], target, builder, runner, rounds)[0]
 
 
+def phases_line(trials: int, total: float, build: float, run: float) -> str:
+    """Where a trial's time went in the tuning loop: search (candidates, cost model, database),
+    build (the workers), measurement."""
+    search = max(0.0, total - build - run)
+    return (f"[tune] per trial: search {search / trials:.2f} s, build {build / trials:.2f} s, "
+            f"measure {run / trials:.2f} s ({trials} trials, {total:.0f} s in the loop)")
+
+
 def commit_untuned(folder: Path, mods: list, latencies: list[float | None], target) -> None:
     """The untuned kernels as tuning records in a database of their own, which a build adds to
     the log's: MetaSchedule then applies, per kernel, the faster of the untuned kernel and the
