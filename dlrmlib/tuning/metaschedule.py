@@ -55,8 +55,8 @@ from dlrmlib.formats.tuning_log import (
     reconcile_trials,
     repair_log,
     resolve_prepack,
-    set_aside_transposed_log,
     set_aside_damaged_records,
+    set_aside_transposed_log,
     tuning_curve,
     tuning_log_dir,
 )
