@@ -23,6 +23,8 @@ from dlrmlib.cli.main import main as dlrm
 from dlrmlib.core.errors import DlrmError
 from dlrmlib.formats.tuning_log import (
     RECORDS_FILE,
+    TASKS_FILE,
+    WORKLOADS_FILE,
     count_records,
     crossing,
     log_mode,
@@ -154,15 +156,15 @@ def _dense_weights_are_laid_out_by_their_kernels(experiment, folder, tmp_path) -
 
     dense = [t["name"] for t in read_tasks(folder)["tasks"] if "matmul" in t["name"]]
     assert dense and all("NT_matmul" in name for name in dense)
-    for line in (folder / "database_workload.json").read_text().splitlines():
+    for line in (folder / WORKLOADS_FILE).read_text().splitlines():
         func = ms.database.Workload.from_json(json.loads(line)).mod["main"]
         if "matmul" in func.script():
             assert 1 in [int(i) for i in func.attrs["layout_free_buffers"]]
     old = tmp_path / "before-nt"
     shutil.copytree(folder, old)
-    tasks = json.loads((old / "tasks.json").read_text())
+    tasks = json.loads((old / TASKS_FILE).read_text())
     del tasks["dense_weights"]
-    (old / "tasks.json").write_text(json.dumps(tasks))
+    (old / TASKS_FILE).write_text(json.dumps(tasks))
     with pytest.raises(DlrmError, match="transposed copy of their weights"):
         build(experiment, FromLog(old), log=lambda _: None)
     records = (old / RECORDS_FILE).read_bytes()  # a tuning run's first step sets it aside, whole

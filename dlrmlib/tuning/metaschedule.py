@@ -46,7 +46,6 @@ from dlrmlib.formats.tuning_log import (
     UNTUNED_FILE,
     WORKLOADS_FILE,
     WRITTEN_FILE,
-    check_dense_weights,
     count_records,
     fixed_seconds,
     read_tasks,
@@ -158,7 +157,6 @@ def _check_log_identity(folder: Path, identity: dict) -> None:
     old = read_tasks(folder)
     if not old:
         return
-    check_dense_weights(folder, old)
     for key, what in (("batch_size", "batch size"), ("prepack", "weight prepacking")):
         if old.get(key) != identity[key]:
             raise DlrmError(f"the tuning log {folder} was made with {what} {old.get(key)}, this run has "
