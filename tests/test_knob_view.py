@@ -1,8 +1,8 @@
-"""The Dense knobs as a view of the MetaSchedule tuning log: every knob setting of the
-hand-written GEMM is a schedule of its design space, a record of it reads back as the same
-knobs (other schedules as none), a tuning run without a kernel log measures every candidate as
-its first trials, and `dlrm build --schedule custom` takes the fastest from the log. Real TVM,
-a real JSON database, a real (tiny) tuning run and build."""
+"""One tuning log holds every knob: every knob setting of the hand-written GEMM is a schedule of
+its design space, a record of it reads back as the same knobs (other schedules as none), a
+tuning run without a kernel log measures every candidate as its first trials and the
+interaction's knobs into the same log, and `dlrm build --schedule custom` takes the fastest from
+it. Real TVM, a real JSON database, a real (tiny) tuning run and build."""
 from __future__ import annotations
 
 import json
@@ -73,50 +73,62 @@ def test_every_knob_candidate_is_a_schedule_whose_record_reads_back_as_its_knobs
         assert _read_back(database, tmp_path, mod, sch.trace) is None, decisions
 
 
-def test_a_tuning_run_without_kernel_log_measures_every_knob_and_the_custom_build_takes_the_fastest(
-        experiments_root, tmp_path):
+def test_one_tuning_log_holds_every_knob_and_the_custom_build_takes_the_fastest(experiments_root, tmp_path):
+    """No kernel log: the tuning run measures the interaction's knobs into its own log, every
+    Dense knob candidate is a first trial, and both builds read their knobs from that log."""
     import tvm
 
     from dlrmlib.building.build import build
     from dlrmlib.building.recipes import Custom
     from dlrmlib.core.target import host_target
-    from dlrmlib.formats.tuning_log import read_trials, read_written, tuning_log_dir
+    from dlrmlib.formats.tuning_log import KNOBS_FILE, read_trials, read_written, tuning_log_dir, written_choice
     from dlrmlib.formats.weights import read_manifest
     from dlrmlib.prepare import prepare
-    from dlrmlib.schedules.knobs import dense_candidates, read_log, tuning_log_knobs
+    from dlrmlib.schedules.knobs import default_kernel_log, dense_candidates, kernel_configs, read_log, tuning_log_knobs
     from dlrmlib.schedules.rewrite import vector_lanes
-    from dlrmlib.tuning.kernels import MS_UNTUNED, model_kernels, tune_kernels
+    from dlrmlib.tuning.kernels import PASSES, candidates, model_kernels
     from dlrmlib.tuning.metaschedule import tune
 
     experiment = prepare(NAME, preset="tiny", batch_size=16, samples=64, root=experiments_root, log=lambda _: None)
     lanes = vector_lanes(tvm.target.Target(host_target()))
-    dense = [k.shape for k in model_kernels(experiment) if k.kind == "dense"]
+    kernels = model_kernels(experiment)
+    dense = [k.shape for k in kernels if k.kind == "dense"]
+    interaction = next(k for k in kernels if k.kind == "interaction")
     seeds = sum(len(dense_candidates(layer, lanes)) for layer in dense)
-
-    # 02_tune's first step: the knob tuner measures only what MetaSchedule does not (the interaction)
-    folder = tune_kernels(experiment, kinds=MS_UNTUNED, min_seconds=0.01, passes=1, progress=False, log=lambda _: None)
-    assert {r["kind"] for r in read_log(folder)} == {"interaction"}
 
     # one trial per kernel beyond the seeds: the Dense kernels are done after their first trials
     tune(experiment, trials=seeds + 8, max_trials_per_task=1, trials_per_batch=4, progress=False, log=lambda _: None)
     log_dir = tuning_log_dir(experiment, prepack=True)
+    assert default_kernel_log(experiment) is None, "the run wrote a second log"
+    # the knobs MetaSchedule cannot time: every interaction candidate, on the experiment's tables, in the log
+    measured = read_log(log_dir)
+    assert {r["kind"] for r in measured} == {"interaction"}
+    assert len(measured) == PASSES * len(candidates(interaction, lanes)) > PASSES
+    assert all(r["seconds"] > 0 for r in measured)
+    fastest = kernel_configs(log_dir)[interaction.name]
     first = [t for t in read_trials(log_dir) if t.get("error") is None]
     assert len(first) >= seeds
     view = tuning_log_knobs(log_dir)
     assert set(view) == {layer.name for layer in dense}, "a Dense layer's knobs are missing from the tuning log"
     for layer in dense:
         assert view[layer.name]["bn"] in {c["bn"] for c in dense_candidates(layer, lanes)}
-    # the hand-written GEMM the duel and a build from the log use: the fastest knobs, not the defaults
-    written = read_written(log_dir)["dense"]
-    assert written and all(entry["knobs"] == view[entry["kernel"]] for entry in written.values())
+    # the hand-written kernels the duel and a tuned build use: the fastest knobs, not the defaults
+    written = read_written(log_dir)
+    assert written["dense"] and all(entry["knobs"] == view[entry["kernel"]] for entry in written["dense"].values())
+    assert written["fixed"][interaction.name]["knobs"] == fastest == written_choice(log_dir)[1][interaction.name]
 
     result = build(experiment, Custom(), log=lambda _: None)
     manifest = read_manifest(result.manifest)
-    assert manifest["build"]["knobs_from_tuning_log"] == sorted(view)
-    assert all(manifest["build"]["kernel_knobs"][name] == knobs for name, knobs in view.items())
+    assert manifest["build"]["knobs_from_tuning_log"] == sorted([*view, interaction.name])
+    assert manifest["build"]["kernel_knobs"] == {**view, interaction.name: fastest}
     assert result.verification["max_abs_error"] < 1e-4
+    # a resumed run measures no knob twice
+    tune(experiment, trials=seeds + 12, max_trials_per_task=2, trials_per_batch=4, progress=False, log=lambda _: None)
+    assert len(read_log(log_dir)) == len(measured)
     # an explicit kernel log says which knobs to use: the tuning log does not fill in
-    explicit = build(experiment, Custom(kernel_log=folder), log=lambda _: None)
+    (tmp_path / "knobs").mkdir()
+    (tmp_path / "knobs" / KNOBS_FILE).write_text((log_dir / KNOBS_FILE).read_text())
+    explicit = build(experiment, Custom(kernel_log=tmp_path / "knobs"), log=lambda _: None)
     assert read_manifest(explicit.manifest)["build"]["knobs_from_tuning_log"] == []
     # the same tag, other knobs, one process: the second library is the one packed and checked
     assert explicit.verification["max_abs_error"] < 1e-4

@@ -39,16 +39,18 @@ def test_setup_tune_and_build_notebooks_run_under_papermill(experiments_root, tm
     out = tmp_path / "executed"
     setup = run_notebook("01_setup", "nb-tiny", {"preset": "tiny", "batch_size": 8, "samples": 40}, output_dir=out)
     tune = run_notebook("02_tune", "nb-tiny", {"trials": 8, "kernel_seconds": 0.01}, output_dir=out)
-    # the knob step measures the interaction alone; the Dense layers' knobs are the first trials
+    # one log: the run measures the interaction's knobs into it; the Dense layers' knobs are the first trials
     assert "default / best" in _outputs(tune) and "interaction_b8" in _outputs(tune)
     assert "dense_m8_k367_n64_relu" not in _outputs(tune) and "first trials:" in _outputs(tune)
     assert '"image/png"' in _outputs(tune), "the tuning curve is a picture, not a figure's repr"
     assert '"image/png"' in _outputs(setup), "the id-skew plot is a picture"
-    assert (experiments_root / "nb-tiny" / "tune" / "custom" / "kernels.jsonl").is_file()
+    assert (experiments_root / "nb-tiny" / "tune" / "prepack" / "kernels.jsonl").is_file()
+    assert not (experiments_root / "nb-tiny" / "tune" / "custom").exists()
     build = run_notebook("03_build", "nb-tiny", {"instances": 1}, output_dir=out)
     text = _outputs(build)
-    assert "python_vm_untuned" in text and "onnxruntime" in text and "kernel knobs from" in text
+    assert "python_vm_untuned" in text and "onnxruntime" in text
     assert "Dense layers from the MetaSchedule records of the hand-written space" in text
+    assert "(interaction_b8" in text and "from the knob records of" in text
     # the tuned build is named after its log's records: the 8 trials and each Dense kernel's seed
     records = count_records(tuning_log_dir(Experiment.open("nb-tiny", root=experiments_root), prepack=True))
     assert records >= 8 and f"native_{records}_prepack" in text and "native_custom" in text, \

@@ -47,6 +47,7 @@ from dlrmlib.formats.weights import (
     verify_library,
     verify_weights_folder,
 )
+from dlrmlib.schedules.knobs import kernel_configs
 from dlrmlib.tuning.metaschedule import tune
 
 NAME = "tune-tiny"
@@ -190,6 +191,11 @@ def test_prepacked_build_from_its_log_matches_onnx_runtime(experiment, plain_log
     assert '"SetScope"' in records, "no schedule of the hand-written space in the log (the killed run's)"
     written = read_written(tuning_log_dir(experiment, prepack=True))  # used as written: no task
     assert any(name.startswith("interaction") for name in written["fixed"]) and written["dense"]
+    # the interaction's prefetch knobs: measured by the run into its own log, timed and built with
+    measured = kernel_configs(tuning_log_dir(experiment, prepack=True))
+    interaction = next(name for name in written["fixed"] if name.startswith("interaction"))
+    assert written["fixed"][interaction]["knobs"] == measured[interaction]
+    assert manifest["build"]["kernel_knobs"][interaction] == measured[interaction]
     # each tuned Dense layer: its hand-written GEMM and best trial timed side by side at the run's end,
     # and the build takes the faster of each pair
     duels = {d["kernel"]: d["duel"] for d in written["dense"].values() if "duel" in d}

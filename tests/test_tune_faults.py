@@ -7,7 +7,8 @@ import pytest
 
 from dlrmlib.core.errors import DlrmError
 from dlrmlib.formats.tuning_log import count_records
-from dlrmlib.tuning.metaschedule import tune, tuning_lock
+from dlrmlib.tuning.lock import tuning_lock
+from dlrmlib.tuning.metaschedule import tune
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,9 @@ def test_nonsense_budgets_are_refused_by_the_command(experiment, capsys, flag, v
 @pytest.mark.parametrize("kwargs, message", [({"trials": -1}, "trials must be a positive integer"),
                                              ({"trials": 8, "max_trials_per_task": 0}, "max_trials_per_task"),
                                              ({"trials": 2.5}, "trials must be a positive integer"),
-                                             ({"trials": 8, "roof_margin": -1}, "roof_margin")])
+                                             ({"trials": 8, "roof_margin": -1}, "roof_margin"),
+                                             ({"trials": 8, "kernel_precisions": ("bf16",)}, "kernel_precisions"),
+                                             ({"trials": 8, "knob_seconds": 0}, "knob_seconds")])
 def test_nonsense_budgets_are_refused_by_the_library(experiment, kwargs, message):
     with pytest.raises(DlrmError, match=message):
         tune(experiment, progress=False, log=lambda _: None, **kwargs)

@@ -42,7 +42,7 @@ from dlrmlib.schedules.amx import MATTR
 from dlrmlib.schedules.avx2_int8 import DEFAULT_OPERANDS, OPERANDS, avx2_quantization_facts
 from dlrmlib.schedules.int8_tiles import int8_tiles_used
 from dlrmlib.schedules.reduced import PRECISIONS, quantization_facts
-from dlrmlib.schedules.knobs import default_kernel_log, kernel_configs, tuning_log_knobs
+from dlrmlib.schedules.knobs import current, default_kernel_log, kernel_configs, read_log, tuning_log_knobs
 from dlrmlib.schedules.prepack import TRANSFORM, transformed_param_specs, write_transformed_weights
 
 Weights = tuple[Path, list[ParamSpec], str]  # (folder, params in `main`'s order, layout id)
@@ -179,6 +179,7 @@ class FromLog:
                     "tuning_log": os.path.relpath(folder, experiment.builds_dir) if database else None,
                     "pipeline": f"dlrmlib.building.from_log.tuned_pipeline ({', '.join(parts)})"}
             written = written_choice(folder) if database else None  # the hand-written kernels it uses
+            info["kernel_knobs"] = written[1] if written else {}  # theirs, as the run timed them
             lowering = Lowering(source.mod, tuned_pipeline(source.target, database, prepack, facts, written), info,
                                 tag=self.tag_for(records, prepack, shipped))
             if prepack:
@@ -271,10 +272,11 @@ class Custom:
         yield lowering
 
     def tuning_log_knobs(self, experiment: Experiment, knobs: dict, log) -> dict:
-        """The Dense layers' knobs the kernel log does not have, from the experiment's own
-        (prepacked) MetaSchedule tuning log: its records of the hand-written space are these
-        kernels timed by the tuner (dlrmlib.schedules.knobs.tuning_log_knobs). Not with an
-        explicit --kernel-log, which says which knobs to use."""
+        """The knobs the kernel log does not have, from the experiment's own (prepacked)
+        MetaSchedule tuning log: the Dense layers' from its records of the hand-written space
+        (these kernels timed by the tuner, dlrmlib.schedules.knobs.tuning_log_knobs), the others'
+        from the knob records the tuning run measured (kernels.jsonl: the interaction's prefetch,
+        int8 tiles). Not with an explicit --kernel-log, which says which knobs to use."""
         if self.kernel_log is not None:
             return {}
         folder = tuning_log_dir(experiment, prepack=True)
@@ -282,7 +284,12 @@ class Custom:
         if found:
             log(f"[build] knobs of {len(found)} Dense layers from the MetaSchedule records of the hand-written space "
                 f"in {folder}")
-        return found
+        # the knobs the tuning run measured itself (the interaction's, int8 tiles): its kernels.jsonl
+        measured = kernel_configs(folder, log) if current(read_log(folder)) else {}
+        measured = {name: config for name, config in measured.items() if name not in knobs and name not in found}
+        if measured:
+            log(f"[build] knobs of {len(measured)} more kernels ({', '.join(measured)}) from the knob records of {folder}")
+        return {**found, **measured}
 
     def calibrated(self, source: Source) -> dict | None:
         """With `calibration="static"`: the Dense layers' input ranges over the calibration slice."""

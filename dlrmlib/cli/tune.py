@@ -25,9 +25,6 @@ def cmd_tune(args) -> None:
         if args.save_to:
             print(f"[tune-kernels] saved {save_kernel_log(Experiment.open(args.experiment), Path(args.save_to))}")
         return
-    if args.precision != "fp32":
-        raise DlrmError(f"--precision {args.precision} chooses which hand-written kernels --schedule custom measures; "
-                        "MetaSchedule tunes the fp32 model")
     from dlrmlib.tuning.metaschedule import tune  # deferred: imports TVM
 
     if args.save_to and not args.ship:
@@ -38,7 +35,7 @@ def cmd_tune(args) -> None:
     trials = DEFAULT_TRIALS if args.trials is None else args.trials
     tune(args.experiment, trials=trials, max_trials_per_task=args.max_trials_per_task,
          num_threads=args.num_threads, prepack=args.prepack, seed=args.seed, rpc=rpc, roof_margin=args.roof_margin,
-         space=args.space)
+         space=args.space, kernel_precisions=("fp32", "int8") if args.precision == "int8" else ("fp32",))
     if args.ship:
         _ship(args)
 
@@ -82,9 +79,9 @@ def add_subcommands(sub) -> None:
     p.add_argument("--keep", type=integer(1, 1000), metavar="K",
                    help=f"with --ship: records kept per kernel (default: {DEFAULT_KEEP})")
     p.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
-                   help="with --schedule custom: int8 measures the kernels of `dlrm build --precision int8` (the int8 "
-                        "GEMMs' tiles for this CPU's instruction set, and the shared interaction) into the same log "
-                        "(default: %(default)s)")
+                   help="int8: also measure the int8 GEMMs' tiles of `dlrm build --precision int8` for this CPU's "
+                        "instruction set, into the tuning log (with --schedule custom: into the kernel log) beside "
+                        "the interaction's knobs; MetaSchedule tunes the fp32 model (default: %(default)s)")
     p.add_argument("--save-to", metavar="DIR",
                    help="with --schedule custom: also copy the kernel log there, e.g. "
                         "logs/<machine>/<preset>/b<batch>; with --ship: the shipped log's folder instead of logs/...")

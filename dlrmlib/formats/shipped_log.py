@@ -21,6 +21,7 @@ from pathlib import Path
 from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.files import atomic_dir, read_json, sha256_file
 from dlrmlib.formats.tuning_log import (
+    KNOBS_FILE,
     RECORDS_FILE,
     TASKS_FILE,
     TRIALS_FILE,
@@ -177,7 +178,7 @@ def export_log(folder: Path, dest: Path, keep: int = DEFAULT_KEEP, about: dict |
         (tmp / TRIALS_FILE).write_text("".join(
             json.dumps({**trials[i], "trial": n, "tuned_trial": trials[i]["trial"]}, sort_keys=True) + "\n"
             for n, i in enumerate(kept, 1)))
-        for name in (TASKS_FILE, WRITTEN_FILE, UNTUNED_FILE):
+        for name in (TASKS_FILE, WRITTEN_FILE, UNTUNED_FILE, KNOBS_FILE):
             if (folder / name).is_file():
                 shutil.copyfile(folder / name, tmp / name)
         _copy_untuned(folder, tmp)

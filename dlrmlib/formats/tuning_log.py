@@ -37,6 +37,7 @@ TASKS_FILE = "tasks.json"
 UNTUNED_FILE = "untuned.json"
 UNTUNED_DB = "untuned"
 WRITTEN_FILE = "written.json"
+KNOBS_FILE = "kernels.jsonl"  # knob records of the hand-written kernels MetaSchedule cannot time (and the kernel log's)
 TRIALS_FILE = "trials.jsonl"
 PREPACK_LOG = "prepack"
 DAMAGED_SUFFIX = ".damaged"  # damaged lines set aside: database_tuning_record.json.damaged, trials.jsonl.damaged
@@ -345,7 +346,7 @@ def read_untuned(folder: Path) -> dict[str, float | None]:
 
 def read_written(folder: Path) -> dict:
     """`written.json`: {"dense": {task: {"kernel", "latency_s", "knobs"}}, "fixed": {kernel:
-    {"latency_s", "weight"}}}, empty parts for a log from before it."""
+    {"latency_s", "weight", "knobs"}}}, empty parts for a log from before it."""
     path = Path(folder) / WRITTEN_FILE
     written = read_json(path) if path.is_file() else {}
     return {"dense": written.get("dense", {}), "fixed": written.get("fixed", {})}
@@ -376,10 +377,14 @@ def written_choice(folder: Path) -> tuple[frozenset[str], dict]:
     """(Dense kernels a build uses as written, knobs per kernel): those whose hand-written
     packed GEMM was faster than the untuned kernel and every trial of its task; by the
     side-by-side timing at the end of the run (`duel`, dlrmlib.tuning.written.duel) where one
-    was made and no faster trial came after it, else by the figures logged during the run."""
-    written = read_written(folder)["dense"]
+    was made and no faster trial came after it, else by the figures logged during the run. The
+    knobs include those the kernels always used as written were timed with (the interaction's
+    prefetch, measured by the run on the experiment's own tables; logs from before say none)."""
+    everything = read_written(folder)
+    written = everything["dense"]
+    knobs = {name: k["knobs"] for name, k in everything["fixed"].items() if k.get("knobs")}
     if not written:
-        return frozenset(), {}
+        return frozenset(), knobs
     trials = trials_frame(folder)
     best = trials.groupby("task")["latency_s"].min() if not trials.empty else {}
     untuned = read_untuned(folder)
@@ -393,7 +398,7 @@ def written_choice(folder: Path) -> tuple[frozenset[str], dict]:
         others = [x for x in (best.get(task), untuned.get(task)) if x is not None and x == x]
         if kernel.get("latency_s") is not None and all(kernel["latency_s"] < x for x in others):
             chosen.add(kernel["kernel"])
-    knobs = {k["kernel"]: k.get("knobs", {}) for k in written.values()}
+    knobs.update({k["kernel"]: k.get("knobs", {}) for k in written.values()})
     return frozenset(chosen), knobs
 
 

@@ -17,13 +17,13 @@ from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.experiment import Experiment
 from dlrmlib.core.files import append_jsonl, read_jsonl
 from dlrmlib.core.target import host_target
-from dlrmlib.formats.tuning_log import RECORDS_FILE, split_records, task_names, workload_lines
+from dlrmlib.formats.tuning_log import KNOBS_FILE, RECORDS_FILE, split_records, task_names, workload_lines
 from dlrmlib.schedules.dense import PANEL, SERIAL_MACS, DenseConfig, DenseShape, row_block, tallest_rows
 from dlrmlib.schedules.int8_tiles import KNOBS as INT8_KNOBS
 from dlrmlib.schedules.int8_tiles import is_int8_kernel
 from dlrmlib.schedules.space import dense_shape, knobs_of_trace
 
-LOG_FILE = "kernels.jsonl"
+LOG_FILE = KNOBS_FILE
 KNOBS_VERSION = 2  # bumped when a knob's meaning or a kernel's code path changes: older records no longer count
 INT8_KNOBS_VERSION = 1  # the int8 GEMMs' (dlrmlib.schedules.int8_tiles), counted apart: a change to one never
 # retires the other's records, and logs from before the int8 knobs read as they did

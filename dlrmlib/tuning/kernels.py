@@ -49,7 +49,7 @@ from dlrmlib.schedules.knobs import (
     read_log,
 )
 from dlrmlib.schedules.rewrite import vector_lanes
-from dlrmlib.tuning.metaschedule import tuning_lock
+from dlrmlib.tuning.lock import tuning_lock
 
 MIN_SECONDS = 0.5  # timed work per candidate and pass
 PASSES = 2  # every candidate is measured once per pass, passes apart: a burst of load hits one, not both
@@ -182,12 +182,29 @@ def _int8_timer(kernel: Kernel, config: dict, target):
     return lambda k: fn(*args)
 
 
-def _interaction_timer(kernel: Kernel, config: dict, target, tables: list, id_batches: list):
+def compile_interactions(pairs: list, target) -> dict:
+    """(kernel name, config key) -> the compiled interaction of those knobs, for every
+    (kernel, config) in `pairs` that is an interaction: one module, compiled once (the candidates
+    differ in a few prefetch instructions; one at a time, compiling took most of the step)."""
+    import tvm
+
+    funcs = {(k.name, config_key(c)): interaction_func(k.shape, c["prefetch"], c["locality"])
+             for k, c in pairs if k.kind == "interaction"}
+    if not funcs:
+        return {}
+    names = {key: f"{key[0]}_candidate{i}" for i, key in enumerate(funcs)}
+    lib = tvm.compile(tvm.IRModule({names[key]: f.with_attr("global_symbol", names[key])
+                                    for key, f in funcs.items()}), target=target)
+    return {key: lib[name] for key, name in names.items()}
+
+
+def _interaction_timer(kernel: Kernel, config: dict, target, tables: list, id_batches: list, compiled: dict):
     import tvm
 
 
     shape = kernel.shape
-    fn = _compile(interaction_func(shape, config["prefetch"], config["locality"]), shape.name, target)
+    fn = compiled.get((kernel.name, config_key(config))) or _compile(
+        interaction_func(shape, config["prefetch"], config["locality"]), shape.name, target)
     rng = np.random.default_rng(0)
     x = tvm.runtime.tensor(rng.standard_normal((shape.batch, shape.dim), dtype=np.float32))
     out = tvm.runtime.empty((shape.batch, shape.width), "float32", tvm.cpu())
@@ -223,12 +240,13 @@ class _InteractionData:
 
 
 def measure(kernel: Kernel, config: dict, target, lanes: int, data: _InteractionData,
-            min_seconds: float = MIN_SECONDS) -> float:
-    """Seconds per call of one kernel with one knob setting."""
+            min_seconds: float = MIN_SECONDS, compiled: dict | None = None) -> float:
+    """Seconds per call of one kernel with one knob setting (`compiled`: interactions compiled
+    beforehand, `compile_interactions`)."""
     if kernel.kind == "dense":
         return _seconds_per_call(_dense_timer(kernel, config, target, lanes), min_seconds)
     if kernel.kind == "interaction":
-        timer = _interaction_timer(kernel, config, target, data.tables(kernel), data.ids())
+        timer = _interaction_timer(kernel, config, target, data.tables(kernel), data.ids(), compiled or {})
         return _seconds_per_call(timer, min_seconds)
     if kernel.kind == "int8":
         return _seconds_per_call(_int8_timer(kernel, config, target), min_seconds)
@@ -240,41 +258,51 @@ def measure(kernel: Kernel, config: dict, target, lanes: int, data: _Interaction
 def tune_kernels(experiment: Experiment | str, log_dir: Path | None = None, log=print,
                  progress: bool = True, min_seconds: float = MIN_SECONDS, passes: int = PASSES,
                  precision: str = "fp32", operands: str = DEFAULT_OPERANDS, kinds: tuple[str, ...] | None = None) -> Path:
+    """`dlrm tune --schedule custom`: `measure_knobs` under the experiment's tuning lock, into
+    `log_dir` (by default the experiment's tune/custom/); returns the log folder."""
+    exp = Experiment.of(experiment)
+    folder = Path(log_dir) if log_dir else kernel_log_dir(exp)
+    with tuning_lock(exp):
+        measure_knobs(exp, folder, log, progress, min_seconds, passes, precision, operands, kinds)
+    return folder
+
+
+def measure_knobs(exp: Experiment, folder: Path, log=print, progress: bool = True, min_seconds: float = MIN_SECONDS,
+                  passes: int = PASSES, precision: str = "fp32", operands: str = DEFAULT_OPERANDS,
+                  kinds: tuple[str, ...] | None = None) -> int:
     """Measure every candidate of the kernels a `precision` build makes (fp32, or int8 for this
-    host's instruction set and these AVX2 operands) `passes` times, minus what the log (by default
-    the experiment's tune/custom/) already holds; returns the log folder. `kinds`: only kernels
-    of these kinds (`MS_UNTUNED`: those MetaSchedule's tuning log does not time)."""
+    host's instruction set and these AVX2 operands) `passes` times, minus what `folder`'s
+    kernels.jsonl already holds, appending a record per measurement; `kinds`: only kernels of
+    these kinds (`MS_UNTUNED`: those MetaSchedule's runner cannot time as they run). The caller
+    holds the tuning lock. Returns the number of measurements made."""
     from collections import Counter
 
     import tvm
     from tqdm.auto import tqdm
 
-
-    exp = Experiment.of(experiment)
-    folder = Path(log_dir) if log_dir else kernel_log_dir(exp)
     target, isa = int8_target(host_target(), operands) if precision == "int8" else (host_target(), None)
     tvm_target = tvm.target.Target(target)
     lanes = vector_lanes(tvm_target)
-    with tuning_lock(exp):
-        done = Counter((r["kernel"], config_key(r["config"])) for r in current(read_log(folder)))
-        kernels = [k for k in model_kernels(exp, precision, operands) if kinds is None or k.kind in kinds]
-        every = [(k, c) for k in kernels for c in candidates(k, lanes)]
-        todo = [(k, c) for p in range(passes) for k, c in every if done[(k.name, config_key(c))] <= p]
-        log(f"[tune-kernels] {precision}{f' ({isa})' if isa else ''}: {len(kernels)} kernels, {len(every)} "
-            f"candidates x {passes} passes: {len(todo)} measurements to make ({sum(done.values())} already in {folder})")
-        data = _InteractionData(exp, exp.batch_size)
-        for kernel, config in tqdm(todo, desc="kernel candidates", unit="measurement", disable=not progress):
-            try:
-                seconds, error = measure(kernel, config, tvm_target, lanes, data, min_seconds), None
-            except Exception as e:  # a candidate that does not compile is recorded, not fatal
-                seconds, error = None, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-            int8 = {"isa": kernel.isa, "operands": kernel.operands} if kernel.kind == "int8" else {}
-            append_record(folder, {
-                "kernel": kernel.name, "kind": kernel.kind, "precision": "int8" if int8 else "fp32", **int8,
-                "shape": asdict(kernel.shape), "config": config, "knobs_version": knobs_version(kernel.name),
-                "seconds": seconds, "error": error, "mcpu": target["mcpu"], "vector_lanes": lanes,
-                "cpu": cpu_description(), "time": utc_now()})
-    return folder
+    done = Counter((r["kernel"], config_key(r["config"])) for r in current(read_log(folder)))
+    kernels = [k for k in model_kernels(exp, precision, operands) if kinds is None or k.kind in kinds]
+    every = [(k, c) for k in kernels for c in candidates(k, lanes)]
+    todo = [(k, c) for p in range(passes) for k, c in every if done[(k.name, config_key(c))] <= p]
+    log(f"[tune-kernels] {precision}{f' ({isa})' if isa else ''}: {len(kernels)} kernels, {len(every)} "
+        f"candidates x {passes} passes: {len(todo)} measurements to make ({sum(done.values())} already in {folder})")
+    data = _InteractionData(exp, exp.batch_size)
+    compiled = compile_interactions(list({(k.name, config_key(c)): (k, c) for k, c in todo}.values()), tvm_target)
+    for kernel, config in tqdm(todo, desc="kernel candidates", unit="measurement", disable=not progress):
+        try:
+            seconds, error = measure(kernel, config, tvm_target, lanes, data, min_seconds, compiled), None
+        except Exception as e:  # a candidate that does not compile is recorded, not fatal
+            seconds, error = None, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        int8 = {"isa": kernel.isa, "operands": kernel.operands} if kernel.kind == "int8" else {}
+        append_record(folder, {
+            "kernel": kernel.name, "kind": kernel.kind, "precision": "int8" if int8 else "fp32", **int8,
+            "shape": asdict(kernel.shape), "config": config, "knobs_version": knobs_version(kernel.name),
+            "seconds": seconds, "error": error, "mcpu": target["mcpu"], "vector_lanes": lanes,
+            "cpu": cpu_description(), "time": utc_now()})
+    return len(todo)
 
 
 def save_kernel_log(experiment: Experiment, dest: Path) -> Path:

@@ -39,6 +39,7 @@ from dlrmlib.core.target import cpu_description, host_target
 from dlrmlib.formats.shipped_log import SHIPPED_FILE
 from dlrmlib.formats.tuning_log import (
     DENSE_WEIGHTS,
+    KNOBS_FILE,
     RECORDS_FILE,
     TASKS_FILE,
     TRIALS_FILE,
@@ -64,9 +65,12 @@ from dlrmlib.schedules.rewrite import vector_lanes
 from dlrmlib.schedules.space import concat_space, dense_shape, dense_space, gather_concat_plan
 from dlrmlib.tuning import DEFAULT_TRIALS, MAX_TRIALS, MAX_TRIALS_WHY, ROOF_MARGIN
 from dlrmlib.tuning import session as ts
+from dlrmlib.tuning.lock import tuning_lock
 from dlrmlib.tuning.rpc import RpcMeasurement
-from dlrmlib.tuning.written import (adopt_measured_knobs, duel, kernel_knobs, measure_seeds, measure_written,
-                                    seed_candidates, with_written)
+from dlrmlib.tuning.kernels import MIN_SECONDS as KNOB_SECONDS
+from dlrmlib.tuning.kernels import PRECISIONS as KNOB_PRECISIONS
+from dlrmlib.tuning.written import (adopt_measured_knobs, duel, kernel_knobs, measure_seeds, measure_untimed_knobs,
+                                    measure_written, seed_candidates, with_written)
 
 ROOF_GEMM = 1536  # the peak's sgemm size: big enough for the BLAS to reach it, a second or so
 CI_TRIALS = 16  # under CI=true, as TVM's tutorials skip their expensive tuning there
@@ -101,18 +105,10 @@ def clear_log(experiment: Experiment | str, prepack: bool | None = None) -> None
     experiment = Experiment.of(experiment)
     folder = tuning_log_dir(experiment, resolve_prepack(experiment, prepack))
     with tuning_lock(experiment):
-        for name in (WORKLOADS_FILE, RECORDS_FILE, TASKS_FILE, UNTUNED_FILE, TRIALS_FILE, WRITTEN_FILE):
+        for name in (WORKLOADS_FILE, RECORDS_FILE, TASKS_FILE, UNTUNED_FILE, TRIALS_FILE, WRITTEN_FILE, KNOBS_FILE):
             (folder / name).unlink(missing_ok=True)
         for name in (UNTUNED_DB, "logs"):
             shutil.rmtree(folder / name, ignore_errors=True)
-
-
-# -- one run at a time -------------------------------------------------------------------------
-
-def tuning_lock(experiment: Experiment):
-    """The experiment's tuning lock (`tune/tune.lock`): one tuning run (MetaSchedule or the
-    kernel knobs) at a time."""
-    return experiment.lock("tune/tune", "tuned")
 
 
 # -- the module that is tuned and built --------------------------------------------------------
@@ -317,7 +313,8 @@ def tune(experiment: Experiment | str, trials: int = DEFAULT_TRIALS, max_trials_
          num_threads: int | None = None, prepack: bool | None = None, trials_per_batch: int | None = None,
          seed: int | None = None, progress: bool = True, log: Callable[[str], None] = print,
          rpc: "RpcMeasurement | None" = None, roof_margin: float | None = ROOF_MARGIN,
-         space: str = "union") -> TuneResult:
+         space: str = "union", kernel_precisions: tuple[str, ...] = ("fp32",),
+         knob_seconds: float = KNOB_SECONDS) -> TuneResult:
     """Tune until the experiment's log holds `trials` records (a larger budget than last time
     continues from the log; killing the run loses at most the batch being measured).
     With `rpc` (dlrmlib.tuning.rpc.RpcMeasurement), candidates are measured on the RPC tracker's
@@ -330,8 +327,16 @@ def tune(experiment: Experiment | str, trials: int = DEFAULT_TRIALS, max_trials_
     trials; `space` is each Dense kernel's design space (`union`: the hand-written packed GEMM
     and MetaSchedule's default rules; `default`; `hand-written`); `prepack` tunes the kernels of the weight-prepacked build (None: the
     default, prepacked, unless the experiment's only log is an older plain one, which goes on;
-    False: the plain build, for the study)."""
+    False: the plain build, for the study). Before the trials, the run measures the knobs of the
+    hand-written kernels MetaSchedule cannot time into the log's kernels.jsonl
+    (dlrmlib.tuning.written.measure_untimed_knobs): the interaction's, and with "int8" in
+    `kernel_precisions` the int8 GEMMs' tiles, each candidate timed for `knob_seconds` a pass;
+    `()`: none (the kernel log's or the default knobs)."""
     experiment = Experiment.of(experiment)
+    if not set(kernel_precisions) <= set(KNOB_PRECISIONS):
+        raise DlrmError(f"kernel_precisions must be among {', '.join(KNOB_PRECISIONS)}, got {kernel_precisions!r}")
+    if not (isinstance(knob_seconds, (int, float)) and 0 < knob_seconds < 60):
+        raise DlrmError(f"knob_seconds must be a time in seconds (above 0, under 60), got {knob_seconds!r}")
     _check_budget(trials, max_trials_per_task, num_threads, trials_per_batch)
     if space not in SPACES:
         raise DlrmError(f"space must be one of {', '.join(SPACES)}, got {space!r}")
@@ -354,11 +359,11 @@ def tune(experiment: Experiment | str, trials: int = DEFAULT_TRIALS, max_trials_
             return TuneResult(folder, done, 0, time.perf_counter() - started, _logged_estimate(folder))
         return _tune_rest(experiment, folder, trials, done, max_trials_per_task, num_threads or os.cpu_count() or 1,
                           prepack, trials_per_batch, seed, progress, log, started, rpc=rpc,
-                          roof_margin=roof_margin, space=space)
+                          roof_margin=roof_margin, space=space, knobs=(kernel_precisions, knob_seconds))
 
 
 def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batch, seed, progress, log,
-               started, rpc=None, roof_margin=None, space="union") -> TuneResult:
+               started, rpc=None, roof_margin=None, space="union", knobs=((), KNOB_SECONDS)) -> TuneResult:
     import tvm
 
 
@@ -368,7 +373,8 @@ def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batc
     target = tvm.target.Target(target_dict)
     log(f"[tune] {experiment.name}: extracting kernels for {target_dict['mcpu']}, batch "
         f"{experiment.batch_size}, {'weights prepacked' if prepack else 'plain weights (per-batch transposes)'}")
-    knobs, kept = kernel_knobs(experiment), {}
+    measure_untimed_knobs(experiment, folder, *knobs, rpc, progress, log)
+    knobs, kept = kernel_knobs(experiment, folder), {}
     fused = fused_module(experiment, target, prepack, before=with_written(target_dict, knobs, kept))
     tasks = extract_tasks(per_batch_kernels(fused, target, prepack), target)
     session = _new_session(experiment, folder, tasks, target_dict, prepack, trials, done, cap)

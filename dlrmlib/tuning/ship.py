@@ -13,7 +13,7 @@ from dlrmlib.core.paths import LOGS_DIR
 from dlrmlib.core.target import host_target, machine_kind
 from dlrmlib.formats.shipped_log import DEFAULT_KEEP, export_log, shipped_log_dir
 from dlrmlib.formats.tuning_log import count_records, read_tasks, resolve_prepack, tuning_log_dir
-from dlrmlib.tuning.metaschedule import tuning_lock
+from dlrmlib.tuning.lock import tuning_lock
 
 
 def ship_log(experiment: Experiment | str, dest: Path | None = None, keep: int = DEFAULT_KEEP,

@@ -18,16 +18,45 @@ from dlrmlib.core.files import write_json
 from dlrmlib.formats.tuning_log import WRITTEN_FILE, read_written, written_wins
 from dlrmlib.schedules import written_kernels
 from dlrmlib.schedules.dense import DenseConfig, DenseShape, dense_func, row_block
-from dlrmlib.schedules.knobs import default_kernel_log, dense_candidates, kernel_configs, tuning_log_knob_records
+from dlrmlib.schedules.knobs import (
+    current,
+    default_kernel_log,
+    dense_candidates,
+    kernel_configs,
+    read_log,
+    tuning_log_knob_records,
+)
 from dlrmlib.schedules.rewrite import vector_lanes
 from dlrmlib.schedules.space import dense_shape, dense_space, written_decisions
 from dlrmlib.tuning import session as ts
+from dlrmlib.tuning.kernels import MS_UNTUNED, measure_knobs
 
 
-def kernel_knobs(experiment) -> dict:
-    """The custom build's knobs per kernel name: the experiment's kernel log, else none."""
-    folder = default_kernel_log(experiment)
-    return kernel_configs(Path(folder), log=lambda _: None) if folder is not None else {}
+def kernel_knobs(experiment, log_dir: Path | None = None) -> dict:
+    """The hand-written kernels' knobs per kernel name: the experiment's kernel log (`dlrm tune
+    --schedule custom`), overridden by the knob records in the tuning log `log_dir` (those its
+    run measured, `measure_untimed_knobs`); none where neither has a kernel."""
+    knobs = {}
+    for folder in (default_kernel_log(experiment), log_dir):
+        if folder is not None and current(read_log(folder)):
+            knobs.update(kernel_configs(Path(folder), log=lambda _: None))
+    return knobs
+
+
+def measure_untimed_knobs(experiment, folder: Path, precisions: tuple[str, ...], seconds: float, rpc, progress: bool,
+                          log) -> None:
+    """The knobs MetaSchedule's runner cannot time as the kernels run, measured by the knob
+    tuner into the tuning log's own kernels.jsonl, resumably (what it holds is not measured
+    again): the interaction's prefetch distance and cache level, on the experiment's tables and
+    test-data ids (on random ids the rows come from cache and every distance looks alike), and,
+    for `precisions` with int8, the int8 GEMMs' register tiles. Not over RPC: the tables are
+    here, and a time taken here says nothing about the servers."""
+    if rpc is not None:
+        log("[tune] measuring on RPC servers: the interaction's prefetch knobs are not measured (they are timed on "
+            "the experiment's tables, on this machine); the kernel log's or the default knobs are used")
+        return
+    for precision in precisions:
+        measure_knobs(experiment, folder, log, progress, seconds, precision=precision, kinds=MS_UNTUNED)
 
 
 def with_written(target: dict, knobs: dict, keep: dict):
@@ -80,7 +109,7 @@ def measure_written(folder: Path, tasks: list, module, target: dict, knobs: dict
     latencies = ts.measure_untuned(mods, tvm.target.Target(target), builder, runner)
     written = {"dense": {task: {"kernel": made[0], "knobs": made[1], "latency_s": latency}
                          for (task, made), latency in zip(dense.items(), latencies)},
-               "fixed": {name: {"latency_s": latency, "weight": 1}
+               "fixed": {name: {"latency_s": latency, "weight": 1, "knobs": knobs.get(name)}
                          for name, latency in zip(fixed, latencies[len(dense):])}}
     write_json(folder / WRITTEN_FILE, written)
     return written
