@@ -108,6 +108,10 @@ def test_one_tuning_log_holds_every_knob_and_the_custom_build_takes_the_fastest(
     fastest = kernel_configs(log_dir)[interaction.name]
     first = [t for t in read_trials(log_dir) if t.get("error") is None]
     assert len(first) >= seeds
+    # a kernel's seeds are one batch of its search (one step of its history): counted one by one,
+    # a kernel whose first seed was its fastest "converged" before any search batch
+    seeded = read_trials(log_dir)[:seeds]
+    assert len({(t["task"], t["t"]) for t in seeded}) == len({t["task"] for t in seeded}) == len(dense)
     view = tuning_log_knobs(log_dir)
     assert set(view) == {layer.name for layer in dense}, "a Dense layer's knobs are missing from the tuning log"
     for layer in dense:

@@ -173,17 +173,23 @@ def measure_seeds(seeds: list, contexts: list, session, folder: Path, target, bu
     ready = [j for j, b in enumerate(built) if b.error_msg is None]
     ran = dict(zip(ready, runner.run([RunnerInput(built[j].artifact_path, "cpu", args[j]) for j in ready])))
     database = ms.database.JSONDatabase(work_dir=str(folder))
-    for j, (i, sch) in enumerate(seeds):
-        result = ran[j].result() if j in ran else None
-        error = built[j].error_msg or (result.error_msg if result is not None else None)
-        latency = ts.mean_seconds(result.run_secs) if error is None else None
-        # failed too, as MetaSchedule commits them: the trials file numbers trials by record
-        database.commit_tuning_record(ms.database.TuningRecord(
-            sch.trace, database.commit_workload(contexts[i].mod), [latency if latency is not None else 1e10],
-            target, args[j]))
-        session.record(i, [latency], [None if error is None else "seed: " + str(error).splitlines()[0][:200]])
-        if built[j].artifact_path:
-            shutil.rmtree(Path(built[j].artifact_path).parent, ignore_errors=True)
+    # a kernel's seeds are one batch (committed together, one history step): counted one by one,
+    # a kernel whose first seed was its fastest knobs "converged" before any search
+    for i in dict.fromkeys(i for i, _ in seeds):
+        latencies, errors = [], []
+        for j in (j for j, (k, _) in enumerate(seeds) if k == i):
+            result = ran[j].result() if j in ran else None
+            error = built[j].error_msg or (result.error_msg if result is not None else None)
+            latency = ts.mean_seconds(result.run_secs) if error is None else None
+            # failed too, as MetaSchedule commits them: the trials file numbers trials by record
+            database.commit_tuning_record(ms.database.TuningRecord(
+                seeds[j][1].trace, database.commit_workload(contexts[i].mod),
+                [latency if latency is not None else 1e10], target, args[j]))
+            latencies.append(latency)
+            errors.append(None if error is None else "seed: " + str(error).splitlines()[0][:200])
+            if built[j].artifact_path:
+                shutil.rmtree(Path(built[j].artifact_path).parent, ignore_errors=True)
+        session.record(i, latencies, errors)
 
 
 def adopt_measured_knobs(folder: Path, knobs: dict, session, log) -> None:
