@@ -74,7 +74,7 @@ def add_caption(fig, text: str) -> None:
 def save(fig, folder: Path, name: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # legends beside the axes are not cut off
     return path
 
 
