@@ -80,6 +80,7 @@ def test_one_tuning_log_holds_every_knob_and_the_custom_build_takes_the_fastest(
 
     from dlrmlib.building.build import build
     from dlrmlib.building.recipes import Custom
+    from dlrmlib.core.machine import precision_isa
     from dlrmlib.core.target import host_target
     from dlrmlib.formats.tuning_log import KNOBS_FILE, read_trials, read_written, tuning_log_dir, written_choice
     from dlrmlib.formats.weights import read_manifest
@@ -126,9 +127,14 @@ def test_one_tuning_log_holds_every_knob_and_the_custom_build_takes_the_fastest(
     assert manifest["build"]["knobs_from_tuning_log"] == sorted([*view, interaction.name])
     assert manifest["build"]["kernel_knobs"] == {**view, interaction.name: fastest}
     assert result.verification["max_abs_error"] < 1e-4
-    # a resumed run measures no knob twice
-    tune(experiment, trials=seeds + 12, max_trials_per_task=2, trials_per_batch=4, progress=False, log=lambda _: None)
-    assert len(read_log(log_dir)) == len(measured)
+    # a resumed run measures no knob twice; with int8, it adds the int8 GEMMs' tiles to the same log
+    int8 = ("int8",) if precision_isa("int8") else ()
+    tune(experiment, trials=seeds + 12, max_trials_per_task=2, trials_per_batch=4, progress=False, log=lambda _: None,
+         kernel_precisions=("fp32", *int8), knob_seconds=0.02)
+    assert [r for r in read_log(log_dir) if r["kind"] == "interaction"] == measured
+    if int8:
+        tiles = {k.name for k in model_kernels(experiment, "int8") if k.kind == "int8"}
+        assert tiles and tiles <= set(kernel_configs(log_dir)), "an int8 GEMM's tiles are missing from the log"
     # an explicit kernel log says which knobs to use: the tuning log does not fill in
     (tmp_path / "knobs").mkdir()
     (tmp_path / "knobs" / KNOBS_FILE).write_text((log_dir / KNOBS_FILE).read_text())

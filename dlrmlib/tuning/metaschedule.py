@@ -68,9 +68,8 @@ from dlrmlib.tuning import session as ts
 from dlrmlib.tuning.lock import tuning_lock
 from dlrmlib.tuning.rpc import RpcMeasurement
 from dlrmlib.tuning.kernels import MIN_SECONDS as KNOB_SECONDS
-from dlrmlib.tuning.kernels import PRECISIONS as KNOB_PRECISIONS
-from dlrmlib.tuning.written import (adopt_measured_knobs, duel, kernel_knobs, measure_seeds, measure_untimed_knobs,
-                                    measure_written, seed_candidates, with_written)
+from dlrmlib.tuning.written import (adopt_measured_knobs, check_knob_step, duel, kernel_knobs, measure_seeds,
+                                    measure_untimed_knobs, measure_written, seed_candidates, with_written)
 
 ROOF_GEMM = 1536  # the peak's sgemm size: big enough for the BLAS to reach it, a second or so
 CI_TRIALS = 16  # under CI=true, as TVM's tutorials skip their expensive tuning there
@@ -333,10 +332,7 @@ def tune(experiment: Experiment | str, trials: int = DEFAULT_TRIALS, max_trials_
     `kernel_precisions` the int8 GEMMs' tiles, each candidate timed for `knob_seconds` a pass;
     `()`: none (the kernel log's or the default knobs)."""
     experiment = Experiment.of(experiment)
-    if not set(kernel_precisions) <= set(KNOB_PRECISIONS):
-        raise DlrmError(f"kernel_precisions must be among {', '.join(KNOB_PRECISIONS)}, got {kernel_precisions!r}")
-    if not (isinstance(knob_seconds, (int, float)) and 0 < knob_seconds < 60):
-        raise DlrmError(f"knob_seconds must be a time in seconds (above 0, under 60), got {knob_seconds!r}")
+    check_knob_step(kernel_precisions, knob_seconds)
     _check_budget(trials, max_trials_per_task, num_threads, trials_per_batch)
     if space not in SPACES:
         raise DlrmError(f"space must be one of {', '.join(SPACES)}, got {space!r}")

@@ -14,7 +14,9 @@ import itertools
 import shutil
 from pathlib import Path
 
+from dlrmlib.core.errors import DlrmError
 from dlrmlib.core.files import write_json
+from dlrmlib.core.machine import precision_isa
 from dlrmlib.formats.tuning_log import WRITTEN_FILE, read_written, written_wins
 from dlrmlib.schedules import written_kernels
 from dlrmlib.schedules.dense import DenseConfig, DenseShape, dense_func, row_block
@@ -30,6 +32,7 @@ from dlrmlib.schedules.rewrite import vector_lanes
 from dlrmlib.schedules.space import dense_shape, dense_space, written_decisions
 from dlrmlib.tuning import session as ts
 from dlrmlib.tuning.kernels import MS_UNTUNED, measure_knobs
+from dlrmlib.tuning.kernels import PRECISIONS as KNOB_PRECISIONS
 
 
 def kernel_knobs(experiment, log_dir: Path | None = None) -> dict:
@@ -41,6 +44,17 @@ def kernel_knobs(experiment, log_dir: Path | None = None) -> dict:
         if folder is not None and current(read_log(folder)):
             knobs.update(kernel_configs(Path(folder), log=lambda _: None))
     return knobs
+
+
+def check_knob_step(precisions: tuple[str, ...], seconds: float) -> None:
+    """A clear error, before a run starts, for knob precisions it cannot measure (unknown, or
+    int8 on a CPU without int8 kernels) and a nonsense time per candidate."""
+    if not set(precisions) <= set(KNOB_PRECISIONS):
+        raise DlrmError(f"kernel_precisions must be among {', '.join(KNOB_PRECISIONS)}, got {precisions!r}")
+    if "int8" in precisions and precision_isa("int8") is None:
+        raise DlrmError("this CPU has no int8 kernels (they need AVX2 at least): tune without --precision int8")
+    if not (isinstance(seconds, (int, float)) and 0 < seconds < 60):
+        raise DlrmError(f"knob_seconds must be a time in seconds (above 0, under 60), got {seconds!r}")
 
 
 def measure_untimed_knobs(experiment, folder: Path, precisions: tuple[str, ...], seconds: float, rpc, progress: bool,
