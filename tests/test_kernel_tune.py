@@ -112,6 +112,20 @@ def test_build_from_an_empty_or_outdated_kernel_log_says_so(experiment, tmp_path
         with pytest.raises(DlrmError, match="cannot build"):
             build(experiment, Custom(tmp_path / "bad", "badlog"), log=lambda _: None)
         (tmp_path / "bad" / "kernels.jsonl").unlink()
+    # damaged times never win and never raise: text, NaN, negative, infinite, a boolean
+    from dlrmlib.schedules.knobs import best_configs
+
+    good = {"kernel": "dense_m16_k367_n64_relu", "config": {"bn": 32, "mr": 4}, "seconds": 2e-6,
+            "knobs_version": KNOBS_VERSION}
+    damaged = [{**good, "config": {"bn": 64, "mr": 2}, "seconds": bad}
+               for bad in ("fast", float("nan"), -1.0, float("inf"), True, None, [1e-9])]
+    assert best_configs(damaged + [good] + damaged) == {good["kernel"]: good["config"]}
+    from dlrmlib.tuning.kernels import knob_table
+
+    for record in damaged + [good]:
+        append_record(tmp_path / "damaged", {**record, "shape": {"m": 16, "k": 367, "n": 64, "relu": True}})
+    table = knob_table(tmp_path / "damaged")
+    assert table["measurements"].tolist() == [1] and table["best knobs"].tolist() == [good["config"]]
 
 
 @pytest.mark.parametrize("bn,mr", [(64, 2), (64, 4), (32, 4)])

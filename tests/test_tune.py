@@ -25,6 +25,7 @@ from dlrmlib.formats.tuning_log import (
     RECORDS_FILE,
     TASKS_FILE,
     WORKLOADS_FILE,
+    WRITTEN_FILE,
     count_records,
     crossing,
     log_mode,
@@ -196,6 +197,13 @@ def test_prepacked_build_from_its_log_matches_onnx_runtime(experiment, plain_log
     interaction = next(name for name in written["fixed"] if name.startswith("interaction"))
     assert written["fixed"][interaction]["knobs"] == measured[interaction]
     assert manifest["build"]["kernel_knobs"][interaction] == measured[interaction]
+    edited = tmp_path / "edited-log"  # a hand-edited written.json: refused by name, before any compiling
+    shutil.copytree(tuning_log_dir(experiment, prepack=True), edited)
+    text = json.loads((edited / WRITTEN_FILE).read_text())
+    text["fixed"][interaction]["knobs"] = {"prefetch": "far"}
+    (edited / WRITTEN_FILE).write_text(json.dumps(text))
+    with pytest.raises(DlrmError, match=f"{WRITTEN_FILE}: the entry for {interaction} has knobs"):
+        build(experiment, FromLog(edited), log=lambda _: None)
     # each tuned Dense layer: its hand-written GEMM and best trial timed side by side at the run's end,
     # and the build takes the faster of each pair
     duels = {d["kernel"]: d["duel"] for d in written["dense"].values() if "duel" in d}

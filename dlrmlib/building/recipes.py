@@ -28,6 +28,7 @@ from dlrmlib.core.target import machine_kind
 from dlrmlib.formats.shipped_log import check_shipped, machine_mismatch
 from dlrmlib.formats.tuning_log import (
     DEFAULT_PREPACK,
+    WRITTEN_FILE,
     count_records,
     log_mode,
     resolve_prepack,
@@ -42,7 +43,14 @@ from dlrmlib.schedules.amx import MATTR
 from dlrmlib.schedules.avx2_int8 import DEFAULT_OPERANDS, OPERANDS, avx2_quantization_facts
 from dlrmlib.schedules.int8_tiles import int8_tiles_used
 from dlrmlib.schedules.reduced import PRECISIONS, quantization_facts
-from dlrmlib.schedules.knobs import current, default_kernel_log, kernel_configs, read_log, tuning_log_knobs
+from dlrmlib.schedules.knobs import (
+    check_knobs,
+    current,
+    default_kernel_log,
+    kernel_configs,
+    read_log,
+    tuning_log_knobs,
+)
 from dlrmlib.schedules.prepack import TRANSFORM, transformed_param_specs, write_transformed_weights
 
 Weights = tuple[Path, list[ParamSpec], str]  # (folder, params in `main`'s order, layout id)
@@ -179,6 +187,8 @@ class FromLog:
                     "tuning_log": os.path.relpath(folder, experiment.builds_dir) if database else None,
                     "pipeline": f"dlrmlib.building.from_log.tuned_pipeline ({', '.join(parts)})"}
             written = written_choice(folder) if database else None  # the hand-written kernels it uses
+            for name, config in (written[1] if written else {}).items():  # a hand-edited written.json
+                check_knobs({"kernel": name, "config": config}, f"{folder / WRITTEN_FILE}: the entry")
             info["kernel_knobs"] = written[1] if written else {}  # theirs, as the run timed them
             lowering = Lowering(source.mod, tuned_pipeline(source.target, database, prepack, facts, written), info,
                                 tag=self.tag_for(records, prepack, shipped))

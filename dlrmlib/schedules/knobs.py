@@ -93,7 +93,7 @@ def current(records: list[dict]) -> list[dict]:
     return [r for r in records if r.get("knobs_version") == knobs_version(str(r.get("kernel", "")))]
 
 
-def check_knobs(record: dict) -> None:
+def check_knobs(record: dict, where: str = "kernel log line") -> None:
     """A clear error for a line whose knobs this version cannot build (a hand-edited or foreign
     log), instead of a TypeError deep inside a build."""
     config, name = record["config"], record["kernel"]
@@ -108,16 +108,21 @@ def check_knobs(record: dict) -> None:
     elif ok:
         ok = config.get("bn", PANEL) % 8 == 0 and config.get("bn", PANEL) > 0
     if not ok:
-        raise DlrmError(f"kernel log line for {name} has knobs {config!r} this version cannot build "
+        raise DlrmError(f"{where} for {name} has knobs {config!r} this version cannot build "
                         f"(known: {sorted(known)}, non-negative integers; panel widths multiples of 8; "
                         f"parallel true, false or null)")
+
+
+def is_measured_time(seconds) -> bool:
+    """A time a measurement can have taken: a positive, finite number of seconds."""
+    return isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 < seconds < float("inf")
 
 
 def best_configs(records: list[dict]) -> dict[str, dict]:
     """Per kernel name, the knobs of its fastest measurement (of this knobs version)."""
     best: dict[str, dict] = {}
     for r in current(records):
-        if r.get("seconds") is None:
+        if not is_measured_time(r.get("seconds")):  # failed, or a damaged time: never the fastest
             continue
         check_knobs(r)
         if r["kernel"] not in best or r["seconds"] < best[r["kernel"]]["seconds"]:

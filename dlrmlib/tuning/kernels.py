@@ -44,6 +44,7 @@ from dlrmlib.schedules.knobs import (
     current,
     dense_candidates,
     interaction_candidates,
+    is_measured_time,
     kernel_log_dir,
     knobs_version,
     read_log,
@@ -338,7 +339,7 @@ def knob_table(log_dir: Path):
 
     rows: dict[str, dict] = {}
     for r in current(read_log(log_dir)):
-        if r.get("seconds") is None:
+        if not is_measured_time(r.get("seconds")):  # failed, or a damaged line
             continue
         row = rows.setdefault(r["kernel"], {"kernel": r["kernel"], "measurements": 0, "best_us": float("inf"),
                                             "default_us": float("inf"), "best knobs": None})
