@@ -43,14 +43,7 @@ from dlrmlib.schedules.amx import MATTR
 from dlrmlib.schedules.avx2_int8 import DEFAULT_OPERANDS, OPERANDS, avx2_quantization_facts
 from dlrmlib.schedules.int8_tiles import int8_tiles_used
 from dlrmlib.schedules.reduced import PRECISIONS, quantization_facts
-from dlrmlib.schedules.knobs import (
-    check_knobs,
-    current,
-    default_kernel_log,
-    kernel_configs,
-    read_log,
-    tuning_log_knobs,
-)
+from dlrmlib.schedules.knobs import check_knobs, default_kernel_log, kernel_configs, tuning_log_knobs
 from dlrmlib.schedules.prepack import TRANSFORM, transformed_param_specs, write_transformed_weights
 
 Weights = tuple[Path, list[ParamSpec], str]  # (folder, params in `main`'s order, layout id)
@@ -295,8 +288,8 @@ class Custom:
             log(f"[build] knobs of {len(found)} Dense layers from the MetaSchedule records of the hand-written space "
                 f"in {folder}")
         # the knobs the tuning run measured itself (the interaction's, int8 tiles): its kernels.jsonl
-        measured = kernel_configs(folder, log) if current(read_log(folder)) else {}
-        measured = {name: config for name, config in measured.items() if name not in knobs and name not in found}
+        measured = {name: config for name, config in kernel_configs(folder, log, required=False).items()
+                    if name not in knobs and name not in found}
         if measured:
             log(f"[build] knobs of {len(measured)} more kernels ({', '.join(measured)}) from the knob records of {folder}")
         return {**found, **measured}

@@ -143,10 +143,13 @@ def default_kernel_log(experiment: Experiment) -> Path | None:
     return folder if (folder / LOG_FILE).is_file() else None
 
 
-def kernel_configs(log_dir: Path, log=print) -> dict[str, dict]:
-    """The fastest knobs per kernel in a kernel log folder (a clear error when it holds none)."""
+def kernel_configs(log_dir: Path, log=print, required: bool = True) -> dict[str, dict]:
+    """The fastest knobs per kernel in a kernel log folder: a clear error when it holds none,
+    or, not `required` (a tuning log whose run measured none), {}."""
 
     everything = read_log(log_dir)
+    if not required and not current(everything):
+        return {}
     if not everything:
         raise DlrmError(f"{log_dir} holds no kernel log ({LOG_FILE}); run `dlrm tune --schedule custom` first, "
                         f"or point --log at a folder that has one")

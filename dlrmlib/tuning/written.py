@@ -20,14 +20,7 @@ from dlrmlib.core.machine import precision_isa
 from dlrmlib.formats.tuning_log import WRITTEN_FILE, read_written, written_wins
 from dlrmlib.schedules import written_kernels
 from dlrmlib.schedules.dense import DenseConfig, DenseShape, dense_func, row_block
-from dlrmlib.schedules.knobs import (
-    current,
-    default_kernel_log,
-    dense_candidates,
-    kernel_configs,
-    read_log,
-    tuning_log_knob_records,
-)
+from dlrmlib.schedules.knobs import default_kernel_log, dense_candidates, kernel_configs, tuning_log_knob_records
 from dlrmlib.schedules.rewrite import vector_lanes
 from dlrmlib.schedules.space import dense_shape, dense_space, written_decisions
 from dlrmlib.tuning import session as ts
@@ -41,8 +34,8 @@ def kernel_knobs(experiment, log_dir: Path | None = None) -> dict:
     run measured, `measure_untimed_knobs`); none where neither has a kernel."""
     knobs = {}
     for folder in (default_kernel_log(experiment), log_dir):
-        if folder is not None and current(read_log(folder)):
-            knobs.update(kernel_configs(Path(folder), log=lambda _: None))
+        if folder is not None:
+            knobs.update(kernel_configs(Path(folder), log=lambda _: None, required=False))
     return knobs
 
 
