@@ -25,6 +25,7 @@ def cmd_tune(args) -> None:
         if args.save_to:
             print(f"[tune-kernels] saved {save_kernel_log(Experiment.open(args.experiment), Path(args.save_to))}")
         return
+    from dlrmlib.tuning.kernels import knob_precisions  # deferred: imports TVM
     from dlrmlib.tuning.metaschedule import tune  # deferred: imports TVM
 
     if args.save_to and not args.ship:
@@ -35,7 +36,7 @@ def cmd_tune(args) -> None:
     trials = DEFAULT_TRIALS if args.trials is None else args.trials
     tune(args.experiment, trials=trials, max_trials_per_task=args.max_trials_per_task,
          num_threads=args.num_threads, prepack=args.prepack, seed=args.seed, rpc=rpc, roof_margin=args.roof_margin,
-         space=args.space, kernel_precisions=("fp32", "int8") if args.precision == "int8" else ("fp32",))
+         space=args.space, kernel_precisions=knob_precisions(args.precision))
     if args.ship:
         _ship(args)
 

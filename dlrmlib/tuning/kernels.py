@@ -117,6 +117,15 @@ def candidates(kernel: Kernel, vector_lanes: int) -> list[dict]:
     return []  # the narrow last layer has no knobs
 
 
+def knob_precisions(precision: str = "fp32", measure: bool = True) -> tuple[str, ...]:
+    """The knob precisions a tuning run measures (`tune(kernel_precisions=...)`) for `dlrm tune
+    --precision` / 02_tune's `kernel_precision`: fp32's (the interaction), and int8's tiles too
+    for int8; none when the knob step is turned off."""
+    if precision not in PRECISIONS:
+        raise DlrmError(f"the knob step measures {' or '.join(PRECISIONS)} kernels, not {precision!r}")
+    return () if not measure else ("fp32", "int8") if precision == "int8" else ("fp32",)
+
+
 # -- measuring one candidate -------------------------------------------------------------------
 
 def _compile(func, name: str, target):
@@ -199,13 +208,12 @@ def compile_interactions(pairs: list, target) -> dict:
     return {key: lib[name] for key, name in names.items()}
 
 
-def _interaction_timer(kernel: Kernel, config: dict, target, tables: list, id_batches: list, compiled: dict):
+def _interaction_timer(kernel: Kernel, config: dict, tables: list, id_batches: list, compiled: dict):
     import tvm
 
 
     shape = kernel.shape
-    fn = compiled.get((kernel.name, config_key(config))) or _compile(
-        interaction_func(shape, config["prefetch"], config["locality"]), shape.name, target)
+    fn = compiled[(kernel.name, config_key(config))]
     rng = np.random.default_rng(0)
     x = tvm.runtime.tensor(rng.standard_normal((shape.batch, shape.dim), dtype=np.float32))
     out = tvm.runtime.empty((shape.batch, shape.width), "float32", tvm.cpu())
@@ -241,13 +249,13 @@ class _InteractionData:
 
 
 def measure(kernel: Kernel, config: dict, target, lanes: int, data: _InteractionData,
-            min_seconds: float = MIN_SECONDS, compiled: dict | None = None) -> float:
-    """Seconds per call of one kernel with one knob setting (`compiled`: interactions compiled
-    beforehand, `compile_interactions`)."""
+            compiled: dict, min_seconds: float = MIN_SECONDS) -> float:
+    """Seconds per call of one kernel with one knob setting (`compiled`: the interactions,
+    compiled beforehand by `compile_interactions`)."""
     if kernel.kind == "dense":
         return _seconds_per_call(_dense_timer(kernel, config, target, lanes), min_seconds)
     if kernel.kind == "interaction":
-        timer = _interaction_timer(kernel, config, target, data.tables(kernel), data.ids(), compiled or {})
+        timer = _interaction_timer(kernel, config, data.tables(kernel), data.ids(), compiled)
         return _seconds_per_call(timer, min_seconds)
     if kernel.kind == "int8":
         return _seconds_per_call(_int8_timer(kernel, config, target), min_seconds)
@@ -258,13 +266,13 @@ def measure(kernel: Kernel, config: dict, target, lanes: int, data: _Interaction
 
 def tune_kernels(experiment: Experiment | str, log_dir: Path | None = None, log=print,
                  progress: bool = True, min_seconds: float = MIN_SECONDS, passes: int = PASSES,
-                 precision: str = "fp32", operands: str = DEFAULT_OPERANDS, kinds: tuple[str, ...] | None = None) -> Path:
-    """`dlrm tune --schedule custom`: `measure_knobs` under the experiment's tuning lock, into
-    `log_dir` (by default the experiment's tune/custom/); returns the log folder."""
+                 precision: str = "fp32", operands: str = DEFAULT_OPERANDS) -> Path:
+    """`dlrm tune --schedule custom`: `measure_knobs` of every kernel under the experiment's
+    tuning lock, into `log_dir` (by default the experiment's tune/custom/); returns the log folder."""
     exp = Experiment.of(experiment)
     folder = Path(log_dir) if log_dir else kernel_log_dir(exp)
     with tuning_lock(exp):
-        measure_knobs(exp, folder, log, progress, min_seconds, passes, precision, operands, kinds)
+        measure_knobs(exp, folder, log, progress, min_seconds, passes, precision, operands)
     return folder
 
 
@@ -294,7 +302,7 @@ def measure_knobs(exp: Experiment, folder: Path, log=print, progress: bool = Tru
     compiled = compile_interactions(list({(k.name, config_key(c)): (k, c) for k, c in todo}.values()), tvm_target)
     for kernel, config in tqdm(todo, desc="kernel candidates", unit="measurement", disable=not progress):
         try:
-            seconds, error = measure(kernel, config, tvm_target, lanes, data, min_seconds, compiled), None
+            seconds, error = measure(kernel, config, tvm_target, lanes, data, compiled, min_seconds), None
         except Exception as e:  # a candidate that does not compile is recorded, not fatal
             seconds, error = None, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
         int8 = {"isa": kernel.isa, "operands": kernel.operands} if kernel.kind == "int8" else {}

@@ -355,11 +355,11 @@ def tune(experiment: Experiment | str, trials: int = DEFAULT_TRIALS, max_trials_
             return TuneResult(folder, done, 0, time.perf_counter() - started, _logged_estimate(folder))
         return _tune_rest(experiment, folder, trials, done, max_trials_per_task, num_threads or os.cpu_count() or 1,
                           prepack, trials_per_batch, seed, progress, log, started, rpc=rpc,
-                          roof_margin=roof_margin, space=space, knobs=(kernel_precisions, knob_seconds))
+                          roof_margin=roof_margin, space=space, knob_step=(kernel_precisions, knob_seconds))
 
 
 def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batch, seed, progress, log,
-               started, rpc=None, roof_margin=None, space="union", knobs=((), KNOB_SECONDS)) -> TuneResult:
+               started, rpc=None, roof_margin=None, space="union", knob_step=((), KNOB_SECONDS)) -> TuneResult:
     import tvm
 
 
@@ -369,7 +369,7 @@ def _tune_rest(experiment, folder, trials, done, cap, threads, prepack, per_batc
     target = tvm.target.Target(target_dict)
     log(f"[tune] {experiment.name}: extracting kernels for {target_dict['mcpu']}, batch "
         f"{experiment.batch_size}, {'weights prepacked' if prepack else 'plain weights (per-batch transposes)'}")
-    measure_untimed_knobs(experiment, folder, *knobs, rpc, progress, log)
+    measure_untimed_knobs(experiment, folder, *knob_step, rpc, progress, log)
     knobs, kept = kernel_knobs(experiment, folder), {}
     fused = fused_module(experiment, target, prepack, before=with_written(target_dict, knobs, kept))
     tasks = extract_tasks(per_batch_kernels(fused, target, prepack), target)
